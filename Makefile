@@ -1,0 +1,113 @@
+# airflow-etl-provider -- two commands on a fresh machine:
+#   make demo   set everything up, run the example DAGs end to end against the local stack, print a summary
+#   make test   set everything up, run the whole suite (unit, then integration), stop the services
+# Everything is cached in project-local ignored folders (.venv, .local) so a second run is fast.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+VENV := $(ROOT)/.venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+LOCAL := $(ROOT)/.local
+PYTHON ?= python3
+STACK := $(ROOT)/scripts/stack.sh
+
+.PHONY: help setup system-deps venv jars kafka-jars spark-jars services-up services-down services-status \
+        airflow-db test unit integration demo lint typecheck bench constraints clean distclean
+
+help:
+	@echo "make demo | make test | make services-up | make services-down | make services-status | make bench | make lint"
+
+# ------------------------------------------------------------------ set-up (idempotent, cached)
+setup: system-deps venv jars
+
+system-deps: $(LOCAL)/.system-deps
+$(LOCAL)/.system-deps:
+	@mkdir -p $(LOCAL)
+	@echo "[setup] checking Debian packages (PostgreSQL, Pushgateway, JDK, Maven, curl)"
+	@missing=""; \
+	 for p in postgresql prometheus-pushgateway openjdk-17-jre-headless maven curl; do \
+	   dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	 if [ -n "$$missing" ]; then \
+	   echo "[setup] apt-get install$$missing"; \
+	   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	 fi
+	@touch $@
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: setup.cfg constraints.txt pyproject.toml
+	@echo "[setup] creating the virtualenv and installing pinned dependencies (first time ~2-4 min)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PIP) install -q --upgrade "pip>=24" "setuptools>=68" wheel
+	@$(PIP) install -q -c constraints.txt -e ".[dev]"
+	@$(PIP) check >/dev/null
+	@touch $@
+	@echo "[setup] virtualenv ready: $(VENV)"
+
+jars: kafka-jars spark-jars
+
+kafka-jars: $(LOCAL)/kafka/libs/.fetched
+$(LOCAL)/kafka/libs/.fetched: build/maven/kafka-pom.xml
+	@echo "[setup] fetching the Apache Kafka broker jars with Maven"
+	@rm -rf $(LOCAL)/kafka/libs && mkdir -p $(LOCAL)/kafka/libs
+	@mvn -q -B -f build/maven/kafka-pom.xml dependency:copy-dependencies -DincludeScope=runtime \
+	    -DoutputDirectory=$(LOCAL)/kafka/libs
+	@touch $@
+
+spark-jars: $(LOCAL)/jars/.fetched
+$(LOCAL)/jars/.fetched: build/maven/spark-pom.xml
+	@echo "[setup] fetching Spark connector jars (Kafka source, PostgreSQL JDBC) with Maven"
+	@rm -rf $(LOCAL)/jars && mkdir -p $(LOCAL)/jars
+	@mvn -q -B -f build/maven/spark-pom.xml dependency:copy-dependencies -DexcludeTransitive=true \
+	    -DoutputDirectory=$(LOCAL)/jars
+	@touch $@
+
+# ------------------------------------------------------------------ the local stack
+services-up: setup
+	@$(STACK) up
+
+services-down:
+	@$(STACK) down
+
+services-status:
+	@$(STACK) status
+
+airflow-db: services-up
+	@echo "[setup] migrating the Airflow metadata DB (PostgreSQL)"
+	@set -a; . $(LOCAL)/airflow.env; set +a; $(VENV)/bin/airflow db migrate >$(LOCAL)/logs/airflow-db-migrate.log 2>&1 \
+	    || { tail -30 $(LOCAL)/logs/airflow-db-migrate.log; exit 1; }
+
+# ------------------------------------------------------------------ the two commands
+test: setup
+	@$(ROOT)/scripts/run_tests.sh
+
+unit: venv
+	@$(PY) -m pytest tests/unit -q
+
+integration: airflow-db
+	@set -a; . $(LOCAL)/airflow.env; set +a; $(PY) -m pytest tests/integration -q
+
+demo: setup
+	@$(ROOT)/scripts/demo.sh
+
+# ------------------------------------------------------------------ developer tools
+lint: venv
+	@$(VENV)/bin/ruff check airflow_etl_provider tests dags benchmarks
+	@$(VENV)/bin/mypy
+
+typecheck: venv
+	@$(VENV)/bin/mypy
+
+bench: airflow-db
+	@set -a; . $(LOCAL)/airflow.env; set +a; for b in benchmarks/bench_*.py; do $(PY) $$b; done
+
+constraints: venv
+	@( head -2 constraints.txt; $(PIP) freeze --exclude-editable | grep -vi '^airflow-etl-provider' ) > constraints.txt.new
+	@mv constraints.txt.new constraints.txt
+
+clean: services-down
+	@rm -rf $(LOCAL)/pg $(LOCAL)/kafka/data $(LOCAL)/airflow $(LOCAL)/logs $(LOCAL)/run $(LOCAL)/demo
+
+distclean: clean
+	@rm -rf $(VENV) $(LOCAL)

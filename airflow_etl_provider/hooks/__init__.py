@@ -1,0 +1,3 @@
+"""Hooks of airflow-etl-provider."""
+
+from __future__ import annotations

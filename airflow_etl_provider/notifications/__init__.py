@@ -1,0 +1,3 @@
+"""Notifications of airflow-etl-provider."""
+
+from __future__ import annotations

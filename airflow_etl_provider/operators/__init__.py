@@ -1,0 +1,3 @@
+"""Operators of airflow-etl-provider."""
+
+from __future__ import annotations

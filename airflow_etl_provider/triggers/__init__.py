@@ -1,0 +1,3 @@
+"""Triggers of airflow-etl-provider."""
+
+from __future__ import annotations

@@ -1,0 +1,61 @@
+"""Print what the demo's DAG runs did, from the Airflow metadata DB (the latest run of each DAG)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from sqlalchemy import create_engine, text
+
+COUNTS = ("records_read", "records_loaded", "records_dead_lettered")
+
+
+def main(dag_ids: list[str]) -> int:
+    engine = create_engine(os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    ok = True
+    print("\n================ airflow-etl-provider demo ================")
+    with engine.connect() as db:
+        for dag_id in dag_ids:
+            run = db.execute(
+                text("select run_id, state from dag_run where dag_id=:d order by start_date desc limit 1"),
+                {"d": dag_id},
+            ).first()
+            if run is None:
+                print(f"\nDAG {dag_id}: no run found")
+                ok = False
+                continue
+            print(f"\nDAG {dag_id}  run={run.run_id}  state={run.state}")
+            ok &= run.state == "success"
+            tis = db.execute(
+                text("select task_id, state from task_instance where dag_id=:d and run_id=:r order by start_date"),
+                {"d": dag_id, "r": run.run_id},
+            ).all()
+            for ti in tis:
+                print(f"  task {ti.task_id:<28} {ti.state}")
+                row = db.execute(
+                    text(
+                        "select value from xcom where dag_id=:d and run_id=:r and task_id=:t "
+                        "and key='return_value'"
+                    ),
+                    {"d": dag_id, "r": run.run_id, "t": ti.task_id},
+                ).first()
+                if row is None:
+                    continue
+                value = row.value if not isinstance(row.value, (str, bytes)) else json.loads(row.value)
+                if isinstance(value, dict):
+                    if any(k in value for k in COUNTS):
+                        print("    rows: " + "  ".join(f"{k.split('_', 1)[1]}={value.get(k, 0)}" for k in COUNTS))
+                    for key in ("target", "dead_letter_location", "metrics_location", "report_path"):
+                        if value.get(key):
+                            print(f"    {key}: {value[key]}")
+    print("\nStack: PostgreSQL 127.0.0.1:%s (db etl)  Kafka 127.0.0.1:%s  S3 http://127.0.0.1:%s  "
+          "Pushgateway %s" % (os.environ.get("ETL_STACK_PG_PORT"), os.environ.get("ETL_STACK_KAFKA_PORT"),
+                              os.environ.get("ETL_STACK_S3_PORT"), os.environ.get("AIRFLOW_ETL_PUSHGATEWAY_URL")))
+    print("Logs: .local/logs/demo/<dag>.log   Stop the stack: make services-down")
+    print("===========================================================")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# make test: unit tests (no services), then the local stack, then integration tests against it.
+# Stops the services it started (also on failure, Ctrl-C included); its exit code is the suite's.
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="$ROOT/.venv/bin/python"
+STACK="$ROOT/scripts/stack.sh"
+PYTEST_ARGS=(${PYTEST_ARGS:-})
+
+started=()
+cleanup() {
+  if [[ ${#started[@]} -gt 0 ]]; then
+    echo "[test] stopping the services this run started: ${started[*]}"
+    "$STACK" down "${started[@]}" || true
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+t0=$SECONDS
+echo "[test] 1/3 unit tests (pure core and package checks; no services)"
+"$PY" -m pytest tests/unit -q -p no:cacheprovider "${PYTEST_ARGS[@]}"
+unit_rc=$?
+
+echo "[test] 2/3 starting the local stack"
+before=$("$STACK" status)
+for s in postgres kafka s3 pushgateway spark-connect spark-standalone; do
+  if ! grep -qE "^$s +up" <<<"$before"; then started+=("$s"); fi
+done
+"$STACK" up || { echo "[test] the local stack did not start"; exit 1; }
+set -a; . "$ROOT/.local/airflow.env"; set +a
+echo "[test] migrating the Airflow metadata DB"
+"$ROOT/.venv/bin/airflow" db migrate >"$ROOT/.local/logs/airflow-db-migrate.log" 2>&1 \
+  || { tail -30 "$ROOT/.local/logs/airflow-db-migrate.log"; exit 1; }
+
+echo "[test] 3/3 integration tests against the real stack"
+"$PY" -m pytest tests/integration -q -p no:cacheprovider "${PYTEST_ARGS[@]}"
+int_rc=$?
+
+echo "[test] unit rc=$unit_rc integration rc=$int_rc wall=$((SECONDS - t0))s"
+[[ $unit_rc -eq 0 && $int_rc -eq 0 ]]
