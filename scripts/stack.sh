@@ -120,10 +120,11 @@ down_postgres() {
 KAFKA_DIR="$LOCAL/kafka"
 
 kafka_healthy() {
-  "$PY" - "$KAFKA_PORT" <<'PYEOF'
+  port_open "$KAFKA_PORT" || return 1
+  "$PY" - "$KAFKA_PORT" 2>/dev/null <<'PYEOF'
 import sys
 from confluent_kafka.admin import AdminClient
-md = AdminClient({"bootstrap.servers": f"127.0.0.1:{sys.argv[1]}"}).list_topics(timeout=3)
+md = AdminClient({"bootstrap.servers": f"127.0.0.1:{sys.argv[1]}", "log_level": 0}).list_topics(timeout=3)
 sys.exit(0 if md.brokers else 1)
 PYEOF
 }
