@@ -49,9 +49,10 @@ def main(dag_ids: list[str]) -> int:
                     for key in ("target", "dead_letter_location", "metrics_location", "report_path"):
                         if value.get(key):
                             print(f"    {key}: {value[key]}")
-    print("\nStack: PostgreSQL 127.0.0.1:%s (db etl)  Kafka 127.0.0.1:%s  S3 http://127.0.0.1:%s  "
-          "Pushgateway %s" % (os.environ.get("ETL_STACK_PG_PORT"), os.environ.get("ETL_STACK_KAFKA_PORT"),
-                              os.environ.get("ETL_STACK_S3_PORT"), os.environ.get("AIRFLOW_ETL_PUSHGATEWAY_URL")))
+    env = os.environ.get
+    print(f"\nStack: PostgreSQL 127.0.0.1:{env('ETL_STACK_PG_PORT')} (db etl)  "
+          f"Kafka 127.0.0.1:{env('ETL_STACK_KAFKA_PORT')}  S3 http://127.0.0.1:{env('ETL_STACK_S3_PORT')}  "
+          f"Pushgateway {env('AIRFLOW_ETL_PUSHGATEWAY_URL')}")
     print("Logs: .local/logs/demo/<dag>.log   Stop the stack: make services-down")
     print("===========================================================")
     return 0 if ok else 1

@@ -56,3 +56,71 @@ def spark() -> Iterator[SparkSession]:
     yield session
     session.stop()
     logging.getLogger("py4j").setLevel(logging.WARNING)  # no "closing clientserver" noise at exit
+
+
+class DisposablePostgres:
+    """A throwaway PostgreSQL cluster (its own data dir and port) that tests may stop, kill and restart
+    without disturbing the shared stack (which also holds the Airflow metadata DB)."""
+
+    def __init__(self, root: str, port: int) -> None:
+        import glob
+
+        self.bin = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1]
+        self.root, self.port = root, port
+        self.data = os.path.join(root, "data")
+        self.log = os.path.join(root, "pg.log")
+
+    def _as_postgres(self, *args: str, check: bool = True) -> None:
+        import subprocess
+
+        subprocess.run(["runuser", "-u", "postgres", "--", *args], check=check, capture_output=True)
+
+    def init(self) -> None:
+        import shutil
+        import subprocess
+
+        os.makedirs(self.root, exist_ok=True)
+        shutil.chown(self.root, "postgres")
+        pw = os.path.join(self.root, "pw")
+        with open(pw, "w") as fh:
+            fh.write("postgres\n")
+        shutil.chown(pw, "postgres")
+        subprocess.run(["runuser", "-u", "postgres", "--", f"{self.bin}/initdb", "-D", self.data, "-U", "postgres",
+                        f"--pwfile={pw}", "--auth=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"],
+                       check=True, capture_output=True)
+
+    def start(self) -> None:
+        self._as_postgres(f"{self.bin}/pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "60", "-o",
+                          f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._as_postgres(f"{self.bin}/pg_ctl", "-D", self.data, "-m", mode, "-w", "stop", check=False)
+
+    @property
+    def uri(self) -> str:
+        return f"postgresql://postgres:postgres@127.0.0.1:{self.port}/postgres"
+
+    def conn_json(self) -> str:
+        import json
+
+        return json.dumps({"conn_type": "postgres", "host": "127.0.0.1", "port": self.port,
+                           "login": "postgres", "password": "postgres", "schema": "postgres"})
+
+
+@pytest.fixture
+def disposable_pg() -> Iterator[DisposablePostgres]:
+    import shutil
+    import socket
+    import tempfile
+
+    with socket.socket() as s:  # a free port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = tempfile.mkdtemp(prefix="etl-pgfault-")  # not under pytest's 0700 tmp: the postgres user reads it
+    os.chmod(root, 0o755)
+    pg = DisposablePostgres(root, port)
+    pg.init()
+    pg.start()
+    yield pg
+    pg.stop("immediate")
+    shutil.rmtree(root, ignore_errors=True)

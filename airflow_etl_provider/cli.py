@@ -1,0 +1,154 @@
+"""``airflow-etl``: operate the dead-letter queues and circuit breakers from a shell.
+
+Examples::
+
+    airflow-etl dlq read --from kafka --topic orders.dlq --limit 5
+    airflow-etl dlq read --from s3 --bucket etl-dlq --prefix dead-letters/orders
+    airflow-etl dlq replay --from kafka --topic orders.dlq --to-postgres public.orders
+    airflow-etl dlq replay-spool .local/dlq-spool/spool-*.jsonl --to kafka --topic orders.dlq
+    airflow-etl breaker status postgres_default
+    airflow-etl breaker reset postgres_default
+
+Connections are Airflow connections (``AIRFLOW_CONN_*`` or the metadata DB), as in a task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+
+def _dlq_config(args: argparse.Namespace, kind: str) -> dict[str, Any]:
+    config: dict[str, Any] = {"type": kind}
+    if kind == "kafka":
+        config["topic"] = args.topic
+        if args.conn_id:
+            config["conn_id"] = args.conn_id
+        if args.bootstrap_servers:
+            config["config"] = {"bootstrap.servers": args.bootstrap_servers}
+    elif kind == "s3":
+        config.update(bucket=args.bucket, prefix=args.prefix or "dead-letters")
+        if args.conn_id:
+            config["conn_id"] = args.conn_id
+    else:
+        config["path"] = args.path
+    return config
+
+
+def _add_dlq_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--topic", help="Kafka: the dead-letter topic")
+    p.add_argument("--conn-id", help="Kafka/S3: the Airflow connection (default kafka_default / aws_default)")
+    p.add_argument("--bootstrap-servers", help="Kafka: bootstrap servers instead of a connection")
+    p.add_argument("--bucket", help="S3: the bucket")
+    p.add_argument("--prefix", help="S3: the key prefix (default dead-letters)")
+    p.add_argument("--path", help="file: the DLQ directory (or one file)")
+
+
+def _spark(args: argparse.Namespace) -> Any:
+    from airflow_etl_provider.hooks.spark import SparkSessionHook
+
+    return SparkSessionHook(spark_conn_id=args.spark_conn_id, app_name="airflow-etl-cli").session()
+
+
+def cmd_dlq_read(args: argparse.Namespace) -> int:
+    from airflow_etl_provider.hooks.redrive import read_dead_letters
+
+    with _spark(args) as spark:
+        df = read_dead_letters(spark, _dlq_config(args, args.source), schema=args.schema)
+        for row in df.limit(args.limit).toLocalIterator():
+            print(json.dumps(row.asDict(recursive=True), default=str, sort_keys=True))
+    return 0
+
+
+def cmd_dlq_replay(args: argparse.Namespace) -> int:
+    from airflow_etl_provider.core.identifiers import quote_table
+    from airflow_etl_provider.hooks.postgres import SparkPostgresHook
+    from airflow_etl_provider.hooks.redrive import original_columns, read_dead_letters
+
+    table = quote_table(args.to_postgres, "--to-postgres")
+    pg = SparkPostgresHook(postgres_conn_id=args.postgres_conn_id)
+    with _spark(args) as spark:
+        target = spark.read.format("jdbc").options(
+            **pg.jdbc_options(query=f"select * from {table} where false")
+        ).load()
+        df = read_dead_letters(spark, _dlq_config(args, args.source), schema=target.schema)
+        cols = [c for c in original_columns(df) if c in target.columns]
+        rows = df.select(*cols)
+        n = rows.count()
+        rows.write.format("jdbc").options(**pg.jdbc_options(dbtable=table)).mode("append").save()
+    print(f"replayed {n} dead letters into {args.to_postgres}")
+    return 0
+
+
+def cmd_dlq_replay_spool(args: argparse.Namespace) -> int:
+    from airflow_etl_provider.hooks.dead_letter import DeadLetterHook, read_spool
+
+    hook = DeadLetterHook(_dlq_config(args, args.to), pipeline_id="replay-spool")
+    result = hook.publish(read_spool(args.paths))
+    print(f"replayed {result.delivered} dead letters from {len(args.paths)} spool path(s) to {hook.location}")
+    return 0
+
+
+def cmd_breaker(args: argparse.Namespace) -> int:
+    from airflow_etl_provider.core.circuit_breaker import CircuitBreakerPolicy, variable_key
+    from airflow_etl_provider.hooks.circuit_breaker import AirflowVariableBreakerStore, breaker_for
+
+    store = AirflowVariableBreakerStore()
+    if args.action == "reset":
+        breaker = breaker_for(CircuitBreakerPolicy(), args.name, store=store)
+        assert breaker is not None
+        breaker.reset(who="airflow-etl cli")
+        print(f"circuit breaker {args.name} reset to closed (Variable {variable_key(args.name)})")
+        return 0
+    snap = store.load(args.name)
+    print(json.dumps(snap.to_json() if snap else {"state": "closed", "note": "no state stored yet"}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="airflow-etl", description=__doc__.split("\n")[0])
+    parser.add_argument("--spark-conn-id", default="spark_default")
+    sub = parser.add_subparsers(dest="group", required=True)
+
+    dlq = sub.add_parser("dlq", help="read, replay and redrive dead letters").add_subparsers(dest="cmd", required=True)
+    read = dlq.add_parser("read", help="print dead letters with their original columns restored")
+    read.add_argument("--from", dest="source", choices=("kafka", "s3", "file"), required=True)
+    _add_dlq_args(read)
+    read.add_argument("--schema", help="the original rows' schema as DDL (default: inferred)")
+    read.add_argument("--limit", type=int, default=20)
+    read.set_defaults(func=cmd_dlq_read)
+
+    replay = dlq.add_parser("replay", help="reload dead letters into a PostgreSQL table (after fixing the cause)")
+    replay.add_argument("--from", dest="source", choices=("kafka", "s3", "file"), required=True)
+    _add_dlq_args(replay)
+    replay.add_argument("--to-postgres", required=True, help="schema.table to append the restored rows to")
+    replay.add_argument("--postgres-conn-id", default="postgres_default")
+    replay.set_defaults(func=cmd_dlq_replay)
+
+    rspool = dlq.add_parser("replay-spool", help="publish spooled dead letters to the DLQ once it is back")
+    rspool.add_argument("paths", nargs="+", help="spool files or directories")
+    rspool.add_argument("--to", choices=("kafka", "s3", "file"), required=True)
+    _add_dlq_args(rspool)
+    rspool.set_defaults(func=cmd_dlq_replay_spool)
+
+    breaker = sub.add_parser("breaker", help="show or reset a shared circuit breaker")
+    breaker.add_argument("action", choices=("status", "reset"))
+    breaker.add_argument("name", help="the breaker name (by default the protected connection id)")
+    breaker.set_defaults(func=cmd_breaker)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except Exception as err:  # a CLI prints the error, never a bare traceback, and exits non-zero
+        print(f"airflow-etl: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

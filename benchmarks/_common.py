@@ -1,0 +1,44 @@
+"""Tiny helpers shared by the benchmarks: peak RSS, percentiles, the local stack's addresses, the result line."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import sys
+from collections.abc import Sequence
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (``ru_maxrss`` is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Linear-interpolated percentile (numpy's default method) of ``values``; ``pct`` in [0, 100]."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * pct / 100.0
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def kafka_bootstrap() -> str:
+    """The local stack's broker: the ``kafka_default`` connection's bootstrap.servers, else the stack port."""
+    conn = os.environ.get("AIRFLOW_CONN_KAFKA_DEFAULT")
+    if conn:
+        servers = json.loads(conn).get("extra", {}).get("bootstrap.servers")
+        if servers:
+            return str(servers)
+    port = os.environ.get("ETL_STACK_KAFKA_PORT")
+    if not port:
+        raise SystemExit("the local stack's env is not loaded: run `set -a; . .local/airflow.env; set +a` first")
+    return f"127.0.0.1:{port}"
+
+
+def result_line(bench_id: str, ours_s: float, peer_s: float) -> str:
+    """The one machine-readable line per comparison: ``bench <id>: ours=<s> peer=<s> ratio=<ours/peer>``."""
+    return f"bench {bench_id}: ours={ours_s:.3f} peer={peer_s:.3f} ratio={ours_s / peer_s:.4f}"
