@@ -2,9 +2,9 @@
 
 What is compared
     *Ours*: :meth:`DeadLetterHook.publish` with a Kafka dead-letter config (the real API). It drives
-    ``deliver_or_spool(KafkaSink, batch, ...)`` over batches of ``--batch-size`` (default 10,000)
+    ``deliver_or_spool(KafkaSink, batch, ...)`` over batches of ``--batch-size`` (default: the hook's, 1,000)
     envelopes; ``KafkaSink.write`` produces a whole batch asynchronously (idempotent producer,
-    ``acks=all``, ``linger.ms=20``, lz4) and returns only when every delivery report of the batch is in.
+    ``acks=all``, ``linger.ms=5``, lz4) and returns only when every delivery report of the batch is in.
     One batch latency = one ``deliver_or_spool`` call (timed by wrapping the module function the hook
     calls, without changing it): produce + every ``acks=all`` confirmation.
 
@@ -60,6 +60,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+
+from airflow_etl_provider.hooks.dead_letter import DEFAULT_BATCH_SIZE
 
 from _common import kafka_bootstrap, peak_rss_mb, percentile, result_line
 
@@ -372,7 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=100_000, help="envelopes ours publishes (default 100000)")
     parser.add_argument("--peer-rows", type=int, default=10_000,
                         help="envelopes the synchronous peer publishes; extrapolated to --rows (default 10000)")
-    parser.add_argument("--batch-size", type=int, default=10_000, help="DeadLetterHook.publish batch_size")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help="DeadLetterHook.publish batch_size (default: the hook's default)")
     parser.add_argument("--producer-setting", type=_setting, action="append", default=[], metavar="KEY=VALUE",
                         help="librdkafka setting for our sink, overriding KafkaSink's defaults (repeatable)")
     parser.add_argument("--skip-peer", action="store_true", help="measure ours only (no bench line)")

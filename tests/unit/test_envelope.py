@@ -333,3 +333,19 @@ def test_context_is_redacted_but_the_record_never_is() -> None:
     assert env.record == {"password": "user data"}
     assert env.context == {"sasl.password": "***", "topic": "orders"}
     assert "hunter2" not in env.to_json()
+
+
+def test_fast_to_json_matches_the_converting_path() -> None:
+    import json as _json
+    from datetime import datetime as _dt
+    from decimal import Decimal as _D
+
+    from airflow_etl_provider.core.envelope import DeadLetterEnvelope, build_envelope
+
+    env = build_envelope({"id": 1, "amount": _D("1.10"), "at": _dt(2026, 1, 1), "nan": float("nan")},
+                         ValueError("bad"), stage="load", pipeline_id="p", failed_rules=("r1",))
+    canonical = _json.dumps(env.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert env.to_json() == canonical
+    by_hand = DeadLetterEnvelope(timestamp="t", pipeline_id="p", stage="s", error_message="m", error_class="c",
+                                 record={"d": _D("2.5")})  # not JSON-native: falls back to conversion
+    assert _json.loads(by_hand.to_json())["record"] == {"d": "2.5"}
