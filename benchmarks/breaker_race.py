@@ -81,6 +81,8 @@ def _worker(idx: int, name: str, port: int, policy: dict[str, Any], seconds: flo
         psycopg2.connect(host="127.0.0.1", port=port, user="x", password="x", dbname="x", connect_timeout=2)
 
     calls = refused = 0
+    refusals: list[tuple[float, float]] = []
+    breaker.state()  # import Airflow and open the DB connection before the clock starts
     barrier.wait()
     end = time.time() + seconds
     while time.time() < end:
@@ -89,10 +91,12 @@ def _worker(idx: int, name: str, port: int, policy: dict[str, Any], seconds: flo
             retrier.call(breaker.call, connect)
         except CircuitOpenError as err:
             refused += 1
+            refusals.append((round(time.time(), 2), round(err.retry_at.timestamp(), 2)))
             time.sleep(max(0.0, min(err.retry_at.timestamp(), end) - time.time()) + 0.01)
         except Exception:  # the task failed; Airflow would retry it: loop again
             time.sleep(0.05)
-    results.put({"worker": idx, "calls": calls, "refused": refused, "transitions": transitions})
+    results.put({"worker": idx, "calls": calls, "refused": refused, "transitions": transitions,
+                 "refusals": refusals})
 
 
 def run(workers: int = 8, seconds: float = 20.0, failure_threshold: int = 5, reset_timeout: float = 3.0,
@@ -142,6 +146,8 @@ def run(workers: int = 8, seconds: float = 20.0, failure_threshold: int = 5, res
         "state_changes": len(all_transitions),
         "timeline": [[round(t - first_open, 2), a, b] for t, a, b in all_transitions],
         "arrivals_after_open_s": [round(a - first_open, 2) for a in arrivals if a > first_open],
+        "refusals": {o["worker"]: [(round(t - first_open, 2), round(r - first_open, 2)) for t, r in o["refusals"]]
+                     for o in outs},
     }
 
 

@@ -173,6 +173,8 @@ class KafkaSink(DeadLetterSink):
         "compression.type": "lz4",
         "queue.buffering.max.messages": 200000,
     }
+    #: messages produced between two polls for delivery reports (flush() serves the rest of a batch)
+    POLL_EVERY = 500
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -209,36 +211,38 @@ class KafkaSink(DeadLetterSink):
         return [f"kafka://{self.topic}"]
 
     def _send(self, envelopes: Sequence[DeadLetterEnvelope]) -> list[DeadLetterEnvelope]:
-        """Produce a batch and wait for every delivery report; return the envelopes that failed."""
-        producer = self._get_producer()
-        failed: list[int] = []
-        reported = 0
+        """Produce a batch and wait for every delivery report; return the envelopes that failed or got no
+        report (at-least-once)."""
+        from functools import partial
 
-        def on_delivery(index: int) -> Any:
-            def report(err: Any, _msg: Any) -> None:
-                nonlocal reported
-                reported += 1
-                if err is not None:
-                    failed.append(index)
-                    self.last_error = str(err)
-            return report
+        producer = self._get_producer()
+        produce, topic = producer.produce, self.topic
+        # One delivery report per message, by index: 1 = delivered, 2 = failed, 0 = no report (yet).
+        status = bytearray(len(envelopes))
+
+        def report(index: int, err: Any, _msg: Any) -> None:
+            if err is None:
+                status[index] = 1
+            else:
+                status[index] = 2
+                self.last_error = str(err)
 
         for i, env in enumerate(envelopes):
             payload = env.to_json().encode()
+            key, headers, on_delivery = kafka_key(env), kafka_headers(env), partial(report, i)
             while True:
                 try:
-                    producer.produce(self.topic, key=kafka_key(env), value=payload,
-                                     headers=kafka_headers(env), on_delivery=on_delivery(i))
+                    produce(topic, key=key, value=payload, headers=headers, on_delivery=on_delivery)
                     break
                 except BufferError:  # local queue full: serve delivery reports, then try again
                     producer.poll(0.1)
-            producer.poll(0)
+            if i % self.POLL_EVERY == self.POLL_EVERY - 1:  # serve delivery reports now and then, not per message
+                producer.poll(0)
         # librdkafka reports every message within message.timeout.ms; wait a little longer than that.
         producer.flush(self._message_timeout_s() + 5)
-        if reported < len(envelopes):  # no report at all: count them as undelivered (at-least-once)
-            reported_ok = set(range(len(envelopes))) - set(failed)
-            failed = sorted(set(range(len(envelopes))) - reported_ok | set(failed))
-        return [envelopes[i] for i in failed]
+        if status.count(1) == len(envelopes):
+            return []
+        return [env for env, state in zip(envelopes, status, strict=True) if state != 1]
 
     def write_with_retry(self, envelopes: Sequence[DeadLetterEnvelope], batch_id: str) -> list[str]:
         pending = list(envelopes)
