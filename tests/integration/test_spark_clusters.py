@@ -1,0 +1,61 @@
+"""The same provider code on the ways users scale out: a Spark Connect server and a standalone cluster
+(master + worker), both started from the pyspark install by scripts/stack.sh."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+JOB = Path(__file__).with_name("spark_cluster_job.py")
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def orders_topic(kafka_bootstrap: str) -> str:
+    import uuid
+
+    from confluent_kafka import Producer
+
+    topic = f"cluster-orders-{uuid.uuid4().hex[:8]}"
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for i in range(50):
+        producer.produce(topic, key=str(i), value=json.dumps({"order_id": i, "qty": i % 5}))
+    assert producer.flush(30) == 0
+    return topic
+
+
+def _start(service: str) -> None:
+    subprocess.run([str(ROOT / "scripts/stack.sh"), "up", service], check=True, timeout=240)
+
+
+def _run_job(conn_id: str, topic: str, dlq_dir: Path) -> dict:
+    out = subprocess.run([sys.executable, str(JOB), conn_id, topic, str(dlq_dir)], capture_output=True,
+                         text=True, env=os.environ, timeout=300)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return json.loads([ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")][-1][len("RESULT "):])
+
+
+def _dead_letters(dlq_dir: Path) -> list[dict]:
+    return [json.loads(x) for f in dlq_dir.rglob("*.jsonl.gz") for x in gzip.decompress(f.read_bytes()).splitlines()]
+
+
+@pytest.mark.parametrize(("service", "conn_id"), [("spark-standalone", "spark_standalone"),
+                                                  ("spark-connect", "spark_connect_default")])
+def test_provider_code_runs_on_a_cluster(service: str, conn_id: str, orders_topic: str, tmp_path: Path) -> None:
+    _start(service)
+    summary = _run_job(conn_id, orders_topic, tmp_path / "dlq")
+    assert summary["total"] == 50
+    assert summary["qty3_sum"] == 3 * sum(i % 5 for i in range(50))  # the Python UDF ran on the cluster
+    assert summary["dead_lettered"] == 10  # qty == 0 rows, published from the executors
+    letters = _dead_letters(tmp_path / "dlq")
+    assert sorted(e["record"]["order_id"] for e in letters) == [i for i in range(50) if i % 5 == 0]
+    if service == "spark-standalone":
+        assert summary["master"].startswith("spark://127.0.0.1:")
