@@ -61,9 +61,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from airflow_etl_provider.hooks.dead_letter import DEFAULT_BATCH_SIZE
-
 from _common import kafka_bootstrap, peak_rss_mb, percentile, result_line
+
+from airflow_etl_provider.hooks.dead_letter import DEFAULT_BATCH_SIZE
 
 BENCH_ID = "dlq_kafka_vs_sync_send"
 PARTITIONS = 3

@@ -5,7 +5,9 @@ One envelope is one JSON object (``to_json``: compact, keys sorted). Its field n
 dead-letter topic or bucket rely on them. The envelope's Kafka key and headers follow Kafka Connect's
 dead-letter conventions (``__connect.errors.*``) under an ``__etl.errors.`` prefix.
 
-Only the standard library is used, so envelopes can be built anywhere, a Spark executor included.
+Only the standard library is required, so envelopes can be built anywhere, a Spark executor included;
+when orjson is installed (it is a dependency of the package) ``to_json`` uses it on the DLQ's hot path
+(about 3x faster than ``json``; ``benchmarks/bench_dlq_kafka.py``) and falls back to ``json`` otherwise.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import operator
 import re
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
@@ -251,19 +254,26 @@ def _native_and_finite(values: Iterable[Any]) -> bool:
 
 
 def _envelope_json(env: DeadLetterEnvelope) -> str:
-    fields = env.__dict__  # a frozen dataclass without slots: exactly its fields
-    if _orjson is not None and len(fields) == _FIELD_COUNT and _native_and_finite(fields.values()):
+    # Two attrgetters, not env.__dict__ nor one 20-tuple: in CPython 3.11, reading __dict__ makes the
+    # envelope allocate and keep a dict, and each freed 20-tuple still counts as a new container; either
+    # way one garbage-collector "allocation" per row, so a big publish triggers full collections (~0.3 s).
+    head, tail = _head_values(env), _tail_values(env)
+    doc = dict(zip(_HEAD_FIELDS, head, strict=True))
+    doc.update(zip(_TAIL_FIELDS, tail, strict=True))
+    if _orjson is not None and _native_and_finite(head) and _native_and_finite(tail):
         try:
-            return _orjson.dumps(fields, option=_orjson.OPT_SORT_KEYS).decode()
+            return _orjson.dumps(doc, option=_orjson.OPT_SORT_KEYS).decode()
         except TypeError:  # e.g. an int beyond 64 bits, a non-str key: the standard library decides
             pass
     try:
-        return _canonical({name: getattr(env, name) for name in _FIELD_NAMES})
+        return _canonical(doc)
     except (TypeError, ValueError):
         return _canonical(env.to_dict())
 
 
-_FIELD_COUNT = len(_FIELD_NAMES)
+_HEAD_FIELDS, _TAIL_FIELDS = _FIELD_NAMES[: len(_FIELD_NAMES) // 2], _FIELD_NAMES[len(_FIELD_NAMES) // 2 :]
+_head_values = operator.attrgetter(*_HEAD_FIELDS)
+_tail_values = operator.attrgetter(*_TAIL_FIELDS)
 
 
 def envelope_schema_fields() -> list[str]:

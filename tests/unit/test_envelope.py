@@ -349,3 +349,74 @@ def test_fast_to_json_matches_the_converting_path() -> None:
     by_hand = DeadLetterEnvelope(timestamp="t", pipeline_id="p", stage="s", error_message="m", error_class="c",
                                  record={"d": _D("2.5")})  # not JSON-native: falls back to conversion
     assert _json.loads(by_hand.to_json())["record"] == {"d": "2.5"}
+
+
+def _stdlib_json(env: DeadLetterEnvelope) -> str:
+    """The envelope as the standard library writes it (the path without orjson)."""
+    return json.dumps(env.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def test_orjson_output_parses_like_the_stdlib_output_for_a_realistic_envelope() -> None:
+    from airflow_etl_provider.core import envelope as envelope_module
+
+    if envelope_module._orjson is None:
+        pytest.skip("orjson is not installed")
+    try:
+        raise ValueError('null value in column "customer_id" violates not-null constraint\nDETAIL: (7, é, ✓)')
+    except ValueError as exc:
+        error = exc
+    env = build_envelope(
+        {"order_id": 10_000_007, "customer_id": None, "email": "a@example.com", "amount": Decimal("46.78"),
+         "price": 12.5, "ratio": 1e-7, "big": 1e16, "created_at": datetime(2025, 6, 1, 2, tzinfo=UTC),
+         "tags": ["a", "b"], "nested": {"z": 1, "a": [True, False, None]}, "text": "tab\tquote\"\\ \x01 é \u2028"},
+        error, stage="load", run_context=RUN, key_columns=["order_id"], source="s3://raw/orders/",
+        target="etl.orders", failed_rules=["not_null"], context={"password": "x", "batch": 3},
+        original_location={"topic": "orders", "partition": 1, "offset": 42}, now=NOW,
+    )
+    fast = env.to_json()
+    assert json.loads(fast) == json.loads(_stdlib_json(env))
+    assert list(json.loads(fast)) == sorted(json.loads(fast))  # keys sorted
+    assert DeadLetterEnvelope.from_json(fast) == env
+    assert DeadLetterEnvelope.from_json(fast.encode()) == env
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_floats_never_reach_orjson_unconverted(bad: float) -> None:
+    by_hand = DeadLetterEnvelope(timestamp="t", pipeline_id="p", stage="s", error_message="m", error_class="c",
+                                 record={"x": [1, {"y": bad}]})  # orjson would write null
+    expected = {"NaN", "Infinity", "-Infinity"}
+    value = json.loads(by_hand.to_json())["record"]["x"][1]["y"]
+    assert value in expected and value == to_jsonable(bad)
+    assert json.loads(envelope({"x": bad}).to_json())["record"]["x"] == to_jsonable(bad)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"d": Decimal("2.5"), "t": datetime(2026, 1, 1, tzinfo=UTC), "u": uuid.UUID(int=7)},
+        {"big": 2**70},  # beyond orjson's 64-bit integers
+        {"k": (1, 2), "s": "x"},
+    ],
+)
+def test_non_native_values_fall_back_to_the_converting_path(record: dict[str, Any]) -> None:
+    by_hand = DeadLetterEnvelope(timestamp="t", pipeline_id="p", stage="s", error_message="m", error_class="c",
+                                 record=record)
+    assert json.loads(by_hand.to_json()) == json.loads(_stdlib_json(by_hand))
+
+
+def test_cached_kafka_headers_follow_the_envelope() -> None:
+    first = envelope({"order_id": 1}, source="a")
+    second = envelope({"order_id": 2}, source="b", failed_rules=["r"])
+    assert dict(kafka_headers(first))["__etl.errors.source"] == b"a"
+    assert dict(kafka_headers(second))["__etl.errors.source"] == b"b"
+    assert dict(kafka_headers(first))["__etl.errors.envelope.id"] == first.envelope_id.encode()
+    assert [name for name, _ in kafka_headers(second)] == [
+        "__etl.errors." + name for name in ("class.name", "exception.message", "stage", "pipeline.id", "dag.id",
+                                            "task.id", "run.id", "try.number", "attempt", "source", "rules",
+                                            "envelope.id")
+    ]
+    # equal but not alike: attempt True (hand-built) must not reuse attempt 1's cached headers
+    one = dataclasses.replace(first, attempt=1)
+    true = dataclasses.replace(first, attempt=True)
+    assert dict(kafka_headers(one))["__etl.errors.attempt"] == b"1"
+    assert dict(kafka_headers(true))["__etl.errors.attempt"] == b"True"
