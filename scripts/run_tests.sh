@@ -19,9 +19,13 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 t0=$SECONDS
-echo "[test] 1/3 unit tests (pure core and package checks; no services)"
+echo "[test] 1/3 lint (ruff), types (mypy on the pure core), unit tests (no services)"
+lint_rc=0
+"$ROOT/.venv/bin/ruff" check airflow_etl_provider tests dags benchmarks scripts || lint_rc=1
+"$ROOT/.venv/bin/mypy" || lint_rc=1
 "$PY" -m pytest tests/unit -q -p no:cacheprovider "${PYTEST_ARGS[@]}"
 unit_rc=$?
+[[ $lint_rc -eq 0 ]] || unit_rc=1
 
 echo "[test] 2/3 starting the local stack"
 before=$("$STACK" status)

@@ -266,16 +266,27 @@ class KafkaSink(DeadLetterSink):
                 undelivered.append(env)
         return undelivered
 
+    #: On a retry, at most this many failed messages are re-sent one by one (one record batch each).
+    ISOLATE_MAX = 200
+
     def write_with_retry(self, envelopes: Sequence[DeadLetterEnvelope], batch_id: str) -> list[str]:
+        """Write with retries that re-send only the messages whose delivery failed.
+
+        The broker accepts or rejects a whole record batch: one message over ``max.message.bytes`` fails
+        every message batched with it. So a retry of a few failed messages sends them one by one, and
+        only the ones the broker really refuses end in the spool.
+        """
         pending = list(envelopes)
+        first = True
 
         def attempt() -> list[str]:
-            nonlocal pending
-            try:
-                return self.write(pending, batch_id)
-            except PartialDelivery as err:
-                pending = err.undelivered
-                raise
+            nonlocal pending, first
+            isolate, first = (not first and len(pending) <= self.ISOLATE_MAX), False
+            undelivered = [e for env in pending for e in self._send([env])] if isolate else self._send(pending)
+            if undelivered:
+                pending = undelivered
+                raise PartialDelivery(undelivered, f"delivery to {self.description} failed")
+            return [f"kafka://{self.topic}"]
 
         retrier = Retrier(self.retry, classifier=lambda _err: ErrorKind.TRANSIENT, op=f"DLQ {self.description}")
         return retrier.call(attempt)

@@ -178,3 +178,31 @@ def test_cli_dlq_read_prints_restored_rows(spark, unique, tmp_path) -> None:
     assert out.returncode == 0, out.stderr
     rows = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
     assert sorted(r["order_id"] for r in rows) == [0, 1, 2, 3]
+
+
+def test_kafka_partial_delivery_spools_only_the_rejected_messages(kafka_bootstrap, unique, tmp_path) -> None:
+    """The broker rejects some messages (too large for the topic): only those are retried and spooled;
+    the others are delivered exactly once."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from airflow_etl_provider.hooks.dead_letter import envelopes_from_rows
+
+    topic = f"orders.dlq.small.{unique}"
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    admin.create_topics([NewTopic(topic, 1, 1, config={"max.message.bytes": "3000"})])[topic].result(30)
+    import base64
+
+    big = base64.b64encode(os.urandom(6000)).decode()  # incompressible: lz4 cannot shrink it under the limit
+    rows = [{"order_id": i, "note": big if i % 10 == 0 else "ok"} for i in range(50)]
+    envelopes = list(envelopes_from_rows(rows, "rejected by the target", stage="load", pipeline_id="p",
+                                         key_columns=["order_id"]))
+    hook = _hook({"type": "kafka", "topic": topic, "config": {"bootstrap.servers": kafka_bootstrap}},
+                 spool_dir=str(tmp_path / "spool"))
+    hook.sink.retry = hook.sink.retry.model_copy(update={"max_attempts": 2, "initial_delay_s": 0.05})
+    with pytest.raises(DeadLetterUnavailableError) as info:
+        hook.publish(envelopes, batch_size=20)
+    assert info.value.rows == 5
+    spooled = [json.loads(x) for f in (tmp_path / "spool").glob("*.jsonl") for x in f.read_text().splitlines()]
+    assert sorted(e["record"]["order_id"] for e in spooled) == list(range(0, 50, 10))
+    msgs = _consume(kafka_bootstrap, topic, 45)
+    assert sorted(json.loads(m.value())["record"]["order_id"] for m in msgs) == [i for i in range(50) if i % 10]
