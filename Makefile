@@ -100,7 +100,8 @@ typecheck: venv
 	@$(VENV)/bin/mypy
 
 bench: airflow-db
-	@set -a; . $(LOCAL)/airflow.env; set +a; for b in benchmarks/bench_*.py; do $(PY) $$b; done
+	@set -a; . $(LOCAL)/airflow.env; set +a; for b in benchmarks/bench_*.py; do $(PY) $$b; done; \
+	    $(PY) benchmarks/breaker_race.py --workers 8 --seconds 20
 
 constraints: venv
 	@( head -2 constraints.txt; $(PIP) freeze --exclude-editable | grep -vi '^airflow-etl-provider' ) > constraints.txt.new
