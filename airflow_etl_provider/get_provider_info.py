@@ -31,7 +31,12 @@ def get_provider_info() -> dict[str, Any]:
         "hooks": [
             {
                 "integration-name": "Resilient Spark ETL",
-                "python-modules": ["airflow_etl_provider.hooks.spark"],
+                "python-modules": [
+                    "airflow_etl_provider.hooks.spark",
+                    "airflow_etl_provider.hooks.postgres",
+                    "airflow_etl_provider.hooks.dead_letter",
+                    "airflow_etl_provider.hooks.circuit_breaker",
+                ],
             }
         ],
         "connection-types": [],
