@@ -27,8 +27,10 @@ import json
 import logging
 import os
 import re
+import time
 import uuid
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -83,6 +85,7 @@ class PublishResult:
     :param locations: where delivered envelopes are (topic, object keys or files), deduplicated.
     :param spool_paths: spool files holding the undelivered envelopes.
     :param errors: the last error of each failed partition/batch.
+    :param batch_latencies_s: per batch, the time until every envelope was confirmed (for metrics).
     """
 
     delivered: int = 0
@@ -90,6 +93,7 @@ class PublishResult:
     locations: list[str] = field(default_factory=list)
     spool_paths: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    batch_latencies_s: list[float] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -101,6 +105,7 @@ class PublishResult:
         self.locations += [loc for loc in other.locations if loc not in self.locations]
         self.spool_paths += other.spool_paths
         self.errors += other.errors
+        self.batch_latencies_s += other.batch_latencies_s
         return self
 
 
@@ -132,6 +137,23 @@ class DeadLetterSink(ABC):
         """:meth:`write` under the sink's retry policy. Every error is retried: the alternative is the spool."""
         retrier = Retrier(self.retry, classifier=lambda _err: ErrorKind.TRANSIENT, op=f"DLQ {self.description}")
         return retrier.call(self.write, envelopes, batch_id)
+
+
+@dataclass
+class InFlightBatch:
+    """A Kafka batch produced and not yet confirmed (:meth:`KafkaSink.start` / :meth:`KafkaSink.finish`)."""
+
+    envelopes: Sequence[DeadLetterEnvelope]
+    payloads: list[bytes]
+    delivered: int = 0
+    failed: list[bytes] = field(default_factory=list)
+    started_at: float = field(default_factory=time.monotonic)
+    completed_at: float | None = None
+
+    @property
+    def latency_s(self) -> float | None:
+        """From the first ``produce()`` to the last delivery report."""
+        return None if self.completed_at is None else self.completed_at - self.started_at
 
 
 class PartialDelivery(RuntimeError):
@@ -212,30 +234,32 @@ class KafkaSink(DeadLetterSink):
         return [f"kafka://{self.topic}"]
 
     def _send(self, envelopes: Sequence[DeadLetterEnvelope]) -> list[DeadLetterEnvelope]:
-        """Produce a batch and wait for every delivery report; return the envelopes whose delivery failed.
+        """Produce a batch and wait for every delivery report; return the envelopes whose delivery failed."""
+        return self.finish(self.start(envelopes))
+
+    def start(self, envelopes: Sequence[DeadLetterEnvelope]) -> InFlightBatch:
+        """Produce a batch without waiting for its delivery reports (see :meth:`finish`).
 
         One delivery callback serves the whole batch: it counts the delivered messages and keeps the
         payload of each failed one, which names its envelope (equal payloads are equal envelopes). No
         object per message outlives its ``produce()`` call, so a batch does not trigger the garbage
         collector (a full collection over the envelopes of a 100k-row publish takes ~0.3 s: with a
-        callback per message, it was the p99 batch). Should messages get no report at all, the whole
-        batch counts as undelivered (at-least-once).
+        callback per message, it was the p99 batch).
         """
         producer = self._get_producer()
         produce, topic = producer.produce, self.topic
-        delivered = 0
-        failed: list[bytes] = []
+        batch = InFlightBatch(envelopes=envelopes, payloads=[env.to_json().encode() for env in envelopes])
 
         def on_delivery(err: Any, msg: Any) -> None:
-            nonlocal delivered
             if err is None:
-                delivered += 1
+                batch.delivered += 1
             else:
-                failed.append(msg.value())
+                batch.failed.append(msg.value())
                 self.last_error = str(err)
+            if batch.delivered + len(batch.failed) == len(batch.payloads):
+                batch.completed_at = time.monotonic()
 
-        payloads = [env.to_json().encode() for env in envelopes]
-        for i, (env, payload) in enumerate(zip(envelopes, payloads, strict=True)):
+        for i, (env, payload) in enumerate(zip(envelopes, batch.payloads, strict=True)):
             while True:
                 try:
                     produce(topic, key=kafka_key(env), value=payload, headers=kafka_headers(env),
@@ -245,22 +269,29 @@ class KafkaSink(DeadLetterSink):
                     producer.poll(0.1)
             if i % self.POLL_EVERY == self.POLL_EVERY - 1:  # serve delivery reports now and then
                 producer.poll(0)
-        # librdkafka reports every message within message.timeout.ms; wait a little longer than that.
-        producer.flush(self._message_timeout_s() + 5)
-        if delivered == len(envelopes):
-            return []
-        if delivered + len(failed) < len(envelopes):
-            # Some messages got no report at all (librdkafka promises one within message.timeout.ms, so this
-            # should not happen): which ones were delivered is unknown, so resend the whole batch rather
-            # than risk losing any (at-least-once; consumers dedupe on envelope_id).
-            log.warning("DLQ %s: %d of %d messages got no delivery report; resending the batch",
-                        self.description, len(envelopes) - delivered - len(failed), len(envelopes))
-            return list(envelopes)
-        from collections import Counter
+        return batch
 
-        remaining = Counter(failed)
+    def finish(self, batch: InFlightBatch) -> list[DeadLetterEnvelope]:
+        """Wait for every delivery report of a started batch; return the envelopes whose delivery failed.
+
+        librdkafka reports every message within ``message.timeout.ms``; we wait a little longer than that.
+        Should messages get no report at all, the whole batch counts as undelivered (at-least-once:
+        consumers dedupe on ``envelope_id``).
+        """
+        producer = self._get_producer()
+        n = len(batch.payloads)
+        deadline = time.monotonic() + self._message_timeout_s() + 5
+        while batch.delivered + len(batch.failed) < n and time.monotonic() < deadline:
+            producer.poll(0.005)
+        if batch.delivered == n:
+            return []
+        if batch.delivered + len(batch.failed) < n:
+            log.warning("DLQ %s: %d of %d messages got no delivery report; resending the batch",
+                        self.description, n - batch.delivered - len(batch.failed), n)
+            return list(batch.envelopes)
+        remaining = Counter(batch.failed)
         undelivered = []
-        for env, payload in zip(envelopes, payloads, strict=True):
+        for env, payload in zip(batch.envelopes, batch.payloads, strict=True):
             if remaining[payload] > 0:
                 remaining[payload] -= 1
                 undelivered.append(env)
@@ -496,6 +527,17 @@ def deliver_or_spool(sink: DeadLetterSink, envelopes: Sequence[DeadLetterEnvelop
                              locations=[sink.description] if delivered else [])
 
 
+def _chunks(items: Iterable[DeadLetterEnvelope], size: int) -> Iterator[list[DeadLetterEnvelope]]:
+    batch: list[DeadLetterEnvelope] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 # --------------------------------------------------------------------------------------------- hook
 class DeadLetterHook(BaseHook):
     """Publishes dead letters to the configured queue (Kafka, S3 or files) and reads them back.
@@ -585,15 +627,43 @@ class DeadLetterHook(BaseHook):
             everything (the default: a task must not report success with rows outside the DLQ).
         """
         result = PublishResult()
-        batch: list[DeadLetterEnvelope] = []
-        n = 0
-        for env in envelopes:
-            batch.append(env)
-            if len(batch) >= batch_size:
-                result.merge(deliver_or_spool(self.sink, batch, f"{self._batch_prefix()}-d{n:05d}", self.spool_dir))
-                batch, n = [], n + 1
-        result.merge(deliver_or_spool(self.sink, batch, f"{self._batch_prefix()}-d{n:05d}", self.spool_dir))
-        self.sink.close()
+        sink, prefix = self.sink, self._batch_prefix()
+        kafka = isinstance(sink, KafkaSink)
+        in_flight: tuple[InFlightBatch, str] | None = None
+
+        def settle(started: InFlightBatch, batch_id: str) -> None:
+            # Kafka: batch k is confirmed while batch k+1 is already being produced (two in flight), so the
+            # wait for acks overlaps with serialising the next batch. Failed messages take the retry and
+            # spool path of deliver_or_spool.
+            undelivered = sink.finish(started)  # type: ignore[attr-defined]
+            if started.latency_s is not None:
+                result.batch_latencies_s.append(started.latency_s)
+            result.merge(PublishResult(delivered=len(started.envelopes) - len(undelivered),
+                                       locations=[f"kafka://{sink.topic}"]))  # type: ignore[attr-defined]
+            if undelivered:
+                result.merge(deliver_or_spool(sink, undelivered, batch_id, self.spool_dir))
+
+        for n, batch in enumerate(_chunks(envelopes, batch_size)):
+            batch_id = f"{prefix}-d{n:05d}"
+            if not kafka:
+                t0 = time.monotonic()
+                result.merge(deliver_or_spool(sink, batch, batch_id, self.spool_dir))
+                result.batch_latencies_s.append(time.monotonic() - t0)
+                continue
+            try:
+                started = sink.start(batch)  # type: ignore[attr-defined]
+            except Exception:  # the producer cannot even start (broker unreachable): retry, then spool
+                if in_flight is not None:
+                    settle(*in_flight)
+                    in_flight = None
+                result.merge(deliver_or_spool(sink, batch, batch_id, self.spool_dir))
+                continue
+            if in_flight is not None:
+                settle(*in_flight)
+            in_flight = (started, batch_id)
+        if in_flight is not None:
+            settle(*in_flight)
+        sink.close()
         if raise_on_spool:
             self.raise_if_spooled(result)
         return result
