@@ -1,0 +1,243 @@
+"""Pure SQL builders for the PostgreSQL load engine (``hooks/postgres_load.py``).
+
+Every identifier that reaches these functions is quoted with :func:`quote_identifier` (so it is
+validated too); type names come from the target's catalog (``format_type``), never from configuration.
+No Airflow, PySpark or driver import here: the functions only build strings and are unit-tested.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from airflow_etl_provider.core.identifiers import quote_identifier
+
+Mode = Literal["append", "overwrite", "upsert"]
+
+#: The staging table's row id column: unique per DataFrame row, deterministic for a deterministic input.
+ROW_ID = "_etl_row_id"
+#: The dense ordinal of the slow path's work table (chunks and bisection use ranges of it).
+ORDINAL = "_etl_n"
+ERROR = "_etl_error"
+ERROR_CLASS = "_etl_error_class"
+STAGING_PREFIX = "_etl_stg_"
+#: The default idempotency bookkeeping table (created in the target's schema).
+LOAD_LOG_TABLE = "etl_load_log"
+
+# Spark SQL simple type strings -> the PostgreSQL type Spark's JDBC writer naturally binds.
+_NATURAL = {
+    "string": "text",
+    "int": "integer",
+    "integer": "integer",
+    "bigint": "bigint",
+    "smallint": "smallint",
+    "tinyint": "smallint",
+    "double": "double precision",
+    "float": "real",
+    "boolean": "boolean",
+    "date": "date",
+    "binary": "bytea",
+}
+_NUMERIC_NATURAL = {"integer", "bigint", "smallint", "double precision", "real", "numeric"}
+
+
+def q(name: str, field: str = "column") -> str:
+    """Quote one identifier (validated)."""
+    return quote_identifier(name, field)
+
+
+def qualified(schema: str, name: str, field: str = "table") -> str:
+    """``"schema"."name"`` (both validated)."""
+    return f"{q(schema, field)}.{q(name, field)}"
+
+
+def staging_table_name(schema: str, table: str, load_id: str) -> str:
+    """The staging table's (unquoted) name: derived from the target and the load id, at most 50 chars.
+
+    The same target and load id always give the same name, so a re-run after a crash finds (and
+    replaces) the staging table the crashed run left behind.
+    """
+    digest = hashlib.sha256(f"{schema}.{table}\x00{load_id}".encode()).hexdigest()[:12]
+    return f"{STAGING_PREFIX}{table[:24]}_{digest}"
+
+
+def rejects_table_name(staging: str) -> str:
+    """The table that holds the rejected row ids and PostgreSQL's messages for a staging table."""
+    return f"{staging}_rej"
+
+
+def natural_pg_type(spark_type: str) -> str | None:
+    """The PostgreSQL type Spark's JDBC writer binds for a Spark SQL type (``DataType.simpleString()``)."""
+    spark_type = spark_type.strip().lower()
+    if spark_type.startswith("decimal"):
+        return "numeric"
+    return _NATURAL.get(spark_type)
+
+
+@dataclass(frozen=True)
+class StagedColumn:
+    """One column of the load: its name in the target, its staging type, and how it is merged.
+
+    :param name: the target column's name (also the staging column's name).
+    :param source: the DataFrame column it comes from.
+    :param staging_type: the staging table's column type: the target's type *without* length or
+        precision modifiers (so ``varchar(10)`` stages as ``character varying`` and an over-long value
+        fails in the merge, where it can be isolated, not in Spark's write), or ``text`` for a Spark
+        string that goes to a non-text column, or Spark's own numeric type when it is wider.
+    :param target_type: the target column's full type (``format_type`` with modifiers).
+    :param cast: whether the merge casts explicitly (text into a non-text column: there is no
+        assignment cast from text); otherwise PostgreSQL's assignment cast applies, which raises on
+        an over-long string instead of truncating it like an explicit cast to ``varchar(n)`` would.
+    """
+
+    name: str
+    source: str
+    staging_type: str
+    target_type: str
+    cast: bool = False
+
+    def expr(self, alias: str = "s") -> str:
+        ref = f"{alias}.{q(self.name)}"
+        return f"CAST({ref} AS {self.target_type})" if self.cast else ref
+
+
+def staging_column_type(spark_type: str, target_base: str, target_category: str) -> tuple[str, bool]:
+    """Choose a staging column type that accepts every value Spark can write.
+
+    :param spark_type: the DataFrame column's ``DataType.simpleString()``.
+    :param target_base: the target column's type without modifiers (``format_type(oid, NULL)``).
+    :param target_category: ``pg_type.typcategory`` of the target column (``S`` string, ``N`` numeric ...).
+    :return: ``(staging type, explicit cast needed in the merge)``.
+    """
+    if target_base == "bit":  # format_type(bit, NULL) means bit(1) in DDL
+        target_base = "bit varying"
+    natural = natural_pg_type(spark_type)
+    if natural == "text":
+        if target_category == "S":
+            return target_base, False
+        return "text", True
+    if natural is None or natural == target_base:
+        return target_base, False
+    if target_category == "N" and natural in _NUMERIC_NATURAL:
+        return natural, False  # e.g. bigint staged, assignment cast to integer raises per row if out of range
+    return target_base, False
+
+
+def create_staging_sql(staging: str, columns: Sequence[StagedColumn]) -> str:
+    """``CREATE UNLOGGED TABLE`` for the staging table: nullable columns, no constraints, no indexes."""
+    cols = ", ".join(f"{q(c.name)} {c.staging_type}" for c in columns)
+    return f"CREATE UNLOGGED TABLE {staging} ({q(ROW_ID)} bigint, {cols})"
+
+
+def create_rejects_sql(rejects: str) -> str:
+    return f"CREATE UNLOGGED TABLE {rejects} ({q(ROW_ID)} bigint PRIMARY KEY, {q(ERROR)} text, {q(ERROR_CLASS)} text)"
+
+
+def _dedup_exprs(keys: Sequence[str], alias: str = "s") -> list[str]:
+    """``DISTINCT ON`` expressions: the keys, plus the row id when a key is NULL (NULL keys never
+    collapse: each such row goes to PostgreSQL, which rejects it if the key is NOT NULL)."""
+    refs = [f"{alias}.{q(k, 'keys')}" for k in keys]
+    any_null = " OR ".join(f"{r} IS NULL" for r in refs)
+    return [*refs, f"(CASE WHEN {any_null} THEN {alias}.{q(ROW_ID)} END)"]
+
+
+def dedup_source_sql(staging: str, keys: Sequence[str], columns: str = "s.*") -> str:
+    """The staged rows with one row per key: the one with the highest row id (the last one) wins."""
+    exprs = ", ".join(_dedup_exprs(keys))
+    return (
+        f"SELECT DISTINCT ON ({exprs}) {columns} FROM {staging} s "
+        f"ORDER BY {exprs}, s.{q(ROW_ID)} DESC"
+    )
+
+
+def on_conflict_sql(keys: Sequence[str], columns: Sequence[StagedColumn]) -> str:
+    """``ON CONFLICT (keys) DO UPDATE SET c = EXCLUDED.c`` for every non-key column.
+
+    When every column is a key, the keys are "updated" to themselves so that the statement's row
+    count still counts every applied row (``DO NOTHING`` would not count the conflicting ones).
+    """
+    conflict = ", ".join(q(k, "keys") for k in keys)
+    key_set = set(keys)
+    targets = [c.name for c in columns if c.name not in key_set] or list(keys)
+    sets = ", ".join(f"{q(n)} = EXCLUDED.{q(n)}" for n in targets)
+    return f" ON CONFLICT ({conflict}) DO UPDATE SET {sets}"
+
+
+def insert_prefix(target: str, columns: Sequence[StagedColumn]) -> str:
+    return f"INSERT INTO {target} ({', '.join(q(c.name) for c in columns)}) "
+
+
+def fast_merge_sql(
+    mode: Mode, target: str, staging: str, columns: Sequence[StagedColumn], keys: Sequence[str]
+) -> str:
+    """The one set-based statement that moves every staged row into the target (the clean path)."""
+    select = ", ".join(c.expr() for c in columns)
+    if mode == "upsert":
+        exprs = ", ".join(_dedup_exprs(keys))
+        return (
+            insert_prefix(target, columns)
+            + f"SELECT DISTINCT ON ({exprs}) {select} FROM {staging} s ORDER BY {exprs}, s.{q(ROW_ID)} DESC"
+            + on_conflict_sql(keys, columns)
+        )
+    return insert_prefix(target, columns) + f"SELECT {select} FROM {staging} s"
+
+
+def work_table_sql(mode: Mode, work: str, staging: str, keys: Sequence[str]) -> str:
+    """The slow path's work table: the rows to apply (deduplicated for upsert) with a dense ordinal."""
+    source = dedup_source_sql(staging, keys) if mode == "upsert" else f"SELECT s.* FROM {staging} s"
+    return (
+        f"CREATE TEMP TABLE {work} ON COMMIT DROP AS SELECT row_number() OVER (ORDER BY w.{q(ROW_ID)}) "
+        f"AS {q(ORDINAL)}, w.* FROM ({source}) w"
+    )
+
+
+def range_merge_sql(
+    mode: Mode, target: str, work: str, columns: Sequence[StagedColumn], keys: Sequence[str]
+) -> str:
+    """Apply the work table's rows with ordinal in ``[%s, %s]`` (two parameters)."""
+    select = ", ".join(c.expr() for c in columns)
+    sql = insert_prefix(target, columns) + f"SELECT {select} FROM {work} s WHERE s.{q(ORDINAL)} BETWEEN %s AND %s"
+    if mode == "upsert":
+        sql += on_conflict_sql(keys, columns)
+    return sql
+
+
+def superseded_rejects_sql(staging: str, rejects: str, keys: Sequence[str]) -> str:
+    """Reject the earlier rows of every key whose last row was rejected (upsert): they were superseded
+    by a row that did not load, so the key did not change and none of its rows counts as loaded."""
+    on = " AND ".join(f"e.{q(k, 'keys')} = w.{q(k, 'keys')}" for k in keys)
+    rid = q(ROW_ID)
+    return (
+        f"INSERT INTO {rejects} ({rid}, {q(ERROR)}, {q(ERROR_CLASS)}) "
+        f"SELECT e.{rid}, 'superseded by rejected row ' || w.{rid} || ' with the same key: ' || r.{q(ERROR)}, "
+        f"r.{q(ERROR_CLASS)} FROM {rejects} r JOIN {staging} w ON w.{rid} = r.{rid} "
+        f"JOIN {staging} e ON {on} AND e.{rid} < w.{rid} ON CONFLICT DO NOTHING"
+    )
+
+
+def create_load_log_sql(log: str) -> str:
+    return (
+        f"CREATE TABLE IF NOT EXISTS {log} (table_name text NOT NULL, load_id text NOT NULL, "
+        "mode text NOT NULL, loaded_at timestamptz NOT NULL DEFAULT now(), rows bigint NOT NULL, "
+        "rows_read bigint NOT NULL, rows_rejected bigint NOT NULL, PRIMARY KEY (table_name, load_id))"
+    )
+
+
+_LENGTH = re.compile(r"^(?:character varying|character|bit varying|bit)\((\d+)\)$")
+
+
+def declared_length(full_type: str) -> int | None:
+    """The declared length of ``varchar(n)`` / ``char(n)`` (``format_type`` spelling), else ``None``."""
+    match = _LENGTH.match(full_type)
+    return int(match.group(1)) if match and full_type.startswith("character") else None
+
+
+_SPACES = re.compile(r"\s+")
+
+
+def one_line(sql: str) -> str:
+    """Collapse whitespace, for logs."""
+    return _SPACES.sub(" ", sql).strip()

@@ -1,0 +1,713 @@
+"""The PostgreSQL load engine: a Spark DataFrame into a table, atomically, idempotently, row-isolating.
+
+How a load runs (:meth:`PostgresLoader.load`):
+
+1. **Plan** (one short psycopg session): the target's columns are read from the catalog, the
+   DataFrame's columns are matched against them (a DataFrame column the target lacks, or a target
+   ``NOT NULL`` column without default the DataFrame lacks, fails with a :class:`ConfigError` listing
+   every one), upsert keys must carry a unique index or primary key. The bookkeeping table
+   ``etl_load_log`` (in the target's schema) is created if needed; if it already records this
+   ``(table, load_id)`` the load was committed before and nothing is done (the recorded counts are
+   returned, ``skipped=True``).
+2. **Stage**: Spark's JDBC writer appends the DataFrame plus ``_etl_row_id``
+   (``monotonically_increasing_id()``: partition index << 33 + offset, unique and deterministic for a
+   deterministic input) in parallel into an ``UNLOGGED`` staging table named from the target and the
+   load id. The staging table has no constraint at all and its types have no length/precision
+   modifiers, so every row Spark can write lands there and bad values fail later, in PostgreSQL, where
+   they can be isolated. The staging table is dropped and recreated first, so rows a crashed run left
+   there never count twice; rows a re-executed Spark task wrote twice share a row id and are
+   deduplicated before the merge.
+3. **Merge**, in ONE transaction: the load-log row is inserted first (``ON CONFLICT DO NOTHING``: a
+   concurrent or earlier run with the same load id makes this one a no-op), overwrite deletes the old
+   rows, then one set-based ``INSERT ... SELECT`` moves every staged row (upsert:
+   ``SELECT DISTINCT ON (keys) ... ORDER BY keys, _etl_row_id DESC ... ON CONFLICT (keys) DO UPDATE``).
+   If it fails with a *data* error (:func:`classify_postgres` -> ``DATA``), it is rolled back to a
+   savepoint and the rows are applied in chunks of ``chunk_rows`` (in row-id order), each under a
+   savepoint; a failing chunk is bisected down to single rows, each refused row recorded with
+   PostgreSQL's own message and error class; everything else is applied, still in the same
+   transaction, so readers see the target change all at once. Transient and system errors are raised
+   (the transaction rolls back; retrying the whole load is safe).
+4. **Rejected rows** are read back from staging by row id (Spark JDBC read), with the original columns
+   and types plus ``_etl_error`` / ``_etl_error_class``, and materialised (``localCheckpoint``) before
+   the staging tables are dropped (always, also on failure).
+
+Semantics:
+
+* **Dedup (upsert)**: within one batch the row with the highest ``_etl_row_id`` -- the last one in the
+  DataFrame's order -- wins for each key; rows whose key contains a NULL are never collapsed. Earlier
+  rows of the key are *superseded*: they count as loaded (the batch's effect is the one of applying
+  the rows in order), unless the winning row is rejected: then the key does not change and its
+  superseded rows are rejected too (``_etl_error`` = ``superseded by rejected row <id> with the same
+  key: <PostgreSQL's message>``), so nothing is silently lost.
+* **Accounting**: ``records_read`` = rows staged (distinct row ids = DataFrame rows);
+  ``records_rejected`` = rows PostgreSQL refused (+ superseded rows of rejected keys);
+  ``records_loaded`` = rows applied by the merge (inserted or updated) + superseded rows of applied
+  keys. ``records_read == records_loaded + records_rejected`` is checked (and the statement row counts
+  against the staged rows); a mismatch raises :class:`RowAccountingError` and rolls back.
+* **Idempotency**: the load log row ``(table_name, load_id)`` commits with the data. A run whose load id
+  already committed loads nothing and returns the recorded counts (``rejected`` is then ``None``: the
+  rejected rows were handed over by the run that committed). Without a ``load_id`` a random one is
+  used, so every call loads. A crash before the commit leaves the target untouched.
+* **Overwrite** uses ``DELETE`` by default: readers are never blocked and keep seeing the old rows
+  until the commit (MVCC, also for REPEATABLE READ readers, which ``TRUNCATE`` would show an empty
+  table), and referencing foreign keys keep working. ``overwrite_method="truncate"`` is faster for big
+  tables (no dead tuples) but takes an ACCESS EXCLUSIVE lock: readers wait until the commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from airflow_etl_provider.core import sql as S
+from airflow_etl_provider.core.errors import ConfigError, ErrorKind, RowAccountingError, classify_postgres
+from airflow_etl_provider.core.guard import Guard
+from airflow_etl_provider.core.identifiers import quote_table, validate_identifier
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+    from airflow_etl_provider.hooks.postgres import SparkPostgresHook
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MODES = ("append", "overwrite", "upsert")
+WORK_TABLE = "_etl_work"
+
+
+@dataclass
+class LoadOutcome:
+    """What a load did.
+
+    :param records_read: rows of the DataFrame (rows staged, distinct row ids).
+    :param records_loaded: rows applied, including superseded in-batch duplicates of applied keys.
+    :param records_rejected: rows PostgreSQL refused (and superseded rows of refused keys).
+    :param rejected: the rejected rows (original columns + ``_etl_error``, ``_etl_error_class``), or
+        ``None`` when there are none (or the load was skipped).
+    :param staging_table: the staging table used (dropped by now).
+    :param statements: SQL statements run in the merge transaction.
+    :param duration_s: wall time of the whole load.
+    :param records_superseded: in-batch duplicate-key rows superseded by a later row (upsert).
+    :param load_id: the load id recorded in the load log.
+    :param skipped: the load id had already been committed: nothing was loaded this time.
+    :param isolated: the merge fell back to chunks and bisection because of data errors.
+    :param timings: seconds per phase (plan, stage, merge, rejected, cleanup).
+    """
+
+    records_read: int
+    records_loaded: int
+    records_rejected: int
+    rejected: DataFrame | None
+    staging_table: str
+    statements: int
+    duration_s: float
+    records_superseded: int = 0
+    load_id: str = ""
+    skipped: bool = False
+    isolated: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Plan:
+    schema: str
+    table: str
+    target: str  # quoted
+    columns: list[S.StagedColumn]
+    staging_name: str
+    staging: str  # quoted
+    rejects: str  # quoted
+    log_table: str  # quoted
+    table_key: str  # schema.table, as recorded in the load log
+    recorded: tuple[int, int, int] | None = None  # (read, loaded, rejected) from the load log
+
+
+@dataclass
+class _MergeResult:
+    read: int
+    loaded: int
+    rejected: int
+    superseded: int
+    statements: int
+    skipped: bool = False
+    isolated: bool = False
+
+
+class _Counter:
+    """A cursor wrapper that counts statements."""
+
+    def __init__(self, cursor: Any) -> None:
+        self.cursor = cursor
+        self.statements = 0
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> Any:
+        self.statements += 1
+        return self.cursor.execute(sql, params) if params is not None else self.cursor.execute(sql)
+
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> Any:
+        self.statements += 1
+        return self.cursor.executemany(sql, params)
+
+    @property
+    def rowcount(self) -> int:
+        return int(self.cursor.rowcount)
+
+    def fetchone(self) -> Any:
+        return self.cursor.fetchone()
+
+    def fetchall(self) -> Any:
+        return self.cursor.fetchall()
+
+
+def error_class(exc: BaseException) -> str:
+    """``module.QualName`` of a driver error, e.g. ``psycopg.errors.NotNullViolation``."""
+    cls = type(exc)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def error_message(exc: BaseException) -> str:
+    """PostgreSQL's own message as the driver reports it (primary message, DETAIL ...)."""
+    return str(exc).strip()
+
+
+class PostgresLoader:
+    """Load a Spark DataFrame into a PostgreSQL table through a staging table (see the module doc).
+
+    :param hook: the PostgreSQL connection (psycopg for the transaction, JDBC options for Spark).
+    :param table: ``table`` or ``schema.table``.
+    :param mode: ``append``, ``overwrite`` or ``upsert``.
+    :param keys: the upsert keys (a unique index or primary key must cover exactly these columns).
+    :param load_id: the idempotency key: a load id that already committed into this table is not loaded
+        again. ``None``: a random one (no idempotency across calls).
+    :param guard: retries + circuit breaker around each phase (plan, staging DDL, Spark write, merge);
+        every phase is idempotent.
+    :param chunk_rows: rows per savepoint in the data-error fallback.
+    :param jdbc_options: extra options for Spark's JDBC writer/reader (override the defaults).
+    :param num_partitions: Spark write connections (default: the default parallelism, 2..8).
+    :param overwrite_method: ``delete`` (default, readers never blocked) or ``truncate``.
+    :param merge_work_mem: ``work_mem`` for the merge transaction (the upsert dedup sorts in memory).
+    :param log_table: the load-log table's name (created in the target's schema).
+    """
+
+    def __init__(
+        self,
+        hook: SparkPostgresHook,
+        table: str,
+        mode: Literal["append", "overwrite", "upsert"],
+        keys: Sequence[str] = (),
+        load_id: str | None = None,
+        guard: Guard | None = None,
+        chunk_rows: int = 5000,
+        jdbc_options: Mapping[str, str] | None = None,
+        *,
+        num_partitions: int | None = None,
+        overwrite_method: Literal["delete", "truncate"] = "delete",
+        merge_work_mem: str = "256MB",
+        log_table: str = S.LOAD_LOG_TABLE,
+    ) -> None:
+        if mode not in MODES:
+            raise ConfigError("mode", "is not a load mode", value=mode, allowed=MODES)
+        self.target = quote_table(table, "table")
+        self.table = table
+        self.mode = mode
+        if isinstance(keys, str):
+            keys = [keys]
+        self.keys = [validate_identifier(k, "keys") for k in keys]
+        if mode == "upsert" and not self.keys:
+            raise ConfigError("keys", "upsert needs at least one key column")
+        if len(set(self.keys)) != len(self.keys):
+            raise ConfigError("keys", "lists a column twice", value=list(keys))
+        if load_id is not None and (not isinstance(load_id, str) or not load_id or len(load_id) > 200):
+            raise ConfigError("load_id", "must be a non-empty string of at most 200 characters", value=load_id)
+        self.load_id = load_id or uuid.uuid4().hex
+        if not isinstance(chunk_rows, int) or chunk_rows < 1:
+            raise ConfigError("chunk_rows", "must be an integer >= 1", value=chunk_rows)
+        if overwrite_method not in ("delete", "truncate"):
+            raise ConfigError("overwrite_method", "is not known", value=overwrite_method,
+                              allowed=("delete", "truncate"))
+        self.log_table_name = validate_identifier(log_table, "log_table")
+        self.hook = hook
+        self.guard = guard
+        self.chunk_rows = chunk_rows
+        self.extra_jdbc_options = dict(jdbc_options or {})
+        self.num_partitions = num_partitions
+        self.overwrite_method = overwrite_method
+        self.merge_work_mem = merge_work_mem
+
+    # ------------------------------------------------------------------------------------ plumbing
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return self.guard.call(fn, *args) if self.guard is not None else fn(*args)
+
+    @contextlib.contextmanager
+    def _connect(self, autocommit: bool) -> Iterator[Any]:
+        conn: Any = self.hook.get_conn()
+        try:
+            conn.autocommit = autocommit
+            yield conn
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _jdbc_options(self, **extra: Any) -> dict[str, str]:
+        options = self.hook.jdbc_options(**extra)
+        options.update({k: str(v) for k, v in self.extra_jdbc_options.items()})
+        return options
+
+    # ---------------------------------------------------------------------------------------- load
+
+    def load(self, df: DataFrame) -> LoadOutcome:
+        """Load ``df`` (see the module doc for the guarantees).
+
+        :raises ConfigError: bad names, schema mismatch, missing unique index for the upsert keys.
+        :raises RowAccountingError: the rows do not add up (nothing is committed then).
+        """
+        t0 = time.monotonic()
+        timings: dict[str, float] = {}
+        plan = self._call(self._prepare, self._df_columns(df))
+        timings["plan"] = time.monotonic() - t0
+        if plan.recorded is not None:
+            self._drop_staging(plan)  # a crash after the commit may have left it
+            read, loaded, rejected = plan.recorded
+            log.info("Load %s into %s already committed: nothing to do", self.load_id, plan.table_key)
+            return LoadOutcome(read, loaded, rejected, None, plan.staging_name, 0, time.monotonic() - t0,
+                               load_id=self.load_id, skipped=True, timings=timings)
+        rejected_df = None
+        try:
+            t = time.monotonic()
+            self._call(self._create_staging, plan)
+            self._call(self._stage, df, plan)
+            timings["stage"] = time.monotonic() - t
+            t = time.monotonic()
+            result = self._call(self._merge, plan)
+            timings["merge"] = time.monotonic() - t
+            if result.rejected and not result.skipped:
+                t = time.monotonic()
+                rejected_df = self._read_rejected(df, plan)
+                timings["rejected"] = time.monotonic() - t
+        finally:
+            t = time.monotonic()
+            self._drop_staging(plan)
+            timings["cleanup"] = time.monotonic() - t
+        outcome = LoadOutcome(
+            result.read, result.loaded, result.rejected, rejected_df, plan.staging_name, result.statements,
+            time.monotonic() - t0, records_superseded=result.superseded, load_id=self.load_id,
+            skipped=result.skipped, isolated=result.isolated, timings=timings,
+        )
+        log.info("Loaded %s (%s, load id %s): read=%d loaded=%d rejected=%d superseded=%d in %.2fs %s",
+                 plan.table_key, self.mode, self.load_id, outcome.records_read, outcome.records_loaded,
+                 outcome.records_rejected, outcome.records_superseded, outcome.duration_s,
+                 {k: round(v, 2) for k, v in timings.items()})
+        return outcome
+
+    @staticmethod
+    def _df_columns(df: DataFrame) -> list[tuple[str, str]]:
+        return [(f.name, f.dataType.simpleString()) for f in df.schema.fields]
+
+    # ---------------------------------------------------------------------------------------- plan
+
+    def _prepare(self, df_columns: Sequence[tuple[str, str]]) -> _Plan:
+        for name, _ in df_columns:
+            validate_identifier(name, "columns")
+        with self._connect(autocommit=True) as conn:
+            cur = conn.cursor()
+            cur.execute(
+                "SELECT n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n "
+                "ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)", (self.target,))
+            row = cur.fetchone()
+            if row is None or row[2] not in ("r", "p"):
+                raise ConfigError("table", "is not an existing table", value=self.table)
+            schema, table = str(row[0]), str(row[1])
+            target = S.qualified(schema, table)
+            cur.execute(
+                "SELECT a.attname, format_type(a.atttypid, a.atttypmod), format_type(a.atttypid, NULL), "
+                "t.typcategory, a.attnotnull, (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''), "
+                "a.attgenerated <> '' FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+                "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+                (target,))
+            target_cols = {str(r[0]): r for r in cur.fetchall()}
+            columns = self._match_columns(df_columns, target_cols, f"{schema}.{table}")
+            if self.mode == "upsert":
+                self._check_unique_index(cur, target, columns, f"{schema}.{table}")
+            log_table = S.qualified(schema, self.log_table_name, "log_table")
+            try:
+                cur.execute(S.create_load_log_sql(log_table))
+            except Exception as err:  # a concurrent CREATE IF NOT EXISTS: the table is there now
+                if "already exists" not in str(err) and "duplicate key" not in str(err):
+                    raise
+            table_key = f"{schema}.{table}"
+            recorded = self._recorded(cur, log_table, table_key)
+        staging_name = S.staging_table_name(schema, table, self.load_id)
+        return _Plan(
+            schema=schema, table=table, target=target, columns=columns, staging_name=staging_name,
+            staging=S.qualified(schema, staging_name), rejects=S.qualified(schema, S.rejects_table_name(staging_name)),
+            log_table=log_table, table_key=table_key, recorded=recorded,
+        )
+
+    def _recorded(self, cur: Any, log_table: str, table_key: str) -> tuple[int, int, int] | None:
+        cur.execute(f"SELECT rows_read, rows, rows_rejected FROM {log_table} WHERE table_name = %s AND load_id = %s",
+                    (table_key, self.load_id))
+        row = cur.fetchone()
+        return None if row is None else (int(row[0]), int(row[1]), int(row[2]))
+
+    def _match_columns(
+        self, df_columns: Sequence[tuple[str, str]], target_cols: Mapping[str, Any], table: str
+    ) -> list[S.StagedColumn]:
+        by_lower: dict[str, list[str]] = {}
+        for target_name in target_cols:
+            by_lower.setdefault(target_name.lower(), []).append(target_name)
+        problems: list[str] = []
+        extra: list[str] = []
+        generated: list[str] = []
+        columns: list[S.StagedColumn] = []
+        seen: set[str] = set()
+        for df_name, spark_type in df_columns:
+            name = df_name if df_name in target_cols else None
+            if name is None and len(by_lower.get(df_name.lower(), [])) == 1:
+                name = by_lower[df_name.lower()][0]
+            if name is None:
+                extra.append(df_name)
+                continue
+            if name in seen:
+                problems.append(f"DataFrame column {df_name!r} maps to target column {name!r} twice")
+                continue
+            seen.add(name)
+            _, full_type, base_type, category, _, _, is_generated = target_cols[name]
+            if is_generated:
+                generated.append(df_name)
+                continue
+            staging_type, cast = S.staging_column_type(spark_type, str(base_type), str(category))
+            columns.append(S.StagedColumn(name, df_name, staging_type, str(full_type), cast))
+        if extra:
+            problems.append(f"DataFrame column(s) not in table {table}: {', '.join(extra)}")
+        if generated:
+            problems.append(f"DataFrame column(s) that are generated columns of {table}: {', '.join(generated)}")
+        missing = [n for n, r in target_cols.items() if r[4] and not r[5] and n not in seen]
+        if missing:
+            problems.append(
+                f"NOT NULL column(s) of {table} without a default missing from the DataFrame: {', '.join(missing)}")
+        missing_keys = [k for k in self.keys if k not in seen]
+        if missing_keys:
+            problems.append(f"key column(s) missing from the DataFrame: {', '.join(missing_keys)}")
+        if problems:
+            raise ConfigError("columns", "; ".join(problems))
+        if not columns:
+            raise ConfigError("columns", "the DataFrame has no column to load")
+        return columns
+
+    def _check_unique_index(self, cur: Any, target: str, columns: Sequence[S.StagedColumn], table: str) -> None:
+        cur.execute(
+            "SELECT array_agg(a.attname::text) FROM pg_index i JOIN pg_attribute a "
+            "ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) WHERE i.indrelid = to_regclass(%s) "
+            "AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL "
+            "GROUP BY i.indexrelid", (target,))
+        if not any(set(r[0]) == set(self.keys) for r in cur.fetchall()):
+            cols = ", ".join(self.keys)
+            raise ConfigError(
+                "keys", f"table {table} has no primary key or unique index on exactly ({cols}), which "
+                f"upsert (ON CONFLICT) needs; create one, e.g. CREATE UNIQUE INDEX ON {target} ({cols})")
+
+    # --------------------------------------------------------------------------------------- stage
+
+    def _create_staging(self, plan: _Plan) -> None:
+        with self._connect(autocommit=True) as conn:
+            cur = conn.cursor()
+            cur.execute(f"DROP TABLE IF EXISTS {plan.staging}, {plan.rejects}")
+            cur.execute(S.create_staging_sql(plan.staging, plan.columns))
+            cur.execute(S.create_rejects_sql(plan.rejects))
+
+    def _default_partitions(self, df: DataFrame) -> int:
+        if self.num_partitions:
+            return self.num_partitions
+        try:
+            parallelism = int(df.sparkSession.sparkContext.defaultParallelism)
+        except Exception:  # Spark Connect has no SparkContext
+            parallelism = 4
+        return max(2, min(parallelism, 8))
+
+    def _stage(self, df: DataFrame, plan: _Plan) -> None:
+        from pyspark.sql import functions as F
+
+        staged = df.select(
+            F.monotonically_increasing_id().alias(S.ROW_ID),
+            *[F.col(c.source).alias(c.name) for c in plan.columns],
+        )
+        options = self._jdbc_options(batchsize=10000, numPartitions=self._default_partitions(df))
+        options["dbtable"] = plan.staging
+        staged.write.format("jdbc").options(**options).mode("append").save()
+
+    # --------------------------------------------------------------------------------------- merge
+
+    def _merge(self, plan: _Plan) -> _MergeResult:
+        with self._connect(autocommit=False) as conn:
+            cur = _Counter(conn.cursor())
+            try:
+                result = self._merge_in(cur, plan)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    conn.rollback()
+                raise
+            if result.skipped:
+                conn.rollback()
+            else:
+                conn.commit()
+            return result
+
+    def _merge_in(self, cur: _Counter, plan: _Plan) -> _MergeResult:
+        rid = S.q(S.ROW_ID)
+        cur.execute("SELECT set_config('work_mem', %s, true)", (self.merge_work_mem,))
+        cur.execute(f"SELECT count(*), count(DISTINCT {rid}) FROM {plan.staging}")
+        staged, read = (int(v) for v in cur.fetchone())
+        if staged != read:  # a Spark task that ran twice: same row ids, keep one copy
+            log.warning("Staging %s holds %d copies of %d rows: deduplicating by row id",
+                        plan.staging_name, staged, read)
+            cur.execute(f"DELETE FROM {plan.staging} a USING {plan.staging} b "
+                        f"WHERE a.{rid} = b.{rid} AND a.ctid > b.ctid")
+        cur.execute(
+            f"INSERT INTO {plan.log_table} (table_name, load_id, mode, rows, rows_read, rows_rejected) "
+            "VALUES (%s, %s, %s, 0, 0, 0) ON CONFLICT (table_name, load_id) DO NOTHING",
+            (plan.table_key, self.load_id, self.mode))
+        if cur.rowcount == 0:
+            recorded = self._recorded(cur, plan.log_table, plan.table_key)
+            assert recorded is not None
+            return _MergeResult(*recorded, superseded=0, statements=cur.statements, skipped=True)
+        if self.mode == "overwrite":
+            if self.overwrite_method == "truncate":
+                cur.execute(f"TRUNCATE {plan.target}")
+            else:
+                cur.execute(f"DELETE FROM {plan.target}")
+        isolated = False
+        cur.execute("SAVEPOINT etl_merge")
+        try:
+            cur.execute(S.fast_merge_sql(self.mode, plan.target, plan.staging, plan.columns, self.keys))
+            applied = cur.rowcount
+            cur.execute("RELEASE SAVEPOINT etl_merge")
+            deduped = applied
+        except Exception as err:
+            if classify_postgres(err) is not ErrorKind.DATA:
+                raise
+            log.warning("Set-based merge into %s failed with a data error (%s: %s); isolating bad rows "
+                        "in chunks of %d", plan.table_key, error_class(err), error_message(err).splitlines()[0],
+                        self.chunk_rows)
+            cur.execute("ROLLBACK TO SAVEPOINT etl_merge")
+            isolated = True
+            applied, deduped = self._isolate(cur, plan)
+        cur.execute(f"SELECT count(*) FROM {plan.rejects}")
+        rejected_winners = int(cur.fetchone()[0])
+        rejected_superseded = 0
+        if self.mode == "upsert" and rejected_winners:
+            cur.execute(S.superseded_rejects_sql(plan.staging, plan.rejects, self.keys))
+            rejected_superseded = max(cur.rowcount, 0)
+        superseded = read - deduped
+        if applied + rejected_winners != deduped or superseded < 0:
+            raise RowAccountingError(
+                f"load into {plan.table_key}: {deduped} row(s) to apply but {applied} applied + "
+                f"{rejected_winners} rejected (read {read}); rolled back")
+        loaded = applied + superseded - rejected_superseded
+        rejected = rejected_winners + rejected_superseded
+        if read != loaded + rejected:
+            raise RowAccountingError(
+                f"load into {plan.table_key}: read {read} != loaded {loaded} + rejected {rejected}; rolled back")
+        self._record_log(cur, plan, read, loaded, rejected)
+        return _MergeResult(read, loaded, rejected, superseded, cur.statements, isolated=isolated)
+
+    def _record_log(self, cur: _Counter, plan: _Plan, read: int, loaded: int, rejected: int) -> None:
+        cur.execute(
+            f"UPDATE {plan.log_table} SET rows = %s, rows_read = %s, rows_rejected = %s, loaded_at = now() "
+            "WHERE table_name = %s AND load_id = %s", (loaded, read, rejected, plan.table_key, self.load_id))
+
+    def _isolate(self, cur: _Counter, plan: _Plan) -> tuple[int, int]:
+        """Apply the staged rows, isolating the bad ones; return (rows applied, rows to apply).
+
+        First a set-based screen picks *suspects* (a NULL for a NOT NULL column, a string longer than
+        its column, a failing CHECK expression, a dangling foreign key); the other rows go in with one
+        statement and each suspect under its own savepoint, so PostgreSQL itself decides and words the
+        error. If the screen cannot run or the rest still fails, chunks + bisection apply everything.
+        """
+        screened = self._screened(cur, plan)
+        if screened is not None:
+            return screened
+        work = S.q(WORK_TABLE)
+        cur.execute(f"DROP TABLE IF EXISTS {work}")
+        cur.execute(S.work_table_sql(self.mode, work, plan.staging, self.keys))
+        cur.execute(f"CREATE INDEX ON {work} ({S.q(S.ORDINAL)})")
+        cur.execute(f"SELECT count(*) FROM {work}")
+        total = int(cur.fetchone()[0])
+        sql = S.range_merge_sql(self.mode, plan.target, work, plan.columns, self.keys)
+        bad: list[tuple[str, str, int]] = []
+        applied = 0
+        for lo in range(1, total + 1, self.chunk_rows):
+            applied += self._apply_range(cur, sql, lo, min(lo + self.chunk_rows - 1, total), bad)
+        if bad:
+            cur.executemany(
+                f"INSERT INTO {plan.rejects} ({S.q(S.ROW_ID)}, {S.q(S.ERROR)}, {S.q(S.ERROR_CLASS)}) "
+                f"SELECT {S.q(S.ROW_ID)}, %s, %s FROM {work} WHERE {S.q(S.ORDINAL)} = %s", bad)
+        log.info("Isolated %d bad row(s) of %d in %s by chunks and bisection (%d statements)", len(bad), total,
+                 plan.table_key, cur.statements)
+        return applied, total
+
+    def _screen_predicates(self, cur: _Counter, plan: _Plan) -> tuple[list[str], list[str]]:
+        """(safe, risky) suspect predicates over the staged columns (alias ``w``)."""
+        safe: list[str] = []
+        risky: list[str] = []
+        staged = {c.name for c in plan.columns}
+        cur.execute("SELECT a.attname, a.attnotnull, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+                    "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped", (plan.target,))
+        for name, notnull, full_type in cur.fetchall():
+            if name not in staged:
+                continue
+            if notnull:
+                safe.append(f"w.{S.q(name)} IS NULL")
+            length = S.declared_length(str(full_type))
+            if length is not None:
+                safe.append(f"char_length(w.{S.q(name)}::text) > {length}")
+        cur.execute("SELECT pg_get_expr(conbin, conrelid) FROM pg_constraint WHERE conrelid = to_regclass(%s) "
+                    "AND contype = 'c'", (plan.target,))
+        risky += [f"({expr}) IS FALSE" for (expr,) in cur.fetchall()]
+        cur.execute(
+            "SELECT confrelid::regclass::text, array_agg(a.attname::text ORDER BY k.i), "
+            "array_agg(f.attname::text ORDER BY k.i) FROM pg_constraint c "
+            "CROSS JOIN LATERAL unnest(c.conkey, c.confkey) WITH ORDINALITY AS k(col, fcol, i) "
+            "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.col "
+            "JOIN pg_attribute f ON f.attrelid = c.confrelid AND f.attnum = k.fcol "
+            "WHERE c.conrelid = to_regclass(%s) AND c.contype = 'f' GROUP BY c.oid, c.confrelid", (plan.target,))
+        for ref, cols, ref_cols in cur.fetchall():
+            if not set(cols) <= staged:
+                continue
+            with contextlib.suppress(ConfigError):
+                match = " AND ".join(f"r.{S.q(rc)} = w.{S.q(c)}" for c, rc in zip(cols, ref_cols, strict=True))
+                present = " AND ".join(f"w.{S.q(c)} IS NOT NULL" for c in cols)
+                risky.append(f"({present} AND NOT EXISTS (SELECT 1 FROM {ref} r WHERE {match}))")
+        return safe, risky
+
+    def _screened(self, cur: _Counter, plan: _Plan) -> tuple[int, int] | None:
+        safe, risky = self._screen_predicates(cur, plan)
+        suspect = S.q("_etl_suspect")
+        source = (S.dedup_source_sql(plan.staging, self.keys) if self.mode == "upsert"
+                  else f"SELECT s.* FROM {plan.staging} s")
+        built = False
+        for preds in ([*safe, *risky], safe):
+            if not preds:
+                continue
+            cur.execute("SAVEPOINT etl_screen")
+            try:
+                cur.execute(f"DROP TABLE IF EXISTS {suspect}")
+                cur.execute(f"CREATE TEMP TABLE {suspect} ON COMMIT DROP AS SELECT w.* FROM ({source}) w "
+                            f"WHERE {' OR '.join(preds)}")
+                cur.execute("RELEASE SAVEPOINT etl_screen")
+                built = True
+                break
+            except Exception as err:  # a CHECK over a column staged as text, say: screen without it
+                if classify_postgres(err) is ErrorKind.TRANSIENT:
+                    raise
+                cur.execute("ROLLBACK TO SAVEPOINT etl_screen")
+                cur.execute("RELEASE SAVEPOINT etl_screen")
+        if not built:
+            return None
+        rid = S.q(S.ROW_ID)
+        cur.execute(f"SELECT {rid} FROM {suspect} ORDER BY {rid}")
+        suspects = [int(r[0]) for r in cur.fetchall()]
+        select = ", ".join(c.expr() for c in plan.columns)
+        conflict = S.on_conflict_sql(self.keys, plan.columns) if self.mode == "upsert" else ""
+        cur.execute("SAVEPOINT etl_rest")
+        try:
+            cur.execute(S.insert_prefix(plan.target, plan.columns) + f"SELECT {select} FROM ({source}) s "
+                        f"WHERE NOT EXISTS (SELECT 1 FROM {suspect} x WHERE x.{rid} = s.{rid})" + conflict)
+            applied = cur.rowcount
+            cur.execute("RELEASE SAVEPOINT etl_rest")
+        except Exception as err:
+            if classify_postgres(err) is not ErrorKind.DATA:
+                raise
+            cur.execute("ROLLBACK TO SAVEPOINT etl_rest")
+            cur.execute("RELEASE SAVEPOINT etl_rest")
+            return None  # bad rows the screen did not catch: chunks and bisection
+        one = S.insert_prefix(plan.target, plan.columns) + f"SELECT {select} FROM {suspect} s WHERE s.{rid} = %s" + conflict
+        bad: list[tuple[int, str, str]] = []
+        for row_id in suspects:
+            cur.execute("SAVEPOINT etl_row")
+            try:
+                cur.execute(one, (row_id,))
+                applied += cur.rowcount
+                cur.execute("RELEASE SAVEPOINT etl_row")
+            except Exception as err:
+                if classify_postgres(err) is not ErrorKind.DATA:
+                    raise
+                cur.execute("ROLLBACK TO SAVEPOINT etl_row")
+                cur.execute("RELEASE SAVEPOINT etl_row")
+                bad.append((row_id, error_message(err), error_class(err)))
+        if bad:
+            cur.executemany(f"INSERT INTO {plan.rejects} ({rid}, {S.q(S.ERROR)}, {S.q(S.ERROR_CLASS)}) "
+                            "VALUES (%s, %s, %s)", bad)
+        total = applied + len(bad)
+        log.info("Isolated %d bad row(s) of %d in %s: %d suspect(s) screened set-based (%d statements)",
+                 len(bad), total, plan.table_key, len(suspects), cur.statements)
+        return applied, total
+
+    def _apply_range(self, cur: _Counter, sql: str, lo: int, hi: int, bad: list[tuple[str, str, int]]) -> int:
+        cur.execute("SAVEPOINT etl_chunk")
+        try:
+            cur.execute(sql, (lo, hi))
+            applied = cur.rowcount
+        except Exception as err:
+            if classify_postgres(err) is not ErrorKind.DATA:
+                raise
+            cur.execute("ROLLBACK TO SAVEPOINT etl_chunk")
+            cur.execute("RELEASE SAVEPOINT etl_chunk")
+            if lo == hi:
+                bad.append((error_message(err), error_class(err), lo))
+                return 0
+            mid = (lo + hi) // 2
+            return self._apply_range(cur, sql, lo, mid, bad) + self._apply_range(cur, sql, mid + 1, hi, bad)
+        cur.execute("RELEASE SAVEPOINT etl_chunk")
+        return applied
+
+    # ------------------------------------------------------------------------------------ rejected
+
+    #: Up to this many rejected rows are fetched by the driver and become a local DataFrame (no Spark
+    #: job); more are read by Spark's JDBC reader and materialised with ``localCheckpoint``.
+    LOCAL_REJECTED_MAX = 10_000
+
+    def _rejected_query(self, plan: _Plan) -> str:
+        rid = S.q(S.ROW_ID)
+        cols = ", ".join(f"s.{S.q(c.name)}" for c in plan.columns)
+        return (f"SELECT {cols}, r.{S.q(S.ERROR)}, r.{S.q(S.ERROR_CLASS)} "
+                f"FROM {plan.staging} s JOIN {plan.rejects} r ON r.{rid} = s.{rid}")
+
+    def _read_rejected(self, df: DataFrame, plan: _Plan) -> DataFrame:
+        from pyspark.sql import functions as F
+        from pyspark.sql.types import StringType, StructField, StructType
+
+        types = {f.name: f.dataType for f in df.schema.fields}
+        schema = StructType([StructField(c.source, types[c.source]) for c in plan.columns]
+                            + [StructField(S.ERROR, StringType()), StructField(S.ERROR_CLASS, StringType())])
+        query = self._rejected_query(plan)
+        with contextlib.suppress(Exception):  # fall back to the JDBC read for types Python cannot map
+            with self._connect(autocommit=True) as conn:
+                cur = conn.cursor()
+                cur.execute(f"{query} ORDER BY s.{S.q(S.ROW_ID)} LIMIT {self.LOCAL_REJECTED_MAX + 1}")
+                rows = [tuple(r) for r in cur.fetchall()]
+            if len(rows) <= self.LOCAL_REJECTED_MAX:
+                return df.sparkSession.createDataFrame(rows, schema)
+        options = self._jdbc_options()
+        options["query"] = query
+        raw = df.sparkSession.read.format("jdbc").options(**options).load()
+        rejected = raw.select(
+            *[F.col(c.name).cast(types[c.source]).alias(c.source) for c in plan.columns],
+            F.col(S.ERROR), F.col(S.ERROR_CLASS),
+        )
+        return rejected.localCheckpoint(eager=True)
+
+    # ------------------------------------------------------------------------------------- cleanup
+
+    def _drop_staging(self, plan: _Plan) -> None:
+        try:
+            with self._connect(autocommit=True) as conn:
+                conn.cursor().execute(f"DROP TABLE IF EXISTS {plan.staging}, {plan.rejects}")
+        except Exception as err:  # never hide the load's own error; the next run with this load id drops it
+            log.warning("Could not drop staging table %s: %s", plan.staging_name, err)

@@ -1,0 +1,305 @@
+"""The PostgreSQL load engine against the real local PostgreSQL and an embedded Spark session."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from airflow_etl_provider.core.errors import ConfigError
+from airflow_etl_provider.hooks.postgres import SparkPostgresHook
+from airflow_etl_provider.hooks.postgres_load import PostgresLoader
+
+pytestmark = pytest.mark.spark
+
+
+@pytest.fixture
+def hook() -> SparkPostgresHook:
+    return SparkPostgresHook(postgres_conn_id="postgres_default")
+
+
+@pytest.fixture
+def pg(hook: SparkPostgresHook) -> Iterator[tuple]:
+    """An autocommit cursor, and a list of tables to drop at the end."""
+    conn = hook.get_conn()
+    conn.autocommit = True
+    drop: list[str] = []
+    yield conn.cursor(), drop
+    for name in reversed(drop):
+        conn.cursor().execute(f"DROP TABLE IF EXISTS {name} CASCADE")
+    conn.close()
+
+
+def _rows(cur, table: str) -> list[tuple]:
+    cur.execute(f"SELECT * FROM {table} ORDER BY 1")
+    return [tuple(r) for r in cur.fetchall()]
+
+
+def _staging_tables(cur, table: str) -> list[str]:
+    cur.execute("SELECT relname FROM pg_class WHERE relname LIKE %s", (f"\\_etl\\_stg\\_{table[:24]}%",))
+    return [r[0] for r in cur.fetchall()]
+
+
+def _make(cur, drop: list[str], name: str, ddl: str) -> str:
+    cur.execute(f"CREATE TABLE {name} {ddl}")
+    drop.append(name)
+    return name
+
+
+# ------------------------------------------------------------------------------------------ upsert
+
+
+def test_upsert_updates_existing_keys_inserts_new_and_is_idempotent(spark, hook, pg, unique) -> None:
+    cur, drop = pg
+    t = _make(cur, drop, f"lu_{unique}", "(id int PRIMARY KEY, val text NOT NULL, qty int)")
+    cur.execute(f"INSERT INTO {t} SELECT g, 'old', 0 FROM generate_series(1, 50) g")
+    df = spark.createDataFrame([(i, f"new{i}", i) for i in range(26, 101)], "id INT, val STRING, qty INT")
+
+    out = PostgresLoader(hook, t, "upsert", keys=["id"], load_id="run-1").load(df)
+    assert (out.records_read, out.records_loaded, out.records_rejected) == (75, 75, 0)
+    assert out.rejected is None and not out.skipped and not out.isolated
+    expected = [(i, "old", 0) for i in range(1, 26)] + [(i, f"new{i}", i) for i in range(26, 101)]
+    assert _rows(cur, t) == expected
+    assert _staging_tables(cur, t) == []
+
+    again = PostgresLoader(hook, t, "upsert", keys=["id"], load_id="run-1").load(df)  # same load id: no-op
+    assert again.skipped and (again.records_read, again.records_loaded, again.records_rejected) == (75, 75, 0)
+    redo = PostgresLoader(hook, t, "upsert", keys=["id"], load_id="run-2").load(df)  # a redo: same result
+    assert (redo.records_read, redo.records_loaded) == (75, 75)
+    assert _rows(cur, t) == expected
+
+
+def test_upsert_in_batch_duplicate_keys_last_row_wins(spark, hook, pg, unique) -> None:
+    cur, drop = pg
+    t = _make(cur, drop, f"ld_{unique}", "(id int PRIMARY KEY, val text, qty int CHECK (qty >= 0))")
+    cur.execute(f"INSERT INTO {t} VALUES (3, 'before', 0)")
+    rows = [(1, "a", 1), (2, "b", 1), (1, "c", 1), (1, "d", 1), (3, "x", 1), (3, "y", -1)]
+    df = spark.createDataFrame(rows, "id INT, val STRING, qty INT").coalesce(1)  # DataFrame order = row id order
+
+    out = PostgresLoader(hook, t, "upsert", keys=["id"]).load(df)
+    # key 1: "d" (the last) wins, "a" and "c" are superseded and count as loaded; key 3: the last row
+    # breaks the CHECK, so key 3 keeps its old value and both of its rows are rejected.
+    assert _rows(cur, t) == [(1, "d", 1), (2, "b", 1), (3, "before", 0)]
+    assert (out.records_read, out.records_loaded, out.records_rejected) == (6, 4, 2)
+    assert out.records_superseded == 3
+    rejected = {r["val"]: r for r in out.rejected.collect()}
+    assert set(rejected) == {"x", "y"}
+    assert 'violates check constraint' in rejected["y"]["_etl_error"]
+    assert rejected["y"]["_etl_error_class"] == "psycopg.errors.CheckViolation"
+    assert rejected["x"]["_etl_error"].startswith("superseded by rejected row")
+
+
+def test_upsert_without_unique_index_on_keys_is_refused(spark, hook, pg, unique) -> None:
+    cur, drop = pg
+    t = _make(cur, drop, f"lk_{unique}", "(id int PRIMARY KEY, code text, val text)")
+    df = spark.createDataFrame([(1, "a", "x")], "id INT, code STRING, val STRING")
+    with pytest.raises(ConfigError, match=r"keys: .*no primary key or unique index on exactly \(code\)"):
+        PostgresLoader(hook, t, "upsert", keys=["code"]).load(df)
+
+
+# ------------------------------------------------------------------------------------------ append
+
+
+def test_append_with_load_id_rerun_is_a_noop(spark, hook, pg, unique) -> None:
+    cur, drop = pg
+    t = _make(cur, drop, f"la_{unique}", "(id int, val text)")
+    df = spark.createDataFrame([(i, f"v{i}") for i in range(40)], "id INT, val STRING")
+    first = PostgresLoader(hook, t, "append", load_id="2026-11-25").load(df)
+    second = PostgresLoader(hook, t, "append", load_id="2026-11-25").load(df)
+    assert (first.records_read, first.records_loaded, first.skipped) == (40, 40, False)
+    assert (second.records_read, second.records_loaded, second.skipped) == (40, 40, True)
+    cur.execute(f"SELECT count(*) FROM {t}")
+    assert cur.fetchone()[0] == 40
+    cur.execute("SELECT rows, rows_read, rows_rejected, mode FROM etl_load_log WHERE table_name = %s AND "
+                "load_id = %s", (f"public.{t}", "2026-11-25"))
+    assert cur.fetchone() == (40, 40, 0, "append")
+    third = PostgresLoader(hook, t, "append", load_id="2026-11-26").load(df)  # another load id loads
+    assert third.records_loaded == 40
+
+
+def test_crash_between_staging_and_merge_or_mid_merge_never_duplicates(spark, hook, pg, unique, monkeypatch) -> None:
+    cur, drop = pg
+    t = _make(cur, drop, f"lc_{unique}", "(id int, val text)")
+    df = spark.createDataFrame([(i, f"v{i}") for i in range(30)], "id INT, val STRING").repartition(3)
+
+    # 1. the run stages its rows, then "dies" before the merge (staging left behind, possibly twice).
+    crashed = PostgresLoader(hook, t, "append", load_id="L1")
+    plan = crashed._prepare(crashed._df_columns(df))
+    crashed._create_staging(plan)
+    crashed._stage(df, plan)
+    crashed._stage(df, plan)  # e.g. a Spark job retried after a partial failure: same row ids twice
+    assert _staging_tables(cur, t)
+    cur.execute(f"SELECT count(*) FROM {t}")
+    assert cur.fetchone()[0] == 0
+
+    # 2. the re-run dies mid-merge (after the INSERT, before the commit): everything rolls back.
+    def boom(*args, **kwargs):
+        raise RuntimeError("killed mid-merge")
+
+    monkeypatch.setattr(PostgresLoader, "_record_log", boom)
+    with pytest.raises(RuntimeError, match="killed mid-merge"):
+        PostgresLoader(hook, t, "append", load_id="L1").load(df)
+    monkeypatch.undo()
+    cur.execute(f"SELECT count(*) FROM {t}")
+    assert cur.fetchone()[0] == 0
+    assert _staging_tables(cur, t) == []  # dropped also on failure
+
+    # 3. a staged-but-not-merged run again, then the real re-run: exactly one copy of each row.
+    crashed._create_staging(plan)
+    crashed._stage(df, plan)
+    out = PostgresLoader(hook, t, "append", load_id="L1").load(df)
+    assert (out.records_read, out.records_loaded, out.records_rejected) == (30, 30, 0)
+    assert sorted(_rows(cur, t)) == [(i, f"v{i}") for i in range(30)]
+
+    # 4. the merge ran twice on a leftover staging table (the first merge "crashed" after its commit).
+    crashed._create_staging(plan)
+    crashed._stage(df, plan)
+    try:
+        assert crashed._merge(plan).skipped
+    finally:
+        crashed._drop_staging(plan)
+    assert len(_rows(cur, t)) == 30
+    assert _staging_tables(cur, t) == []
+
+
+def test_merge_that_counts_its_own_rows_twice_reports_duplicate_stage(spark, hook, pg, unique) -> None:
+    """A staging table holding a Spark task's rows twice (same row ids) loads each row once."""
+    cur, drop = pg
+    t = _make(cur, drop, f"ls_{unique}", "(id int PRIMARY KEY, val text)")
+    df = spark.createDataFrame([(i, "v") for i in range(10)], "id INT, val STRING")
+    loader = PostgresLoader(hook, t, "append")
+    plan = loader._prepare(loader._df_columns(df))
+    loader._create_staging(plan)
+    loader._stage(df, plan)
+    loader._stage(df, plan)
+    try:
+        result = loader._merge(plan)
+    finally:
+        loader._drop_staging(plan)
+    assert (result.read, result.loaded, result.rejected) == (10, 10, 0)
+    assert len(_rows(cur, t)) == 10
+
+
+# --------------------------------------------------------------------------------------- overwrite
+
+
+@pytest.mark.parametrize("method", ["delete", "truncate"])
+def test_overwrite_is_atomic_for_a_concurrent_reader(spark, hook, pg, unique, method) -> None:
+    cur, drop = pg
+    t = _make(cur, drop, f"lo_{method[:3]}_{unique}", "(id int PRIMARY KEY, val text)")
+    cur.execute(f"INSERT INTO {t} SELECT g, 'old' FROM generate_series(1, 3000) g")
+    df = spark.range(20000).selectExpr("CAST(id AS INT) AS id", "'new' AS val")
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        conn = hook.get_conn()
+        conn.autocommit = True
+        c = conn.cursor()
+        while not stop.is_set():
+            c.execute(f"SELECT count(*) FROM {t}")
+            seen.append(c.fetchone()[0])
+        conn.close()
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        time.sleep(0.2)
+        out = PostgresLoader(hook, t, "overwrite", overwrite_method=method).load(df)
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        thread.join()
+    assert out.records_loaded == 20000
+    assert seen and set(seen) <= {3000, 20000}, sorted(set(seen))
+    assert seen[0] == 3000 and seen[-1] == 20000
+
+
+# ----------------------------------------------------------------------------------- poison rows
+
+
+@pytest.mark.parametrize("screenable_only", [True, False], ids=["screened", "bisected"])
+def test_poison_rows_of_each_kind_are_isolated_with_postgres_messages(spark, hook, pg, unique, screenable_only) -> None:
+    """NOT NULL, CHECK, FK and length violations are caught by the set-based screen; a bad cast and unique
+    violations (in the batch and against the table) only by chunks + bisection: both paths, same result."""
+    cur, drop = pg
+    cat = _make(cur, drop, f"lpc_{unique}", "(id int PRIMARY KEY)")
+    cur.execute(f"INSERT INTO {cat} VALUES (1), (2)")
+    t = _make(cur, drop, f"lp_{unique}", f"""(id int PRIMARY KEY, name varchar(8) NOT NULL,
+        qty int CHECK (qty >= 0), cat_id int REFERENCES {cat} (id), code int)""")
+    cur.execute(f"INSERT INTO {t} VALUES (1000, 'exists', 0, 1, 0)")
+    good = [(i, f"n{i}", i, 1 + i % 2, str(i)) for i in range(200)]
+    bad = {
+        900: ((900, None, 1, 1, "1"), "NotNullViolation", 'null value in column "name"'),
+        901: ((901, "n901", -5, 1, "1"), "CheckViolation", f'violates check constraint "{t}_qty_check"'),
+        902: ((902, "n902", 1, 99, "1"), "ForeignKeyViolation", f'violates foreign key constraint "{t}_cat_id_fkey"'),
+        903: ((903, "much-too-long", 1, 1, "1"), "StringDataRightTruncation",
+              "value too long for type character varying(8)"),
+        1000: ((1000, "clash", 1, 1, "1"), "UniqueViolation", f'duplicate key value violates unique constraint "{t}_pkey"'),
+        904: ((904, "n904", 1, 1, "12x"), "InvalidTextRepresentation", 'invalid input syntax for type integer: "12x"'),
+    }
+    in_batch_dup = [(5, "dup5", 1, 1, "5")]  # a second row with key 5, later in the batch than the first
+    if screenable_only:
+        del bad[1000], bad[904]
+        in_batch_dup = []
+    rows = good[:100] + [b[0] for b in bad.values()] + good[100:] + in_batch_dup
+    df = spark.createDataFrame(rows, "id INT, name STRING, qty INT, cat_id INT, code STRING").coalesce(2)
+
+    out = PostgresLoader(hook, t, "append", chunk_rows=64).load(df)
+
+    assert out.isolated
+    assert (out.records_read, out.records_loaded, out.records_rejected) == (len(rows), 200, len(bad) + len(in_batch_dup))
+    assert out.records_read == out.records_loaded + out.records_rejected
+    expected = sorted([(i, n, q, c, int(s)) for i, n, q, c, s in good] + [(1000, "exists", 0, 1, 0)])
+    assert _rows(cur, t) == expected
+    rejected = {(r["id"], r["name"]): r.asDict() for r in out.rejected.collect()}
+    assert set(rejected) == {(v[0][0], v[0][1]) for v in bad.values()} | {r[:2] for r in in_batch_dup}
+    for key, (row, cls, message) in bad.items():
+        r = rejected[(row[0], row[1])]
+        assert (r["id"], r["name"], r["qty"], r["cat_id"], r["code"]) == row  # original columns, original types
+        assert r["_etl_error_class"] == f"psycopg.errors.{cls}", key
+        assert message in r["_etl_error"], (key, r["_etl_error"])
+    if in_batch_dup:
+        assert "Key (id)=(5) already exists" in rejected[(5, "dup5")]["_etl_error"]
+    else:  # the screen isolated them: one statement for the rest + one savepoint per suspect, no bisection
+        assert out.statements < 40, out.statements
+    assert list(out.rejected.columns) == ["id", "name", "qty", "cat_id", "code", "_etl_error", "_etl_error_class"]
+    assert _staging_tables(cur, t) == []
+
+
+# ----------------------------------------------------------------------------------- bad config
+
+
+def test_schema_mismatch_lists_every_problem(spark, hook, pg, unique) -> None:
+    cur, drop = pg
+    t = _make(cur, drop, f"lm_{unique}", "(id int PRIMARY KEY, name text NOT NULL, region text NOT NULL, "
+              "created timestamptz NOT NULL DEFAULT now(), note text)")
+    df = spark.createDataFrame([(1, "x", 2.0)], "id INT, colour STRING, weight DOUBLE")
+    with pytest.raises(ConfigError) as info:
+        PostgresLoader(hook, t, "append").load(df)
+    message = str(info.value)
+    assert message.startswith("columns: ")
+    assert f"DataFrame column(s) not in table public.{t}: colour, weight" in message
+    assert "without a default missing from the DataFrame: name, region" in message
+    assert "created" not in message and "note" not in message
+    assert _staging_tables(cur, t) == []
+
+
+def test_injection_attempts_in_names_are_rejected(spark, hook, pg, unique) -> None:
+    cur, drop = pg
+    t = _make(cur, drop, f"li_{unique}", "(id int PRIMARY KEY, val text)")
+    with pytest.raises(ConfigError, match=r"^table: "):
+        PostgresLoader(hook, f'{t}; DROP TABLE {t} --', "append")
+    with pytest.raises(ConfigError, match=r"^table: "):
+        PostgresLoader(hook, f'public."{t}"', "append")
+    with pytest.raises(ConfigError, match=r"^keys: "):
+        PostgresLoader(hook, t, "upsert", keys=["id) DO NOTHING; DROP TABLE x; --"])
+    with pytest.raises(ConfigError, match=r"^mode: "):
+        PostgresLoader(hook, t, "merge")  # type: ignore[arg-type]
+    df = spark.createDataFrame([(1, "x")], ["id", 'val" text); DROP TABLE x; --'])
+    with pytest.raises(ConfigError, match=r"^columns: "):
+        PostgresLoader(hook, t, "append").load(df)
+    cur.execute(f"SELECT count(*) FROM {t}")
+    assert cur.fetchone()[0] == 0
