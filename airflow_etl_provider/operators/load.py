@@ -1,0 +1,344 @@
+"""ResilientSparkLoadOperator: load a Spark DataFrame into PostgreSQL or Parquet, accounting for every row.
+
+The operator is thin: it validates its configuration at parse time (no I/O in ``__init__``) and, at run
+time, wires the pieces together: :func:`~airflow_etl_provider.hooks.sources.read_source` (parse errors
+split out), :class:`~airflow_etl_provider.hooks.postgres_load.PostgresLoader` (staging + one-transaction
+merge, poison-row isolation) behind a :class:`~airflow_etl_provider.core.guard.Guard` (retry + the circuit
+breaker shared through Airflow Variables), and :class:`~airflow_etl_provider.hooks.dead_letter.DeadLetterHook`
+(rejected and unparseable rows, with their errors, published from the executors). It then checks
+``records_read == records_loaded + records_dead_lettered`` and returns the load result as XCom.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+
+from airflow_etl_provider.core.circuit_breaker import CircuitBreakerPolicy
+from airflow_etl_provider.core.config import ErrorHandlingConfig, parse_dead_letter
+from airflow_etl_provider.core.errors import (
+    CircuitOpenError,
+    ConfigError,
+    RowAccountingError,
+    classify_postgres,
+)
+from airflow_etl_provider.core.identifiers import quote_table, validate_identifier
+from airflow_etl_provider.core.retry import RetryPolicy
+from airflow_etl_provider.hooks.sources import validate_source
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+    from airflow_etl_provider.core.guard import Guard
+    from airflow_etl_provider.hooks.dead_letter import DeadLetterHook
+
+_DEFAULT = object()
+TARGET_TYPES = ("postgres", "parquet")
+POSTGRES_MODES = ("append", "overwrite", "upsert")
+PARQUET_MODES = ("append", "overwrite")
+
+
+def _templated(value: Any) -> bool:
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    if isinstance(value, Mapping):
+        return any(_templated(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_templated(v) for v in value)
+    return False
+
+
+def validate_target(target: Mapping[str, Any], field: str = "target") -> None:
+    """Check a target's shape without I/O; identifiers are validated unless still templated."""
+    if not isinstance(target, Mapping):
+        raise ConfigError(field, "must be a mapping such as {'type': 'postgres', 'table': ..., 'mode': ...}",
+                          value=target)
+    kind = target.get("type")
+    if kind not in TARGET_TYPES:
+        raise ConfigError(f"{field}.type", "is not a supported target type", value=kind, allowed=TARGET_TYPES)
+    mode = target.get("mode", "append")
+    if kind == "postgres":
+        if not target.get("table"):
+            raise ConfigError(f"{field}.table", "is required for a postgres target (e.g. 'public.orders')")
+        if mode not in POSTGRES_MODES:
+            raise ConfigError(f"{field}.mode", "is not a supported load mode", value=mode, allowed=POSTGRES_MODES)
+        keys = target.get("keys") or []
+        if mode == "upsert" and not keys:
+            raise ConfigError(f"{field}.keys", "is required for mode 'upsert': the business key columns")
+        if not _templated(target["table"]):
+            quote_table(target["table"], f"{field}.table")
+        for key in keys:
+            if not _templated(key):
+                validate_identifier(key, f"{field}.keys")
+    else:
+        if not target.get("path"):
+            raise ConfigError(f"{field}.path", "is required for a parquet target")
+        if mode not in PARQUET_MODES:
+            raise ConfigError(f"{field}.mode", "is not a supported mode for parquet", value=mode,
+                              allowed=PARQUET_MODES)
+
+
+class ResilientSparkLoadOperator(BaseOperator):
+    """Load a source into PostgreSQL (append, overwrite, upsert) or Parquet, surviving the real world.
+
+    Transient failures are retried with backoff and jitter; every attempt passes through a circuit
+    breaker shared by all tasks on the same connection (Airflow Variable
+    ``etl_circuit_breaker__<conn_id>``), and while it is open the task is rescheduled to the moment it
+    turns half-open (or fails fast, ``on_open="fail"``) without touching the database. Rows the target
+    rejects (NOT NULL, CHECK, FK, unique, bad casts, too long) and rows that cannot be parsed go to the
+    dead-letter queue with the database's own error message; every other row is loaded, atomically.
+
+    :param source: what to read (templated): ``{"format": "parquet"|"csv"|"json"|"orc", "path": ...,
+        "options": {...}, "schema": "<DDL>"}``, ``{"format": "jdbc", "conn_id": ..., "table"|"query": ...}``
+        or ``{"format": "table", "table": ...}``.
+    :param target: where to load (templated): ``{"type": "postgres", "conn_id": "postgres_default",
+        "table": "public.orders", "mode": "append"|"overwrite"|"upsert", "keys": [...], "load_id": ...}``
+        or ``{"type": "parquet", "path": ..., "mode": "append"|"overwrite", "partition_by": [...]}``.
+        ``load_id`` makes a re-run idempotent (default for append: ``<dag>.<task>.<run_id>``; upsert and
+        overwrite are idempotent by themselves).
+    :param retry: a :class:`RetryPolicy` or its config (the seed's ``errorHandling.retry`` block works).
+    :param circuit_breaker: a :class:`CircuitBreakerPolicy` or its config; ``None`` disables it. The name
+        defaults to the target's conn_id.
+    :param dead_letter: where rejected rows go (templated): ``{"type": "kafka", "conn_id": ..., "topic": ...}``,
+        ``{"type": "s3", ...}``, ``{"type": "file", "path": ...}``. Default: files under
+        ``$AIRFLOW_ETL_DLQ_PATH`` (or ``$AIRFLOW_HOME/dead-letters``). ``None``: no DLQ, so a rejected row
+        fails the task (nothing is ever dropped silently).
+    :param error_handling: the seed pipeline config's ``errorHandling`` block, a whole pipeline config, or
+        a path to a JSON/YAML file; the explicit arguments above win over it.
+    :param quality_rules: an optional data-quality gate (the DataQualityOperator's rules): not available in
+        this version; passing rules fails at parse time.
+    :param schema: the expected schema (DDL string or StructType): missing columns and impossible casts
+        fail before loading, listing each mismatch; present columns are cast to it.
+    :param spark_conn_id: ``spark`` (local[*] or spark://) or ``spark_connect`` connection.
+    :param spark_conf: Spark conf overriding the connection's extras.
+    :param pipeline_id: the pipeline name in dead letters (default: the dag_id).
+    """
+
+    template_fields: Sequence[str] = ("source", "target", "dead_letter", "pipeline_id")
+    template_fields_renderers = {"source": "json", "target": "json", "dead_letter": "json"}
+    ui_color = "#e8f4ea"
+
+    def __init__(
+        self,
+        *,
+        source: Mapping[str, Any],
+        target: Mapping[str, Any],
+        retry: RetryPolicy | Mapping[str, Any] | None = None,
+        circuit_breaker: CircuitBreakerPolicy | Mapping[str, Any] | None | object = _DEFAULT,
+        dead_letter: Mapping[str, Any] | None | object = _DEFAULT,
+        error_handling: Mapping[str, Any] | str | os.PathLike[str] | None = None,
+        quality_rules: Any = None,
+        schema: Any = None,
+        spark_conn_id: str = "spark_default",
+        spark_conf: Mapping[str, Any] | None = None,
+        pipeline_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if quality_rules is not None:
+            raise ConfigError("quality_rules", "the data-quality gate needs the rule engine of the "
+                                               "DataQualityOperator, which this version does not ship yet")
+        if not _templated(source):
+            validate_source(source)
+        validate_target(target)
+        # Pure parsing only (no I/O): bad values fail here, when the DAG file is parsed.
+        base = ErrorHandlingConfig.from_config(error_handling) if error_handling is not None else None
+        self.retry_policy = RetryPolicy.from_config(retry if retry is not None else (base.retry if base else None))
+        if circuit_breaker is _DEFAULT:
+            breaker = base.circuit_breaker if base and base.circuit_breaker is not None else CircuitBreakerPolicy()
+        else:
+            breaker = CircuitBreakerPolicy.from_config(circuit_breaker) if circuit_breaker is not None else None
+        self.breaker_policy = breaker if breaker is not None and breaker.enabled else None
+        if dead_letter is _DEFAULT:
+            dead_letter = base.dead_letter.model_dump() if base and base.dead_letter else {"type": "file"}
+        if dead_letter is not None and not _templated(dead_letter):
+            parse_dead_letter(dead_letter)  # type: ignore[arg-type]
+        self.source = dict(source)
+        self.target = dict(target)
+        self.dead_letter = dict(dead_letter) if isinstance(dead_letter, Mapping) else None
+        self.schema = schema
+        self.spark_conn_id = spark_conn_id
+        self.spark_conf = dict(spark_conf or {})
+        self.pipeline_id = pipeline_id
+
+    # ------------------------------------------------------------------------------------ execute
+    def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_etl_provider.hooks.sources import read_source
+        from airflow_etl_provider.hooks.spark import SparkSessionHook
+        from airflow_etl_provider.operators.resilience import raise_for_open_circuit, run_context
+
+        started = time.monotonic()
+        validate_source(self.source)
+        validate_target(self.target)
+        rc = run_context(context, self.pipeline_id)
+        guard = self._guard(context)
+        on_open = self.breaker_policy.on_open if self.breaker_policy else "reschedule"
+        self._refuse_if_open(guard)  # before starting Spark: an open breaker costs nothing
+        dlq = self._dead_letter_hook(rc)
+        source_name = _describe_source(self.source)
+        target_name = _describe_target(self.target)
+
+        with SparkSessionHook(self.spark_conn_id, self.spark_conf, app_name=f"{rc.dag_id}.{rc.task_id}").session() as spark:
+            frames = read_source(spark, self.source)  # the source's own schema parses; self.schema checks
+            data = self._conform(frames.data) if self.schema is not None else frames.data
+            data = data.cache()
+            corrupt_n = frames.corrupt.count() if frames.corrupt is not None else 0
+            try:
+                outcome = self._load(data, guard, rc)
+            except CircuitOpenError as err:
+                raise_for_open_circuit(err, on_open)
+            dead = 0
+            errors: dict[str, dict[str, Any]] = {}
+            to_dlq = []
+            if outcome["rejected"] is not None and outcome["records_rejected"]:
+                errors.update(_summarise(outcome["rejected"]))
+                to_dlq.append(outcome["rejected"])
+            if corrupt_n:
+                from pyspark.sql import functions as F
+
+                from airflow_etl_provider.hooks.dead_letter import ERROR_CLASS_COLUMN, ERROR_COLUMN
+
+                to_dlq.append(frames.corrupt.withColumn(ERROR_COLUMN, F.lit("the row could not be parsed "
+                                                                            "with the source's schema"))
+                              .withColumn(ERROR_CLASS_COLUMN, F.lit("CorruptRecord")))
+                errors["CorruptRecord"] = {"count": corrupt_n, "example": "the row could not be parsed"}
+            for frame in to_dlq:
+                if dlq is None:
+                    raise RowAccountingError(
+                        f"{frame.count()} row(s) were rejected ({', '.join(errors)}) and dead_letter=None: "
+                        "configure a dead-letter queue to load the good rows and keep the bad ones")
+                dead += dlq.publish_dataframe(frame, stage="parse" if frame is not outcome["rejected"] else "load",
+                                              key_columns=self.target.get("keys") or (), source=source_name,
+                                              target=target_name).delivered
+            data.unpersist()
+
+        dead += outcome.get("recorded_dead_lettered", 0)
+        read = outcome["records_read"] + corrupt_n
+        loaded = outcome["records_loaded"]
+        if read != loaded + dead:
+            raise RowAccountingError(f"row accounting failed for {target_name}: records_read={read} != "
+                                     f"records_loaded={loaded} + records_dead_lettered={dead}")
+        state = guard.breaker.state().state.value if guard.breaker else "disabled"
+        result = {
+            "records_read": read,
+            "records_loaded": loaded,
+            "records_dead_lettered": dead,
+            "records_failed": 0,
+            "dead_letter_location": dlq.location if dlq is not None and dead else None,
+            "attempts": guard.stats.attempts,
+            "retries": guard.stats.retries,
+            "duration_s": round(time.monotonic() - started, 3),
+            "circuit_state": state,
+            "errors": errors,
+            "target": target_name,
+            "skipped": outcome.get("skipped", False),
+        }
+        self.log.info("Load result: %s", result)
+        return result
+
+    # ----------------------------------------------------------------------------------- helpers
+    def _guard(self, context: Any) -> Guard:
+        from airflow_etl_provider.operators.resilience import guard_for
+
+        conn_id = self.target.get("conn_id") or ("postgres_default" if self.target["type"] == "postgres" else "local")
+        return guard_for(conn_id, retry=self.retry_policy, circuit_breaker=self.breaker_policy,
+                         classifier=classify_postgres, context=context, op=f"load {_describe_target(self.target)}")
+
+    def _refuse_if_open(self, guard: Guard) -> None:
+        from airflow_etl_provider.core.circuit_breaker import variable_key
+        from airflow_etl_provider.operators.resilience import raise_for_open_circuit
+
+        if guard.breaker is None or self.breaker_policy is None:
+            return
+        snap = guard.breaker.state()
+        retry_at = snap.refused_until(self.breaker_policy, time.time())
+        if retry_at is not None:
+            err = CircuitOpenError(guard.breaker.name, datetime.fromtimestamp(retry_at, tz=UTC),
+                                   variable_key(guard.breaker.name), snap.last_error)
+            raise_for_open_circuit(err, self.breaker_policy.on_open)
+
+    def _dead_letter_hook(self, rc: Any) -> DeadLetterHook | None:
+        from airflow_etl_provider.hooks.dead_letter import DeadLetterHook
+
+        if self.dead_letter is None:
+            return None
+        config = dict(self.dead_letter)
+        if config.get("type") == "file" and not config.get("path"):
+            home = os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow"))
+            config["path"] = os.environ.get("AIRFLOW_ETL_DLQ_PATH", str(Path(home) / "dead-letters"))
+        return DeadLetterHook(config, pipeline_id=rc.pipeline_id, run_context=rc)
+
+    def _conform(self, df: DataFrame) -> DataFrame:
+        """Cast to the expected schema; list every missing column and impossible cast at once."""
+        from pyspark.sql import functions as F
+        from pyspark.sql.types import StructType
+
+        expected = self.schema if isinstance(self.schema, StructType) else StructType.fromDDL(self.schema)
+        problems: list[str] = []
+        present = {c.lower(): c for c in df.columns}
+        for fld in expected.fields:
+            if fld.name.lower() not in present:
+                problems.append(f"missing column {fld.name} ({fld.dataType.simpleString()})")
+                continue
+            try:
+                _ = df.select(F.col(present[fld.name.lower()]).cast(fld.dataType)).schema  # analysis only, no job
+            except Exception as err:  # AnalysisException: the cast is impossible
+                actual = df.schema[present[fld.name.lower()]].dataType.simpleString()
+                problems.append(f"column {fld.name}: cannot cast {actual} to {fld.dataType.simpleString()} "
+                                f"({type(err).__name__})")
+        if problems:
+            raise ConfigError("schema", "the data does not match the expected schema: " + "; ".join(problems))
+        casts = [F.col(present[f.name.lower()]).cast(f.dataType).alias(f.name) for f in expected.fields]
+        extra = [F.col(c) for c in df.columns if c.lower() not in {f.name.lower() for f in expected.fields}]
+        return df.select(*casts, *extra)
+
+    def _load(self, data: DataFrame, guard: Guard, rc: Any) -> dict[str, Any]:
+        if self.target["type"] == "parquet":
+            read = data.count()
+            writer = data.write.mode(self.target.get("mode", "append"))
+            if self.target.get("partition_by"):
+                writer = writer.partitionBy(*self.target["partition_by"])
+            guard.call(writer.parquet, self.target["path"])
+            return {"records_read": read, "records_loaded": read, "records_rejected": 0, "rejected": None}
+
+        from airflow_etl_provider.hooks.postgres import SparkPostgresHook
+        from airflow_etl_provider.hooks.postgres_load import PostgresLoader
+
+        mode = self.target.get("mode", "append")
+        load_id = self.target.get("load_id") or (f"{rc.dag_id}.{rc.task_id}.{rc.run_id}" if mode == "append" else None)
+        loader = PostgresLoader(SparkPostgresHook(postgres_conn_id=self.target.get("conn_id") or "postgres_default"),
+                                self.target["table"], mode, keys=self.target.get("keys") or (), load_id=load_id,
+                                guard=guard)
+        outcome = loader.load(data)
+        result = {"records_read": outcome.records_read, "records_loaded": outcome.records_loaded,
+                  "records_rejected": outcome.records_rejected, "rejected": outcome.rejected,
+                  "skipped": outcome.skipped}
+        if outcome.skipped:  # committed by an earlier try: its rejected rows were dead-lettered then
+            result["recorded_dead_lettered"] = outcome.records_rejected
+        return result
+
+
+def _summarise(rejected: DataFrame) -> dict[str, dict[str, Any]]:
+    """Errors by class: count and one example message (a tiny aggregation of the rejected rows)."""
+    from pyspark.sql import functions as F
+
+    from airflow_etl_provider.hooks.dead_letter import ERROR_CLASS_COLUMN, ERROR_COLUMN
+
+    rows = rejected.groupBy(ERROR_CLASS_COLUMN).agg(F.count("*").alias("n"), F.first(ERROR_COLUMN).alias("ex"))
+    return {str(r[ERROR_CLASS_COLUMN]): {"count": int(r["n"]), "example": str(r["ex"])[:500]} for r in rows.collect()}
+
+
+def _describe_source(source: Mapping[str, Any]) -> str:
+    return f"{source.get('format')}:{source.get('path') or source.get('table') or 'query'}"
+
+
+def _describe_target(target: Mapping[str, Any]) -> str:
+    if target.get("type") == "postgres":
+        return f"postgres:{target.get('conn_id') or 'postgres_default'}:{target.get('table')}"
+    return f"parquet:{target.get('path')}"
