@@ -59,3 +59,33 @@ def test_provider_code_runs_on_a_cluster(service: str, conn_id: str, orders_topi
     assert sorted(e["record"]["order_id"] for e in letters) == [i for i in range(50) if i % 5 == 0]
     if service == "spark-standalone":
         assert summary["master"].startswith("spark://127.0.0.1:")
+
+
+@pytest.mark.parametrize(("service", "conn_id"), [("spark-standalone", "spark_standalone"),
+                                                  ("spark-connect", "spark_connect_default")])
+def test_load_operator_on_a_cluster(service: str, conn_id: str, tmp_path: Path) -> None:
+    import uuid
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    _start(service)
+    table = f"public.cluster_{uuid.uuid4().hex[:8]}"
+    pg = PostgresHook(postgres_conn_id="postgres_default")
+    pg.run(f"create table {table} (id int primary key, name text not null)")
+    pg.run(f"insert into {table} select g, 'old' from generate_series(0, 49) g")
+    src = tmp_path / "src"
+    src.mkdir()
+    pq.write_table(pa.table({"id": list(range(100)), "name": [None if i in (3, 60) else f"n{i}" for i in range(100)]}),
+                   src / "part-0.parquet")
+    out = subprocess.run([sys.executable, str(Path(__file__).with_name("spark_cluster_load.py")), conn_id, str(src),
+                          table, str(tmp_path / "dlq")], capture_output=True, text=True, env=os.environ, timeout=300)
+    assert out.returncode == 0, out.stderr[-4000:]
+    result = json.loads([ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")][-1][len("RESULT "):])
+    try:
+        assert (result["records_read"], result["records_loaded"], result["records_dead_lettered"]) == (100, 98, 2)
+        assert pg.get_first(f"select count(*), count(*) filter (where name = 'old') from {table}") == (99, 1)
+        assert sorted(e["record"]["id"] for e in _dead_letters(tmp_path / "dlq")) == [3, 60]
+    finally:
+        pg.run(f"drop table {table}")
