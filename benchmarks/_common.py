@@ -42,3 +42,24 @@ def kafka_bootstrap() -> str:
 def result_line(bench_id: str, ours_s: float, peer_s: float) -> str:
     """The one machine-readable line per comparison: ``bench <id>: ours=<s> peer=<s> ratio=<ours/peer>``."""
     return f"bench {bench_id}: ours={ours_s:.3f} peer={peer_s:.3f} ratio={ours_s / peer_s:.4f}"
+
+
+def proc_peak_rss_mb(pid: int) -> float | None:
+    """Peak resident set size (``VmHWM``) of another process, in MiB; ``None`` when it cannot be read
+    (not Linux, gone, or not ours)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def postgres_port() -> str:
+    """The local stack's PostgreSQL port (for messages only; connections come from ``postgres_default``)."""
+    port = os.environ.get("ETL_STACK_PG_PORT")
+    if not port or "AIRFLOW_CONN_POSTGRES_DEFAULT" not in os.environ:
+        raise SystemExit("the local stack's env is not loaded: run `set -a; . .local/airflow.env; set +a` first")
+    return port

@@ -132,6 +132,32 @@ def create_staging_sql(staging: str, columns: Sequence[StagedColumn]) -> str:
     return f"CREATE UNLOGGED TABLE {staging} ({q(ROW_ID)} bigint, {cols})"
 
 
+#: Spark SQL simple type strings whose Arrow form the COPY staging writes as CSV PostgreSQL reads back
+#: exactly (``decimal(p,s)``, ``char(n)`` and ``varchar(n)`` are matched by prefix). Anything else --
+#: arrays, maps, structs, intervals, variants -- is staged with Spark's JDBC writer instead.
+COPY_TYPES = frozenset({
+    "string", "int", "integer", "bigint", "smallint", "tinyint", "double", "float", "boolean", "date",
+    "timestamp", "timestamp_ntz", "binary",
+})
+
+
+def copy_supported(spark_type: str) -> bool:
+    """Whether a column of this Spark type (``DataType.simpleString()``) can be staged with COPY."""
+    spark_type = spark_type.strip().lower()
+    return spark_type in COPY_TYPES or spark_type.startswith(("decimal(", "char(", "varchar("))
+
+
+def copy_staging_sql(staging: str, columns: Sequence[StagedColumn]) -> str:
+    """``COPY staging (row id, columns) FROM STDIN`` in CSV format.
+
+    CSV, not text: in CSV a NULL is an unquoted empty field and every string is quoted (Arrow's CSV
+    writer quotes every string value), so an empty string stays an empty string, and tabs, newlines,
+    backslashes and a lone ``\\.`` inside a quoted value are plain data.
+    """
+    cols = ", ".join([q(ROW_ID), *(q(c.name) for c in columns)])
+    return f"COPY {staging} ({cols}) FROM STDIN (FORMAT csv)"
+
+
 def create_rejects_sql(rejects: str) -> str:
     return f"CREATE UNLOGGED TABLE {rejects} ({q(ROW_ID)} bigint PRIMARY KEY, {q(ERROR)} text, {q(ERROR_CLASS)} text)"
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
 
 import pytest
 
+from airflow_etl_provider.core import sql as S
 from airflow_etl_provider.core.errors import ConfigError
 from airflow_etl_provider.hooks.postgres import SparkPostgresHook
-from airflow_etl_provider.hooks.postgres_load import PostgresLoader
+from airflow_etl_provider.hooks.postgres_load import PostgresLoader, _copy_writer
 
 pytestmark = pytest.mark.spark
 
@@ -51,14 +55,16 @@ def _make(cur, drop: list[str], name: str, ddl: str) -> str:
 # ------------------------------------------------------------------------------------------ upsert
 
 
-def test_upsert_updates_existing_keys_inserts_new_and_is_idempotent(spark, hook, pg, unique) -> None:
+@pytest.mark.parametrize("stage_method", ["copy", "jdbc"])
+def test_upsert_updates_existing_keys_inserts_new_and_is_idempotent(spark, hook, pg, unique, stage_method) -> None:
     cur, drop = pg
-    t = _make(cur, drop, f"lu_{unique}", "(id int PRIMARY KEY, val text NOT NULL, qty int)")
+    t = _make(cur, drop, f"lu_{stage_method}_{unique}", "(id int PRIMARY KEY, val text NOT NULL, qty int)")
     cur.execute(f"INSERT INTO {t} SELECT g, 'old', 0 FROM generate_series(1, 50) g")
     df = spark.createDataFrame([(i, f"new{i}", i) for i in range(26, 101)], "id INT, val STRING, qty INT")
 
-    out = PostgresLoader(hook, t, "upsert", keys=["id"], load_id="run-1").load(df)
+    out = PostgresLoader(hook, t, "upsert", keys=["id"], load_id="run-1", stage_method=stage_method).load(df)
     assert (out.records_read, out.records_loaded, out.records_rejected) == (75, 75, 0)
+    assert out.stage_method == stage_method
     assert out.rejected is None and not out.skipped and not out.isolated
     expected = [(i, "old", 0) for i in range(1, 26)] + [(i, f"new{i}", i) for i in range(26, 101)]
     assert _rows(cur, t) == expected
@@ -298,8 +304,129 @@ def test_injection_attempts_in_names_are_rejected(spark, hook, pg, unique) -> No
         PostgresLoader(hook, t, "upsert", keys=["id) DO NOTHING; DROP TABLE x; --"])
     with pytest.raises(ConfigError, match=r"^mode: "):
         PostgresLoader(hook, t, "merge")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"^stage_method: "):
+        PostgresLoader(hook, t, "append", stage_method="bulk")  # type: ignore[arg-type]
     df = spark.createDataFrame([(1, "x")], ["id", 'val" text); DROP TABLE x; --'])
     with pytest.raises(ConfigError, match=r"^columns: "):
         PostgresLoader(hook, t, "append").load(df)
     cur.execute(f"SELECT count(*) FROM {t}")
     assert cur.fetchone()[0] == 0
+
+
+# ------------------------------------------------------------------------------------ COPY staging
+
+#: Strings COPY must carry verbatim: CSV quoting, NULL vs empty, escapes, the end-of-data marker, Unicode.
+EDGE_STRINGS = [
+    "", None, "tab\there", "new\nline", "cr\rlf\r\n", "back\\slash\\", "\\.", "a\n\\.\nb", 'quote"d""', "comma,sep",
+    "\\N", "NULL", "  spaces  ", "ü€😀 日本語 e\u0301", "\\x41", ",", '"', "\n",
+]
+
+
+@pytest.mark.parametrize("stage_method", ["copy", "jdbc"])
+def test_staging_round_trips_edge_values_exactly(spark, hook, pg, unique, stage_method) -> None:
+    cur, drop = pg
+    t = _make(cur, drop, f"le_{stage_method}_{unique}", """(id int PRIMARY KEY, s text, v varchar(40),
+        n numeric(38,18), d double precision, r real, ts timestamptz, dt date, b boolean, bin bytea, j jsonb,
+        big bigint)""")
+    nums = [Decimal("12345678901234567890.123456789012345678"), Decimal("-0.000000000000000001"), Decimal(0), None,
+            Decimal("99999999999999999999.999999999999999999")]
+    doubles = [0.1, 1e300, 5e-324, -0.0, math.nan, math.inf, -math.inf, None, 1 / 3]
+    stamps = [datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=UTC), datetime(1850, 1, 1, 12, tzinfo=UTC),
+              datetime(2025, 3, 30, 1, 30, tzinfo=timezone(timedelta(hours=5, minutes=30))), None,
+              datetime(1970, 1, 1, tzinfo=UTC)]
+    dates = [date(2024, 2, 29), date(1, 1, 1), date(9999, 12, 31), None]
+    bins = [b"\x00\x01\xff,\n\"", b"", None]
+    rows = []
+    for i, s in enumerate(EDGE_STRINGS):
+        rows.append((i, s, s, nums[i % len(nums)], doubles[i % len(doubles)], 0.1 if i % 2 else None,
+                     stamps[i % len(stamps)], dates[i % len(dates)], (True, False, None)[i % 3], bins[i % len(bins)],
+                     None if s is None else f'{{"s": {__import__("json").dumps(s)}}}', (2**63 - 1, -(2**63), None)[i % 3]))
+    schema = ("id INT, s STRING, v STRING, n DECIMAL(38,18), d DOUBLE, r FLOAT, ts TIMESTAMP, dt DATE, b BOOLEAN, "
+              "bin BINARY, j STRING, big BIGINT")
+    df = spark.createDataFrame(rows, schema).repartition(3)
+
+    out = PostgresLoader(hook, t, "upsert", keys=["id"], stage_method=stage_method).load(df)
+
+    assert out.stage_method == stage_method
+    assert (out.records_read, out.records_loaded, out.records_rejected) == (len(rows), len(rows), 0)
+    cur.execute(f"SELECT id, s, v, n, d, r::text, ts, dt, b, bin, j ->> 's', big FROM {t} ORDER BY id")
+    got = [tuple(r) for r in cur.fetchall()]
+    assert len(got) == len(rows)
+    for row, back in zip(rows, got, strict=True):
+        i, s, v, n, d, r, ts, dt, b, bin_, _, big = row
+        assert back[1] == s and back[2] == v, (i, back[1], s)  # "" stays "", None stays NULL
+        assert back[3] == n, (i, back[3], n)  # all 38 digits
+        if d is not None and math.isnan(d):
+            assert math.isnan(back[4])
+        else:
+            assert back[4] == d and (d is None or math.copysign(1, back[4]) == math.copysign(1, d)), (i, back[4], d)
+        assert back[5] == (None if r is None else "0.1")
+        assert back[6] == ts, (i, back[6], ts)  # the same instant, to the microsecond
+        assert back[7:10] == (dt, b, bin_), (i, back[7:10])
+        assert back[10] == s and back[11] == big
+
+
+def test_copy_writes_spark_timestamps_as_session_wall_clock_into_timestamp_columns(spark, hook, pg, unique) -> None:
+    cur, drop = pg
+    t = _make(cur, drop, f"lz_{unique}", "(id int PRIMARY KEY, local_ts timestamp, ts timestamptz, ntz timestamp)")
+    instant = datetime(2024, 7, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    previous = spark.conf.get("spark.sql.session.timeZone")
+    spark.conf.set("spark.sql.session.timeZone", "America/New_York")
+    try:
+        df = spark.createDataFrame([(1, instant, instant, datetime(2024, 7, 1, 12, 0, 0, 123456))],
+                                   "id INT, local_ts TIMESTAMP, ts TIMESTAMP, ntz TIMESTAMP_NTZ")
+        out = PostgresLoader(hook, t, "append", stage_method="copy").load(df)
+    finally:
+        spark.conf.set("spark.sql.session.timeZone", previous)
+    assert out.stage_method == "copy"
+    cur.execute(f"SELECT local_ts, ts, ntz FROM {t}")
+    local_ts, ts, ntz = cur.fetchone()
+    assert local_ts == datetime(2024, 7, 1, 8, 0, 0, 123456)  # 12:00 UTC is 08:00 in New York (EDT)
+    assert ts == instant
+    assert ntz == datetime(2024, 7, 1, 12, 0, 0, 123456)  # no time zone: as is
+
+
+def test_columns_copy_cannot_render_fall_back_to_jdbc(spark, hook, pg, unique) -> None:
+    cur, drop = pg
+    t = _make(cur, drop, f"lf_{unique}", "(id int PRIMARY KEY, tags integer[])")
+    df = spark.createDataFrame([(1, [1, 2]), (2, None)], "id INT, tags ARRAY<INT>")
+    out = PostgresLoader(hook, t, "upsert", keys=["id"], stage_method="copy").load(df)
+    assert out.stage_method == "jdbc" and out.records_loaded == 2
+    assert _rows(cur, t) == [(1, [1, 2]), (2, None)]
+
+
+def test_copy_partition_attempt_is_atomic_and_a_rerun_is_deduplicated(spark, hook, pg, unique) -> None:
+    """A task attempt that dies mid-COPY leaves no row behind; a partition written twice (a retried or
+    speculative task that had committed) shares its row ids and loads once."""
+    import pyarrow as pa
+
+    cur, drop = pg
+    t = _make(cur, drop, f"lr_{unique}", "(id int PRIMARY KEY, val text)")
+    df = spark.createDataFrame([(1, "x")], "id INT, val STRING")
+    loader = PostgresLoader(hook, t, "upsert", keys=["id"])
+    plan = loader._prepare(loader._df_columns(df))
+    loader._create_staging(plan)
+    names = [S.ROW_ID, "id", "val"]
+    batches = [pa.RecordBatch.from_arrays([pa.array(range(k, k + 50), pa.int64()), pa.array(range(k, k + 50), pa.int32()),
+                                           pa.array([f"v{j}" for j in range(k, k + 50)])], names=names)
+               for k in (0, 50, 100)]
+    writer = _copy_writer(loader.copy_conn_args(), S.copy_staging_sql(plan.staging, plan.columns), [], [])
+
+    def dies_midway():
+        yield batches[0]
+        yield batches[1]
+        raise RuntimeError("executor lost")
+
+    try:
+        with pytest.raises(RuntimeError, match="executor lost"):
+            list(writer(dies_midway()))
+        cur.execute(f"SELECT count(*) FROM {plan.staging}")
+        assert cur.fetchone()[0] == 0  # rolled back: nothing of the failed attempt
+        statuses = [list(writer(iter(batches))), list(writer(iter(batches)))]  # the attempt and its re-run
+        assert [b[0].column("rows")[0].as_py() for b in statuses] == [150, 150]
+        plan.staged_rows = 150
+        result = loader._merge(plan)
+    finally:
+        loader._drop_staging(plan)
+    assert (result.read, result.loaded, result.rejected) == (150, 150, 0)
+    assert _rows(cur, t) == [(j, f"v{j}") for j in range(150)]

@@ -59,3 +59,25 @@ def test_declared_length() -> None:
     assert S.declared_length("character(3)") == 3
     assert S.declared_length("character varying") is None
     assert S.declared_length("bit(3)") is None
+
+
+def test_copy_staging_sql_lists_the_row_id_and_every_column_in_csv_format() -> None:
+    cols = [S.StagedColumn("id", "id", "integer", "integer"), S.StagedColumn("Note", "note", "text", "text")]
+    assert S.copy_staging_sql('"public"."stg"', cols) == (
+        'COPY "public"."stg" ("_etl_row_id", "id", "Note") FROM STDIN (FORMAT csv)')
+    with pytest.raises(ConfigError, match="^column: "):
+        S.copy_staging_sql('"stg"', [S.StagedColumn('a" text); DROP TABLE t; --', "a", "text", "text")])
+
+
+@pytest.mark.parametrize(
+    ("spark", "supported"),
+    [
+        ("string", True), ("bigint", True), ("int", True), ("tinyint", True), ("double", True), ("float", True),
+        ("boolean", True), ("date", True), ("timestamp", True), ("timestamp_ntz", True), ("binary", True),
+        ("decimal(38,18)", True), ("varchar(10)", True), ("char(3)", True),
+        ("array<int>", False), ("map<string,int>", False), ("struct<a:int>", False),
+        ("interval day to second", False), ("void", False), ("variant", False),
+    ],
+)
+def test_copy_supported_types(spark: str, supported: bool) -> None:
+    assert S.copy_supported(spark) is supported

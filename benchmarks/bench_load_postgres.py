@@ -1,0 +1,397 @@
+"""PostgreSQL loads: our PostgresLoader upsert vs Spark's plain JDBC append and vs a raw ``COPY`` of a CSV file.
+
+What is compared (one run, same rows, each side on a freshly prepared table)
+    *Ours*: ``PostgresLoader(hook, table, "upsert", keys=["order_id"]).load(df)`` -- the real API:
+    staging (Spark's JDBC writer, the loader's default; ``--stage-method copy`` for COPY from the executors) into an
+    UNLOGGED table, then one transaction that deduplicates and ``INSERT ... ON CONFLICT DO UPDATE``\\s
+    into a target that already holds half the keys (every even ``order_id``), plus the load log.
+    ``df`` is ``spark.read.parquet`` of the generated orders (Spark ``local[2]``).
+
+    *P2 peer*: what a user writes without us: ``df.write.format("jdbc").options(**hook.jdbc_options())
+    .mode("append").save()`` of the same DataFrame into an empty table with the same schema (primary
+    key, CHECK, NOT NULL; the hook's options include ``reWriteBatchedInserts=true``, the fast setting).
+    It only appends: no staging, no upsert, no atomicity, no idempotency, no row isolation.
+
+    *P3 peer*: the physical limit: ``COPY table FROM STDIN (FORMAT csv)`` via psycopg of a CSV file of
+    the same rows (written once beforehand, not timed) into an empty table with the same schema.
+
+    *P4*: the same upsert with 100 poison rows among the 1M (NOT NULL, CHECK, value too long for
+    ``varchar``), which the engine isolates with PostgreSQL's messages, vs the clean upsert (P2's ours).
+
+    Goals (issue P2-P4): P2 ratio <= 1.0, P3 ratio <= 2.0; P4 is reported (isolation cost).
+
+Setup (not timed): orders (~11 columns: ids, strings, decimals, timestamps, a nullable note with
+commas, quotes, newlines and Unicode) are generated once to ``.local/bench/orders_<rows>.parquet`` (and
+``_poison.parquet``, ``.csv``), reused when present. Each timed side gets its own freshly created
+table, ``VACUUM ANALYZE``\\d, after a ``CHECKPOINT``. A small warm-up load and JDBC append first start
+Spark's JVM code paths and Python workers. Tables are dropped at the end unless ``--keep-tables``.
+
+How to run (the local stack must be up: ``make services-up``)::
+
+    set -a; . .local/airflow.env; set +a
+    .venv/bin/python benchmarks/bench_load_postgres.py [--rows 1000000]
+
+The last lines are one ``bench <id>: ours=<s> peer=<s> ratio=<ours/peer>`` per comparison. Peak RSS of
+the Python driver, the Spark JVM and its Python workers is printed. No timing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from _common import peak_rss_mb, postgres_port, proc_peak_rss_mb, result_line
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_DIR = ROOT / ".local" / "bench"
+GOAL_P2, GOAL_P3 = 1.0, 2.0
+STATUSES = ["new", "paid", "packed", "shipped", "delivered", "cancelled", "returned"]
+CURRENCIES = ["EUR", "EUR", "EUR", "USD", "GBP", "CHF"]
+NOTES = [None, None, None, "leave at the door", "call first, please", 'gift: "happy birthday"',
+         "line one\nline two", "Zustellung an Nachbarn möglich", "配達前に電話してください", "tab\tseparated",
+         "back\\slash", ""]
+
+DDL = """(
+    order_id     bigint PRIMARY KEY,
+    customer_id  bigint NOT NULL,
+    status       varchar(16) NOT NULL,
+    sku          text NOT NULL,
+    quantity     integer NOT NULL CHECK (quantity > 0),
+    unit_price   numeric(12,2) NOT NULL,
+    amount       numeric(14,2) NOT NULL CHECK (amount >= 0),
+    currency     varchar(3) NOT NULL,
+    created_at   timestamptz NOT NULL,
+    updated_at   timestamptz,
+    note         text
+)"""
+COLUMNS = ["order_id", "customer_id", "status", "sku", "quantity", "unit_price", "amount", "currency",
+           "created_at", "updated_at", "note"]
+
+
+# ------------------------------------------------------------------------------------------ data
+def generate_orders(rows: int) -> Any:
+    """``rows`` deterministic orders as an Arrow table (bigint, string, int, decimal, timestamp columns)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    rng = np.random.default_rng(42)
+
+    def pick(values: list[Any]) -> Any:
+        return pc.take(pa.array(values, pa.string()), pa.array(rng.integers(0, len(values), rows)))
+
+    def dec(cents: Any, precision: int) -> Any:
+        whole = pa.array(cents).cast(pa.decimal128(20, 0))
+        return pc.divide(whole, pa.scalar(100, pa.decimal128(3, 0))).cast(pa.decimal128(precision, 2))
+
+    qty = rng.integers(1, 20, rows).astype(np.int32)
+    price_cents = rng.integers(99, 250_000, rows)
+    sku_ids = pc.cast(pa.array(rng.integers(0, 100_000, rows)), pa.string())
+    created = 1_735_689_600_000_000 + rng.integers(0, 180 * 86_400 * 10**6, rows)  # 2025-01-01 + 180 days (us)
+    updated = created + rng.integers(0, 30 * 86_400 * 10**6, rows)
+    no_update = rng.random(rows) < 0.8
+    return pa.table({
+        "order_id": pa.array(np.arange(1, rows + 1, dtype=np.int64)),
+        "customer_id": pa.array(rng.integers(1, 200_000, rows)),
+        "status": pick(STATUSES),
+        "sku": pc.binary_join_element_wise("SKU-", pc.utf8_lpad(sku_ids, 6, "0"), ""),
+        "quantity": pa.array(qty),
+        "unit_price": dec(price_cents, 12),
+        "amount": dec(price_cents * qty, 14),
+        "currency": pick(CURRENCIES),
+        "created_at": pa.array(created, pa.timestamp("us", tz="UTC")),
+        "updated_at": pa.array(updated, pa.timestamp("us", tz="UTC"), mask=no_update),
+        "note": pick(NOTES),
+    })
+
+
+def poison(table: Any, count: int) -> tuple[Any, dict[str, int]]:
+    """The same rows with ``count`` of them made bad, spread evenly: a NULL status (NOT NULL), a
+    negative quantity (CHECK), a 40-character status (value too long for varchar(16))."""
+    import pyarrow as pa
+
+    rows = table.num_rows
+    positions = [int((i + 0.5) * rows / count) for i in range(count)]
+    status = table.column("status").to_pylist()
+    quantity = table.column("quantity").to_pylist()
+    kinds = {"not_null": 0, "check": 0, "too_long": 0}
+    for n, pos in enumerate(positions):
+        kind = ("not_null", "check", "too_long")[n % 3]
+        kinds[kind] += 1
+        if kind == "not_null":
+            status[pos] = None
+        elif kind == "check":
+            quantity[pos] = -quantity[pos]
+        else:
+            status[pos] = "awaiting-manual-fraud-review-by-team-xyz"
+    table = table.set_column(table.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
+    table = table.set_column(table.schema.get_field_index("quantity"), "quantity", pa.array(quantity, pa.int32()))
+    return table, kinds
+
+
+def prepare_files(rows: int, poison_rows: int) -> tuple[Path, Path, Path, dict[str, int]]:
+    """The clean and poisoned Parquet files and the clean CSV (generated once, reused when present)."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    clean = BENCH_DIR / f"orders_{rows}.parquet"
+    bad = BENCH_DIR / f"orders_{rows}_poison{poison_rows}.parquet"
+    csv = BENCH_DIR / f"orders_{rows}.csv"
+    table = None
+    kinds = {"not_null": 0, "check": 0, "too_long": 0}
+    for n in range(poison_rows):
+        kinds[("not_null", "check", "too_long")[n % 3]] += 1
+    if not (clean.exists() and bad.exists() and csv.exists()):
+        print(f"generating {rows:,} orders into {BENCH_DIR} (once; not timed) ...")
+        t0 = time.perf_counter()
+        table = generate_orders(rows)
+        row_group = max(10_000, rows // 16)  # several row groups: Spark splits the file over both cores
+        tmp = clean.with_suffix(".tmp")
+        pq.write_table(table, tmp, row_group_size=row_group)
+        tmp.rename(clean)
+        poisoned, kinds = poison(table, poison_rows)
+        pq.write_table(poisoned, bad.with_suffix(".tmp"), row_group_size=row_group)
+        bad.with_suffix(".tmp").rename(bad)
+        # CSV for COPY: every string quoted (an empty note stays empty), NULL an empty field
+        pacsv.write_csv(table, csv.with_suffix(".tmp"), pacsv.WriteOptions(include_header=False))
+        csv.with_suffix(".tmp").rename(csv)
+        print(f"  done in {time.perf_counter() - t0:.1f} s")
+    print(f"data: {clean.name} ({clean.stat().st_size / 2**20:.0f} MiB), {bad.name}, "
+          f"{csv.name} ({csv.stat().st_size / 2**20:.0f} MiB)")
+    return clean, bad, csv, kinds
+
+
+# -------------------------------------------------------------------------------------- postgres
+class Pg:
+    """One autocommit psycopg connection from ``postgres_default`` for the setup (never timed)."""
+
+    def __init__(self, hook: Any) -> None:
+        self.conn = hook.get_conn()
+        self.conn.autocommit = True
+        self.tables: list[str] = []
+
+    def run(self, sql: str, params: Any = None) -> Any:
+        cur = self.conn.cursor()
+        cur.execute(sql, params)
+        return cur
+
+    def fresh(self, name: str) -> str:
+        self.run(f"DROP TABLE IF EXISTS {name}")
+        self.run(f"CREATE TABLE {name} {DDL}")
+        self.tables.append(name)
+        return name
+
+    def settle(self, table: str) -> None:
+        """VACUUM ANALYZE the table and CHECKPOINT, so no side pays for the previous one's dirty pages."""
+        self.run(f"VACUUM ANALYZE {table}")
+        try:
+            self.run("CHECKPOINT")
+        except Exception as err:  # not a superuser: fine, only noisier
+            print(f"  (CHECKPOINT not allowed: {str(err).splitlines()[0]})")
+
+    def count(self, table: str) -> int:
+        return int(self.run(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+    def half_keys(self, source: str, name: str) -> str:
+        """A fresh table holding every even order_id of ``source`` with stale values."""
+        self.fresh(name)
+        cols = ", ".join(COLUMNS)
+        self.run(f"INSERT INTO {name} ({cols}) SELECT order_id, customer_id, 'new', sku, quantity, unit_price, "
+                 f"amount, currency, created_at, NULL, 'stale' FROM {source} WHERE order_id % 2 = 0")
+        self.settle(name)
+        return name
+
+    def drop_all(self) -> None:
+        for name in self.tables:
+            self.run(f"DROP TABLE IF EXISTS {name}")
+
+    def copy_csv(self, table: str, csv: Path) -> None:
+        with self.conn.cursor() as cur, cur.copy(f"COPY {table} FROM STDIN (FORMAT csv)") as copy, \
+                open(csv, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                copy.write(chunk)
+
+
+# ----------------------------------------------------------------------------------------- spark
+def spark_session() -> Any:
+    from pyspark.sql import SparkSession
+
+    from airflow_etl_provider.hooks.spark import SparkSessionHook
+
+    conf = SparkSessionHook(spark_conn_id="spark_default", app_name="bench-load-postgres").resolve_conf()
+    conf["spark.master"] = "local[2]"
+    conf.setdefault("spark.ui.enabled", "false")
+    conf.setdefault("spark.ui.showConsoleProgress", "false")
+    builder = SparkSession.builder
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
+def jvm_pids(spark: Any) -> tuple[int | None, list[int]]:
+    """The Spark JVM's pid (py4j's gateway process) and its Python worker processes."""
+    import psutil
+
+    proc = getattr(getattr(spark.sparkContext, "_gateway", None), "proc", None)
+    pid = getattr(proc, "pid", None)
+    if pid is None:  # started another way: the java child of this process
+        kids = [p for p in psutil.Process().children(recursive=True) if "java" in p.name()]
+        pid = kids[0].pid if kids else None
+    workers: list[int] = []
+    if pid is not None:
+        with __import__("contextlib").suppress(psutil.Error):
+            workers = [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    return pid, workers
+
+
+# ------------------------------------------------------------------------------------------- runs
+def timed(label: str, fn: Any) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    result = fn()
+    seconds = time.perf_counter() - t0
+    print(f"  {label}: {seconds:.3f} s")
+    return seconds, result
+
+
+def upsert(spark: Any, hook: Any, parquet: Path, table: str, stage_method: str) -> Any:
+    from airflow_etl_provider.hooks.postgres_load import PostgresLoader
+
+    df = spark.read.parquet(str(parquet))
+    return PostgresLoader(hook, table, "upsert", keys=["order_id"], stage_method=stage_method).load(df)
+
+
+def jdbc_append(spark: Any, hook: Any, parquet: Path, table: str) -> None:
+    df = spark.read.parquet(str(parquet))
+    df.write.format("jdbc").options(**hook.jdbc_options(dbtable=table)).mode("append").save()
+
+
+def describe(out: Any) -> str:
+    phases = " ".join(f"{k}={v:.2f}" for k, v in out.timings.items())
+    return (f"read={out.records_read:,} loaded={out.records_loaded:,} rejected={out.records_rejected:,} "
+            f"stage_method={out.stage_method} isolated={out.isolated} statements={out.statements} [{phases}]")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000, help="orders to load (default 1000000)")
+    parser.add_argument("--poison", type=int, default=100, help="poison rows for P4 (default 100)")
+    parser.add_argument("--stage-method", choices=("copy", "jdbc"), default="jdbc",
+                        help="PostgresLoader's staging (default jdbc, the loader's default)")
+    parser.add_argument("--keep-tables", action="store_true", help="do not drop the benchmark tables")
+    args = parser.parse_args()
+    port = postgres_port()
+    logging.basicConfig(level=logging.WARNING)
+
+    clean, bad, csv, kinds = prepare_files(args.rows, args.poison)
+    from airflow_etl_provider.hooks.postgres import SparkPostgresHook
+
+    hook = SparkPostgresHook(postgres_conn_id="postgres_default")
+    logging.getLogger("airflow_etl_provider").setLevel(logging.WARNING)  # the phases are printed below
+    pg = Pg(hook)
+    tag = uuid.uuid4().hex[:6]
+    src = f"bench_orders_src_{tag}"
+    print(f"PostgreSQL 127.0.0.1:{port} ({pg.run('SHOW server_version').fetchone()[0]}); "
+          f"loading the reference table (not timed) ...")
+    try:
+        pg.fresh(src)
+        pg.copy_csv(src, csv)
+        pg.settle(src)
+        spark = spark_session()
+        print(f"Spark {spark.version} {spark.sparkContext.master}, "
+              f"{spark.read.parquet(str(clean)).rdd.getNumPartitions()} input partitions; warm-up (not timed) ...")
+        warm = pg.fresh(f"bench_warm_{tag}")
+        warm_pq = BENCH_DIR / "warmup.parquet"
+        # two partitions, like the real input: both Spark Python workers start here (~2 s each, once per
+        # session, reused afterwards) and the JVM's JDBC and COPY code paths get compiled
+        spark.read.parquet(str(clean)).limit(20_000).repartition(2).write.mode("overwrite").parquet(str(warm_pq))
+        timed("warm-up upsert of 20,000 rows (cold: starts the Python workers)",
+                          lambda: upsert(spark, hook, warm_pq, warm, args.stage_method))
+        timed("warm-up upsert of 20,000 rows (warm)", lambda: upsert(spark, hook, warm_pq, warm, args.stage_method))
+        timed("warm-up jdbc append of 20,000 rows",
+              lambda: jdbc_append(spark, hook, warm_pq, pg.fresh(f"bench_warm2_{tag}")))
+        lines = run(args, spark, hook, pg, tag, src, clean, bad, csv, kinds)
+        pid, workers = jvm_pids(spark)
+        jvm = proc_peak_rss_mb(pid) if pid else None
+        worker_peaks = [p for p in (proc_peak_rss_mb(w) for w in workers) if p is not None]
+        print(f"\npeak RSS: Python driver {peak_rss_mb():.0f} MiB; Spark JVM (pid {pid}) "
+              f"{'n/a' if jvm is None else f'{jvm:.0f} MiB'}; Spark Python workers "
+              f"{', '.join(f'{p:.0f}' for p in worker_peaks) or 'n/a'} MiB")
+        spark.stop()
+    finally:
+        if not args.keep_tables:
+            pg.drop_all()
+        pg.conn.close()
+    print()
+    for line in lines:
+        print(line)
+    return 0
+
+
+def run(args: argparse.Namespace, spark: Any, hook: Any, pg: Pg, tag: str, src: str, clean: Path, bad: Path,
+        csv: Path, kinds: dict[str, int]) -> list[str]:
+    rows = args.rows
+    # ---- P2 peer: plain JDBC append into an empty table
+    print(f"\nP2 peer: df.write.format('jdbc')...mode('append') of {rows:,} rows into an empty table")
+    peer_jdbc = pg.fresh(f"bench_jdbc_{tag}")
+    pg.settle(peer_jdbc)
+    jdbc_s, _ = timed("jdbc append", lambda: jdbc_append(spark, hook, clean, peer_jdbc))
+    assert pg.count(peer_jdbc) == rows
+
+    # ---- ours: clean upsert into a table holding half the keys
+    print(f"\nours: PostgresLoader upsert (stage_method={args.stage_method}) of {rows:,} rows into a table "
+          f"holding {rows // 2:,} of the keys")
+    target = pg.half_keys(src, f"bench_upsert_{tag}")
+    ours_s, out = timed("upsert", lambda: upsert(spark, hook, clean, target, args.stage_method))
+    print(f"    {describe(out)}")
+    if (out.records_read, out.records_loaded, out.records_rejected) != (rows, rows, 0) or pg.count(target) != rows:
+        print("FAIL: ours: the clean upsert did not load every row")
+        sys.exit(1)
+    diff = pg.run(f"SELECT count(*) FROM (SELECT * FROM {target} EXCEPT SELECT * FROM {src}) d").fetchone()[0]
+    if diff:
+        print(f"FAIL: ours: {diff} row(s) differ from the reference COPY of the same rows")
+        sys.exit(1)
+    print("    verified: the target equals the reference table (COPY of the CSV), row for row")
+
+    # ---- P3 peer: COPY the CSV file
+    print(f"\nP3 peer: COPY ... FROM STDIN (FORMAT csv) of {csv.name} ({csv.stat().st_size / 2**20:.0f} MiB) "
+          "into an empty table")
+    peer_copy = pg.fresh(f"bench_copy_{tag}")
+    pg.settle(peer_copy)
+    copy_s, _ = timed("COPY csv", lambda: pg.copy_csv(peer_copy, csv))
+    assert pg.count(peer_copy) == rows
+
+    # ---- P4: the upsert with poison rows
+    print(f"\nP4: the same upsert with {args.poison} poison rows ({', '.join(f'{v} {k}' for k, v in kinds.items())})")
+    target_bad = pg.half_keys(src, f"bench_poison_{tag}")
+    poison_s, bad_out = timed("upsert with poison rows", lambda: upsert(spark, hook, bad, target_bad,
+                                                                         args.stage_method))
+    print(f"    {describe(bad_out)}")
+    if bad_out.records_rejected != args.poison or bad_out.records_loaded != rows - args.poison:
+        print(f"FAIL: P4: expected {args.poison} rejected rows")
+        sys.exit(1)
+    if bad_out.rejected is not None:
+        classes = bad_out.rejected.groupBy("_etl_error_class").count().collect()
+        print("    rejected: " + ", ".join(f"{r['count']} {r['_etl_error_class'].rsplit('.', 1)[-1]}"
+                                            for r in sorted(classes, key=lambda r: r[0])))
+
+    p2, p3 = ours_s / jdbc_s, ours_s / copy_s
+    print(f"\nsummary for {rows:,} rows: ours {ours_s:.2f} s ({rows / ours_s:,.0f} rows/s), jdbc append "
+          f"{jdbc_s:.2f} s, COPY csv {copy_s:.2f} s, poisoned upsert {poison_s:.2f} s")
+    print(f"goal P2: ours <= {GOAL_P2:.1f}x jdbc append [{'ok' if p2 <= GOAL_P2 else 'MISSED'}: {p2:.2f}x]; "
+          f"goal P3: ours <= {GOAL_P3:.1f}x COPY csv [{'ok' if p3 <= GOAL_P3 else 'MISSED'}: {p3:.2f}x]; "
+          f"P4 poison/clean {poison_s / ours_s:.2f}x")
+    return [result_line("load_upsert_vs_jdbc_append", ours_s, jdbc_s),
+            result_line("load_upsert_vs_copy_csv", ours_s, copy_s),
+            result_line("load_poison100_vs_clean", poison_s, ours_s)]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
