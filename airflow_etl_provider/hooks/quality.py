@@ -1,0 +1,438 @@
+"""The data-quality engine: evaluates :mod:`~airflow_etl_provider.core.rules` on a Spark DataFrame.
+
+Queries (Spark actions) per :func:`evaluate`, whatever the number of row-level rules:
+
+* **one aggregation** counts the row count, every row-level rule's failing rows
+  (``sum(when(failed, 1))``), the newest value of every ``freshness`` column and every
+  ``column_metric`` aggregate;
+* **one groupBy per distinct key set** of the ``unique`` rules (identical key sets are evaluated once),
+  plus one ``limit`` query for its samples when it has duplicates;
+* **one query per** ``sql`` **rule**, against the DataFrame registered as a temporary view;
+* **one samples query** when some row-level rule failed: the rows failing any rule, exploded per
+  failed rule and limited per rule with ``row_number() <= sample_size`` (Spark pushes that limit below
+  the shuffle, so only a few rows per partition move);
+* ``schema`` rules read ``df.schema``: no query.
+
+With adaptive query execution a query with a shuffle runs as more than one Spark job; the counts
+above still do not depend on the number of row-level rules (``tests/integration`` checks it).
+
+:func:`split_rows` marks the rows failing row-level and ``unique`` rules, for the quarantine action.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from airflow_etl_provider.core.errors import ConfigError
+from airflow_etl_provider.core.rules import (
+    FORMAT_REGEXES,
+    AllowedValuesRule,
+    ColumnMetricRule,
+    ExpressionRule,
+    FormatRule,
+    FreshnessRule,
+    LengthRule,
+    NotNullRule,
+    QualityReport,
+    RangeRule,
+    RegexRule,
+    RowCountChangeRule,
+    RowCountRule,
+    Rule,
+    RuleResult,
+    SchemaRule,
+    SqlRule,
+    UniqueRule,
+    column_metric_result,
+    evaluate_threshold,
+    freshness_result,
+    parse_rules,
+    row_count_change_result,
+    row_count_result,
+    schema_result,
+    sql_result,
+    validate_against_columns,
+)
+from airflow_etl_provider.hooks.dead_letter import ERROR_COLUMN, FAILED_RULES_COLUMN
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+_RULE = "_etl_rule"
+_RN = "_etl_rn"
+_COUNT = "_etl_count"
+
+__all__ = ["ERROR_COLUMN", "FAILED_RULES_COLUMN", "evaluate", "failure_condition", "split_rows"]
+
+
+def _rules(rules: Any) -> list[Rule]:
+    return parse_rules(rules)  # parsed rules pass through (names checked / generated)
+
+
+def _col(df: DataFrame, name: str) -> Column:
+    """A column by name: top-level names back-quoted (dots and spaces allowed), else a nested path."""
+    from pyspark.sql import functions as F
+
+    if name in df.columns:
+        return F.col("`" + name.replace("`", "``") + "`")
+    return F.col(name)
+
+
+def _data_type(df: DataFrame, name: str) -> Any:
+    for field in df.schema.fields:
+        if field.name == name:
+            return field.dataType
+    return None
+
+
+def _any(conditions: Iterable[Column]) -> Column:
+    from pyspark.sql import functions as F
+
+    result: Column | None = None
+    for condition in conditions:
+        result = condition if result is None else (result | condition)
+    return result if result is not None else F.lit(False)
+
+
+def failure_condition(df: DataFrame, rule: Rule) -> Column:
+    """The boolean (never NULL) Spark column that is true on the rows failing a row-level rule.
+
+    NULL values pass every rule but ``not_null``; an ``expression`` that is NULL passes.
+
+    :param df: the data (for column types).
+    :param rule: a row-level rule.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    def per_column(check: Any) -> Column:
+        return _any(F.coalesce(check(c, _col(df, c)), F.lit(False)) for c in rule.referenced_columns)
+
+    if isinstance(rule, NotNullRule):
+        return per_column(lambda _n, c: c.isNull())
+    if isinstance(rule, RangeRule):
+
+        def outside(_name: str, c: Column) -> Column:
+            inside = F.lit(True)
+            if rule.min is not None:
+                inside = inside & (c >= F.lit(rule.min) if rule.min_inclusive else c > F.lit(rule.min))
+            if rule.max is not None:
+                inside = inside & (c <= F.lit(rule.max) if rule.max_inclusive else c < F.lit(rule.max))
+            return c.isNotNull() & ~inside
+
+        return per_column(outside)
+    if isinstance(rule, RegexRule):
+        return per_column(lambda _n, c: c.isNotNull() & ~c.cast("string").rlike(rule.pattern))
+    if isinstance(rule, FormatRule):
+        pattern = rule.datetime_pattern
+
+        def bad_format(name: str, c: Column) -> Column:
+            if pattern is None:
+                return c.isNotNull() & ~c.cast("string").rlike(FORMAT_REGEXES[rule.format])
+            if isinstance(_data_type(df, name), T.DateType | T.TimestampType | T.TimestampNTZType):
+                return F.lit(False)  # typed values are valid dates / timestamps
+            return c.isNotNull() & F.try_to_timestamp(c.cast("string"), F.lit(pattern)).isNull()
+
+        return per_column(bad_format)
+    if isinstance(rule, AllowedValuesRule):
+        return per_column(lambda _n, c: c.isNotNull() & ~c.isin(list(rule.values)))
+    if isinstance(rule, LengthRule):
+
+        def bad_length(name: str, c: Column) -> Column:
+            kind = _data_type(df, name)
+            if isinstance(kind, T.ArrayType | T.MapType):
+                length = F.size(c)
+            elif isinstance(kind, T.BinaryType):
+                length = F.length(c)  # bytes
+            else:
+                length = F.length(c.cast("string"))  # characters
+            ok = F.lit(True)
+            if rule.min is not None:
+                ok = ok & (length >= rule.min)
+            if rule.max is not None:
+                ok = ok & (length <= rule.max)
+            return c.isNotNull() & ~ok
+
+        return per_column(bad_length)
+    if isinstance(rule, ExpressionRule):
+        return F.coalesce(~F.expr(rule.expression), F.lit(False))
+    raise TypeError(f"rule {rule.rule_name!r} ({rule.type}) is not a row-level rule")
+
+
+def _check_expressions(df: DataFrame, rules: Sequence[Rule]) -> None:
+    """Analyse every expression rule (no Spark job): unknown columns or a non-boolean result -> ConfigError."""
+    from pyspark.errors import PySparkException
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    expressions = [r for r in rules if isinstance(r, ExpressionRule)]
+    if not expressions:
+        return
+    try:
+        fields = df.select(*[F.expr(r.expression).alias(f"e{i}") for i, r in enumerate(expressions)]).schema.fields
+    except PySparkException:
+        fields = []
+        for rule in expressions:
+            try:
+                fields += df.select(F.expr(rule.expression).alias("e")).schema.fields
+            except PySparkException as exc:
+                first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ConfigError(
+                    f"rule {rule.rule_name!r}.expression",
+                    f"is not a valid Spark SQL expression on this data: {first_line}",
+                    value=rule.expression,
+                ) from None
+    for rule, spark_field in zip(expressions, fields, strict=True):
+        if not isinstance(spark_field.dataType, T.BooleanType):
+            raise ConfigError(
+                f"rule {rule.rule_name!r}.expression",
+                f"must be a boolean expression, but it is {spark_field.dataType.simpleString()}: compare "
+                "values, e.g. 'shipped_at >= ordered_at'",
+                value=rule.expression,
+            )
+
+
+def _newest(df: DataFrame, rule: FreshnessRule) -> Column:
+    """An aggregate giving the newest value: epoch microseconds for timestamps and strings, else the max."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    c = _col(df, rule.column)
+    kind = _data_type(df, rule.column)
+    if isinstance(kind, T.TimestampType):
+        return F.unix_micros(F.max(c))
+    if isinstance(kind, T.DateType | T.TimestampNTZType):
+        return F.max(c)
+    return F.unix_micros(F.max(F.try_to_timestamp(c.cast("string"))))
+
+
+def _metric(df: DataFrame, rule: ColumnMetricRule) -> Column:
+    from pyspark.sql import functions as F
+
+    c = _col(df, rule.column)
+    match rule.metric:
+        case "null_count":
+            return F.coalesce(F.sum(F.when(c.isNull(), 1).otherwise(0)), F.lit(0))
+        case "distinct_count":
+            return F.count_distinct(c)
+        case "duplicate_count":
+            return F.count(c) - F.count_distinct(c)
+        case "min":
+            return F.min(c)
+        case _:
+            return F.max(c)
+
+
+def _from_micros(value: Any) -> Any:
+    if isinstance(value, int):
+        return datetime.fromtimestamp(value / 1_000_000, UTC)
+    return value
+
+
+def _record(row: Mapping[str, Any], columns: Sequence[str]) -> dict[str, Any]:
+    return {c: row[c] for c in columns if c in row}
+
+
+def evaluate(
+    df: DataFrame,
+    rules: Any,
+    *,
+    sample_size: int = 10,
+    key_columns: Sequence[str] = (),
+    reference_time: datetime | None = None,
+    spark: SparkSession | None = None,
+    row_count_history: Sequence[int] = (),
+) -> QualityReport:
+    """Evaluate ``rules`` on ``df`` in as few Spark queries as possible (see the module docstring).
+
+    :param df: the data. Evaluation reads it several times (aggregation, unique, sql, samples): cache or
+        checkpoint it first when it is expensive to recompute or not deterministic.
+    :param rules: parsed rules, or anything :func:`~airflow_etl_provider.core.rules.parse_rules` accepts.
+    :param sample_size: failing rows kept per rule (key columns + the rule's columns; all columns
+        when both are empty); 0 disables samples.
+    :param key_columns: business-key columns included in every sample.
+    :param reference_time: the run's logical date, for ``freshness`` (naive = UTC; ``None`` = now).
+    :param spark: the session for ``sql`` rules (default: ``df.sparkSession``).
+    :param row_count_history: previous row counts (oldest first) for ``row_count_change`` rules.
+    :raises ConfigError: a rule references a column the data lacks, or an expression is invalid.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    parsed = _rules(rules)
+    validate_against_columns(parsed, df.columns)
+    missing_keys = [k for k in key_columns if k not in df.columns]
+    if missing_keys:
+        raise ConfigError("key_columns", "columns not in the data", value=missing_keys, allowed=df.columns)
+    _check_expressions(df, parsed)
+    reference = reference_time if reference_time is not None else datetime.now(UTC)
+    reference = reference if reference.tzinfo is not None else reference.replace(tzinfo=UTC)
+    queries = 0
+
+    # ---- 1. one aggregation: row count, every row-level rule, freshness, column metrics
+    row_level = [r for r in parsed if r.row_level]
+    conditions = {r.rule_name: failure_condition(df, r) for r in row_level}
+    aggregates = [F.count(F.lit(1)).alias("n")]
+    aggregates += [
+        F.coalesce(F.sum(F.when(cond, 1).otherwise(0)), F.lit(0)).alias(f"r{i}")
+        for i, cond in enumerate(conditions.values())
+    ]
+    fresh = [r for r in parsed if isinstance(r, FreshnessRule)]
+    metrics = [r for r in parsed if isinstance(r, ColumnMetricRule)]
+    aggregates += [_newest(df, r).alias(f"f{i}") for i, r in enumerate(fresh)]
+    aggregates += [_metric(df, r).alias(f"m{i}") for i, r in enumerate(metrics)]
+    totals = df.agg(*aggregates).collect()[0]
+    queries += 1
+    total = int(totals["n"])
+    failing = {name: int(totals[f"r{i}"]) for i, name in enumerate(conditions)}
+    newest = {r.rule_name: _from_micros(totals[f"f{i}"]) for i, r in enumerate(fresh)}
+    metric_values = {r.rule_name: totals[f"m{i}"] for i, r in enumerate(metrics)}
+
+    samples: dict[str, list[dict[str, Any]]] = {}
+
+    # ---- 2. unique: one groupBy per distinct key set
+    unique_counts: dict[tuple[str, ...], int] = {}
+    unique_samples: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for rule in parsed:
+        if not isinstance(rule, UniqueRule):
+            continue
+        keys = tuple(sorted(rule.columns))
+        if keys not in unique_counts:
+            cols = [_col(df, c) for c in keys]
+            groups = (
+                df.where(~_any(c.isNull() for c in cols))
+                .groupBy(*[c.alias(k) for c, k in zip(cols, keys, strict=True)])
+                .agg(F.count(F.lit(1)).alias(_COUNT))
+                .where(F.col(_COUNT) > 1)
+            )
+            row = groups.agg(F.coalesce(F.sum(_COUNT), F.lit(0)).alias("rows")).collect()[0]
+            queries += 1
+            unique_counts[keys] = int(row["rows"])
+            if unique_counts[keys] and sample_size > 0:
+                rows = groups.limit(sample_size).collect()
+                queries += 1
+                unique_samples[keys] = [
+                    {**_record(r.asDict(recursive=True), rule.columns), "occurrences": r[_COUNT]} for r in rows
+                ]
+        if keys in unique_samples:
+            samples[rule.rule_name] = unique_samples[keys]
+        failing[rule.rule_name] = unique_counts[keys]
+
+    # ---- 3. sql rules: one query each, against the DataFrame as a temporary view
+    sql_values: dict[str, tuple[Any, int]] = {}
+    sql_rules = [r for r in parsed if isinstance(r, SqlRule)]
+    if sql_rules:
+        session = spark or df.sparkSession
+        for view in dict.fromkeys(r.view for r in sql_rules):
+            df.createOrReplaceTempView(view)
+        try:
+            for rule in sql_rules:
+                rows = session.sql(rule.query).limit(2).collect()
+                queries += 1
+                sql_values[rule.rule_name] = (rows[0][0] if rows and len(rows[0]) else None, len(rows))
+        finally:
+            for view in dict.fromkeys(r.view for r in sql_rules):
+                session.catalog.dropTempView(view)
+
+    # ---- 4. samples of the row-level rules that failed: one query
+    failed_names = [name for name, n in failing.items() if n and name in conditions]
+    if failed_names and sample_size > 0:
+        by_name = {r.rule_name: r for r in row_level}
+        wanted: list[str] = list(dict.fromkeys(key_columns))
+        everything = False
+        for name in failed_names:
+            columns = by_name[name].referenced_columns
+            everything |= not columns and not key_columns
+            wanted += [c for c in columns if c not in wanted]
+        if everything:
+            wanted = list(df.columns)
+        rule_names = F.filter(
+            F.array(*[F.when(conditions[name], F.lit(name)) for name in failed_names]), lambda x: x.isNotNull()
+        )
+        order = [_col(df, c) for c in (key_columns or wanted[:1])] or [F.lit(1)]
+        picked = (
+            df.where(_any(conditions[name] for name in failed_names))
+            .select(*[_col(df, c).alias(c) for c in wanted], F.explode(rule_names).alias(_RULE))
+            .withColumn(_RN, F.row_number().over(Window.partitionBy(_RULE).orderBy(*order)))
+            .where(F.col(_RN) <= sample_size)
+        )
+        rows = picked.collect()
+        queries += 1
+        for row in rows:
+            data = row.asDict(recursive=True)
+            name = data[_RULE]
+            shown = list(dict.fromkeys([*key_columns, *by_name[name].referenced_columns])) or list(df.columns)
+            samples.setdefault(name, []).append(_record(data, shown))
+
+    # ---- results, in rule order
+    actual_schema = {f.name: f.dataType.simpleString() for f in df.schema.fields}
+    results: list[RuleResult] = []
+    for rule in parsed:
+        name = rule.rule_name
+        if rule.counted:
+            results.append(evaluate_threshold(rule, failing[name], total))
+        elif isinstance(rule, RowCountRule):
+            results.append(row_count_result(rule, total))
+        elif isinstance(rule, FreshnessRule):
+            results.append(freshness_result(rule, newest[name], reference))
+        elif isinstance(rule, SchemaRule):
+            results.append(schema_result(rule, actual_schema))
+        elif isinstance(rule, SqlRule):
+            value, n = sql_values[name]
+            results.append(sql_result(rule, value, n))
+        elif isinstance(rule, ColumnMetricRule):
+            results.append(column_metric_result(rule, metric_values[name]))
+        elif isinstance(rule, RowCountChangeRule):
+            results.append(row_count_change_result(rule, total, row_count_history))
+    report = QualityReport(
+        results=results, samples=samples, row_count=total, reference_time=reference, spark_queries=queries
+    )
+    log.info(
+        "Data quality: %s (%d rules: %d pass, %d warn, %d fail) on %d rows in %d Spark queries",
+        report.status, len(results), len(results) - len(report.failed) - len(report.warned),
+        len(report.warned), len(report.failed), total, queries,
+    )
+    return report
+
+
+def split_rows(df: DataFrame, rules: Any) -> tuple[DataFrame, DataFrame]:
+    """Split ``df`` into rows passing every row-level and ``unique`` rule, and the rows failing any.
+
+    The failing rows keep their columns plus ``_etl_failed_rules`` (array of rule names) and
+    ``_etl_error`` (``failed quality rules: a, b``), ready for
+    :meth:`~airflow_etl_provider.hooks.dead_letter.DeadLetterHook.publish_dataframe`. Every row of a
+    duplicate key fails ``unique``. Dataset rules (row_count, sql ...) are ignored. Both results are lazy
+    and each recomputes ``df``: cache or checkpoint ``df`` first if it is not deterministic, so that
+    ``passing + failing == total`` holds.
+
+    :param df: the data.
+    :param rules: parsed rules, or anything :func:`~airflow_etl_provider.core.rules.parse_rules` accepts.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    parsed = _rules(rules)
+    validate_against_columns([r for r in parsed if r.counted], df.columns)
+    _check_expressions(df, parsed)
+    marks: list[tuple[str, Column]] = [(r.rule_name, failure_condition(df, r)) for r in parsed if r.row_level]
+    for rule in parsed:
+        if isinstance(rule, UniqueRule):
+            cols = [_col(df, c) for c in rule.columns]
+            dup = F.count(F.lit(1)).over(Window.partitionBy(*cols)) > 1
+            marks.append((rule.rule_name, ~_any(c.isNull() for c in cols) & dup))
+    if not marks:
+        return df, df.where(F.lit(False)).withColumns(
+            {FAILED_RULES_COLUMN: F.array().cast("array<string>"), ERROR_COLUMN: F.lit(None).cast("string")}
+        )
+    names = F.filter(F.array(*[F.when(cond, F.lit(name)) for name, cond in marks]), lambda x: x.isNotNull())
+    marked = df.withColumn(FAILED_RULES_COLUMN, names)
+    passing = marked.where(F.size(FAILED_RULES_COLUMN) == 0).drop(FAILED_RULES_COLUMN)
+    failing = marked.where(F.size(FAILED_RULES_COLUMN) > 0).withColumn(
+        ERROR_COLUMN, F.concat(F.lit("failed quality rules: "), F.array_join(FAILED_RULES_COLUMN, ", "))
+    )
+    return passing, failing
