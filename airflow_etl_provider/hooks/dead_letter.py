@@ -71,7 +71,13 @@ META_COLUMNS = (ERROR_COLUMN, ERROR_CLASS_COLUMN, FAILED_RULES_COLUMN)
 #: Envelopes per delivery confirmation (Kafka) or per object (S3, files). See KafkaSink.PRODUCER_DEFAULTS.
 DEFAULT_BATCH_SIZE = 1000
 
-DEFAULT_SPOOL_DIR = os.environ.get("AIRFLOW_ETL_DLQ_SPOOL", os.path.join(os.getcwd(), ".local", "dlq-spool"))
+def default_spool_dir() -> str:
+    """``$AIRFLOW_ETL_DLQ_SPOOL``, else ``$AIRFLOW_HOME/dlq-spool``, else ``./.local/dlq-spool`` (read at call time)."""
+    if os.environ.get("AIRFLOW_ETL_DLQ_SPOOL"):
+        return os.environ["AIRFLOW_ETL_DLQ_SPOOL"]
+    if os.environ.get("AIRFLOW_HOME"):
+        return os.path.join(os.environ["AIRFLOW_HOME"], "dlq-spool")
+    return os.path.join(os.getcwd(), ".local", "dlq-spool")
 
 _STATUS_SCHEMA = "partition INT, delivered LONG, spooled LONG, spool_path STRING, error STRING, location STRING"
 
@@ -567,7 +573,7 @@ class DeadLetterHook(BaseHook):
         self.config = config
         self.pipeline_id = pipeline_id
         self.run_context = run_context or RunContext(None, None, None, None, pipeline_id)
-        self.spool_dir = os.path.abspath(spool_dir or DEFAULT_SPOOL_DIR)
+        self.spool_dir = os.path.abspath(spool_dir or default_spool_dir())
         self._sink: DeadLetterSink | None = None
 
     # -- sink from the Airflow connection (driver side)
@@ -681,6 +687,8 @@ class DeadLetterHook(BaseHook):
         cfg = self.config
         if isinstance(cfg, KafkaDeadLetterConfig):
             target = f"--to kafka --topic {cfg.topic}" + (f" --conn-id {cfg.conn_id}" if cfg.conn_id else "")
+            if cfg.config.get("bootstrap.servers"):
+                target += f" --bootstrap-servers {cfg.config['bootstrap.servers']}"
         elif isinstance(cfg, S3DeadLetterConfig):
             target = f"--to s3 --bucket {cfg.bucket} --prefix {cfg.prefix} --conn-id {cfg.conn_id}"
         else:

@@ -313,13 +313,19 @@ class PostgresLoader:
                                load_id=self.load_id, skipped=True, timings=timings)
         rejected_df = None
         try:
-            t = time.monotonic()
-            self._call(self._create_staging, plan)
-            self._call(self._stage, df, plan)
-            timings["stage"] = time.monotonic() - t
-            t = time.monotonic()
-            result = self._call(self._merge, plan)
-            timings["merge"] = time.monotonic() - t
+            def stage_and_merge() -> Any:
+                # One retry unit: PostgreSQL's crash recovery empties UNLOGGED tables, so a merge retried
+                # after a server crash must re-stage, or it would commit the load id with 0 rows.
+                t = time.monotonic()
+                self._create_staging(plan)
+                self._stage(df, plan)
+                timings["stage"] = time.monotonic() - t
+                t = time.monotonic()
+                merged = self._merge(plan)
+                timings["merge"] = time.monotonic() - t
+                return merged
+
+            result = self._call(stage_and_merge)
             if result.rejected and not result.skipped:
                 t = time.monotonic()
                 rejected_df = self._read_rejected(df, plan)

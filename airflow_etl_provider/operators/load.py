@@ -311,11 +311,22 @@ class ResilientSparkLoadOperator(BaseOperator):
         from airflow_etl_provider.hooks.postgres_load import PostgresLoader
 
         mode = self.target.get("mode", "append")
-        load_id = self.target.get("load_id") or (f"{rc.dag_id}.{rc.task_id}.{rc.run_id}" if mode == "append" else None)
+        # Outside a task (no run id) there is no natural idempotency key: a random one, never "None.None.None".
+        load_id = self.target.get("load_id") or (f"{rc.dag_id}.{rc.task_id}.{rc.run_id}"
+                                                 if mode == "append" and rc.run_id else None)
         loader = PostgresLoader(SparkPostgresHook(postgres_conn_id=self.target.get("conn_id") or "postgres_default"),
                                 self.target["table"], mode, keys=self.target.get("keys") or (), load_id=load_id,
                                 guard=guard)
+        expected = data.count()  # the DataFrame is cached: this fills the cache the staging then reads
         outcome = loader.load(data)
+        if outcome.records_read != expected:
+            # The loader counts what reached staging (or what an earlier try recorded). Fewer rows than the
+            # DataFrame holds means rows were lost on the way, e.g. PostgreSQL crashed between staging and the
+            # merge retry and crash recovery emptied the UNLOGGED staging table: never report that as success.
+            raise RowAccountingError(
+                f"row accounting failed for {_describe_target(self.target)}: the DataFrame has {expected} row(s) "
+                f"but load id {loader.load_id} {'was committed earlier with' if outcome.skipped else 'staged'} "
+                f"{outcome.records_read}; check the etl_load_log row of that load id before loading again")
         result = {"records_read": outcome.records_read, "records_loaded": outcome.records_loaded,
                   "records_rejected": outcome.records_rejected, "rejected": outcome.rejected,
                   "skipped": outcome.skipped}
