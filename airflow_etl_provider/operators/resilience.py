@@ -67,7 +67,7 @@ def raise_for_open_circuit(err: CircuitOpenError, on_open: str = "reschedule") -
     :param err: the refusal.
     :param on_open: ``reschedule`` or ``fail``.
     """
-    from airflow.exceptions import AirflowFailException, AirflowRescheduleException
+    from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException
 
     if on_open == "reschedule":
         raise AirflowRescheduleException(reschedule_date=err.retry_at) from err

@@ -87,7 +87,7 @@ def test_schema_mismatches_are_listed_before_loading(spark, tmp_path, unique) ->
 
 
 def test_open_breaker_reschedules_without_touching_postgres(unique) -> None:
-    from airflow.exceptions import AirflowRescheduleException
+    from airflow.sdk.exceptions import AirflowRescheduleException
 
     conn = f"pg_breaker_{unique}"
     breaker = breaker_for(CircuitBreakerPolicy(failure_threshold=1, reset_timeout_s=120), conn)
