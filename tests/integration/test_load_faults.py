@@ -242,8 +242,8 @@ def test_postgres_stopped_during_the_merge_and_restarted(spark, disposable_pg, u
 @pytest.mark.slow
 def test_postgres_down_for_good_opens_the_breaker_then_it_closes(spark, disposable_pg, unique, monkeypatch,
                                                                  tmp_path) -> None:
-    from airflow.sdk.exceptions import AirflowRescheduleException
     from airflow.models import Variable
+    from airflow.sdk.exceptions import AirflowRescheduleException
 
     conn_id, table, reset_s = f"pg_down_{unique}", f"public.down_{unique}", 5.0
     dead = CountingDeadPostgres()
