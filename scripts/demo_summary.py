@@ -42,7 +42,12 @@ def main(dag_ids: list[str]) -> int:
                 ).first()
                 if row is None:
                     continue
-                value = row.value if not isinstance(row.value, (str, bytes)) else json.loads(row.value)
+                value = row.value
+                if isinstance(value, (str, bytes)):  # a JSON document, or an already-decoded string value
+                    try:
+                        value = json.loads(value)
+                    except ValueError:
+                        pass
                 if isinstance(value, dict):
                     if any(k in value for k in COUNTS):
                         print("    rows: " + "  ".join(f"{k.split('_', 1)[1]}={value.get(k, 0)}" for k in COUNTS))

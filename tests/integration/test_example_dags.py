@@ -53,3 +53,18 @@ def test_example_etl_resilience_accounts_for_every_row(dagbag, spark, kafka_boot
     assert run.state == "success"
     assert PostgresHook().get_first("select count(*) from public.example_orders")[0] == 980
     assert _topic_size(kafka_bootstrap, "example.orders.dlq") - before == 20  # read 1000 = 980 + 20
+
+
+def test_demo_summary_reads_the_runs_back(dagbag) -> None:
+    """What `make demo` prints after its runs (this module's DAG runs are in the metadata DB by now)."""
+    import os
+    import subprocess
+    import sys
+
+    root = DAGS_DIR.parent
+    out = subprocess.run([sys.executable, str(root / "scripts/demo_summary.py"), "example_etl_hello",
+                          "example_etl_resilience"], capture_output=True, text=True, env=os.environ, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "rows: read=1000  loaded=1000  dead_lettered=0" in out.stdout
+    assert "rows: read=1000  loaded=980  dead_lettered=20" in out.stdout
+    assert "dead_letter_location: kafka topic example.orders.dlq" in out.stdout
