@@ -125,7 +125,7 @@ def test_append_with_load_id_rerun_is_a_noop(spark, hook, pg, unique) -> None:
     assert third.records_loaded == 40
 
 
-def test_crash_between_staging_and_merge_or_mid_merge_never_duplicates(spark, hook, pg, unique, monkeypatch) -> None:
+def test_crash_between_staging_and_merge_or_mid_merge_never_duplicates(spark, hook, pg, unique) -> None:
     cur, drop = pg
     t = _make(cur, drop, f"lc_{unique}", "(id int, val text)")
     df = spark.createDataFrame([(i, f"v{i}") for i in range(30)], "id INT, val STRING").repartition(3)
@@ -140,14 +140,18 @@ def test_crash_between_staging_and_merge_or_mid_merge_never_duplicates(spark, ho
     cur.execute(f"SELECT count(*) FROM {t}")
     assert cur.fetchone()[0] == 0
 
-    # 2. the re-run dies mid-merge (after the INSERT, before the commit): everything rolls back.
-    def boom(*args, **kwargs):
-        raise RuntimeError("killed mid-merge")
-
-    monkeypatch.setattr(PostgresLoader, "_record_log", boom)
-    with pytest.raises(RuntimeError, match="killed mid-merge"):
-        PostgresLoader(hook, t, "append", load_id="L1").load(df)
-    monkeypatch.undo()
+    # 2. the re-run dies mid-merge (after the INSERT, before the commit): everything rolls back. The "death"
+    # is real: a trigger on the load log raises when the merge records its counts, its last statement.
+    cur.execute(f"CREATE FUNCTION kill_merge_{unique}() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'killed mid-merge'; END $$")
+    cur.execute(f"CREATE TRIGGER kill_merge_{unique} BEFORE UPDATE ON public.etl_load_log FOR EACH ROW "
+                f"WHEN (NEW.load_id = 'L1') EXECUTE FUNCTION kill_merge_{unique}()")
+    try:
+        with pytest.raises(Exception, match="killed mid-merge"):
+            PostgresLoader(hook, t, "append", load_id="L1").load(df)
+    finally:
+        cur.execute(f"DROP TRIGGER kill_merge_{unique} ON public.etl_load_log")
+        cur.execute(f"DROP FUNCTION kill_merge_{unique}()")
     cur.execute(f"SELECT count(*) FROM {t}")
     assert cur.fetchone()[0] == 0
     assert _staging_tables(cur, t) == []  # dropped also on failure
