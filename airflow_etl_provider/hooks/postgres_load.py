@@ -189,6 +189,23 @@ class _Counter:
         return self.cursor.fetchall()
 
 
+
+def _in_savepoint(cur: _Counter, name: str, sql: str, params: Sequence[Any] | None = None) -> tuple[int, Any]:
+    """Run one statement under a savepoint: ``(rows affected, None)``, or ``(0, error)`` after rolling back a
+    *data* error (the transaction goes on without the statement). Any other error is raised."""
+    cur.execute(f"SAVEPOINT {name}")
+    try:
+        cur.execute(sql, params)
+        affected = cur.rowcount
+    except Exception as err:
+        if classify_postgres(err) is not ErrorKind.DATA:
+            raise
+        cur.execute(f"ROLLBACK TO SAVEPOINT {name}")
+        cur.execute(f"RELEASE SAVEPOINT {name}")
+        return 0, err
+    cur.execute(f"RELEASE SAVEPOINT {name}")
+    return affected, None
+
 def error_class(exc: BaseException) -> str:
     """``module.QualName`` of a driver error, e.g. ``psycopg.errors.NotNullViolation``."""
     cls = type(exc)
@@ -583,19 +600,13 @@ class PostgresLoader:
             else:
                 cur.execute(f"DELETE FROM {plan.target}")
         isolated = False
-        cur.execute("SAVEPOINT etl_merge")
-        try:
-            cur.execute(S.fast_merge_sql(self.mode, plan.target, plan.staging, plan.columns, self.keys))
-            applied = cur.rowcount
-            cur.execute("RELEASE SAVEPOINT etl_merge")
-            deduped = applied
-        except Exception as err:
-            if classify_postgres(err) is not ErrorKind.DATA:
-                raise
+        applied, err = _in_savepoint(cur, "etl_merge",
+                                     S.fast_merge_sql(self.mode, plan.target, plan.staging, plan.columns, self.keys))
+        deduped = applied
+        if err is not None:
             log.warning("Set-based merge into %s failed with a data error (%s: %s); isolating bad rows "
                         "in chunks of %d", plan.table_key, error_class(err), error_message(err).splitlines()[0],
                         self.chunk_rows)
-            cur.execute("ROLLBACK TO SAVEPOINT etl_merge")
             isolated = True
             applied, deduped = self._isolate(cur, plan)
         cur.execute(f"SELECT count(*) FROM {plan.rejects}")
@@ -715,31 +726,17 @@ class PostgresLoader:
         suspects = [int(r[0]) for r in cur.fetchall()]
         select = ", ".join(c.expr() for c in plan.columns)
         conflict = S.on_conflict_sql(self.keys, plan.columns) if self.mode == "upsert" else ""
-        cur.execute("SAVEPOINT etl_rest")
-        try:
-            cur.execute(S.insert_prefix(plan.target, plan.columns) + f"SELECT {select} FROM ({source}) s "
-                        f"WHERE NOT EXISTS (SELECT 1 FROM {suspect} x WHERE x.{rid} = s.{rid})" + conflict)
-            applied = cur.rowcount
-            cur.execute("RELEASE SAVEPOINT etl_rest")
-        except Exception as err:
-            if classify_postgres(err) is not ErrorKind.DATA:
-                raise
-            cur.execute("ROLLBACK TO SAVEPOINT etl_rest")
-            cur.execute("RELEASE SAVEPOINT etl_rest")
+        applied, err = _in_savepoint(cur, "etl_rest", S.insert_prefix(plan.target, plan.columns)
+                                     + f"SELECT {select} FROM ({source}) s "
+                                     f"WHERE NOT EXISTS (SELECT 1 FROM {suspect} x WHERE x.{rid} = s.{rid})" + conflict)
+        if err is not None:
             return None  # bad rows the screen did not catch: chunks and bisection
         one = S.insert_prefix(plan.target, plan.columns) + f"SELECT {select} FROM {suspect} s WHERE s.{rid} = %s" + conflict
         bad: list[tuple[int, str, str]] = []
         for row_id in suspects:
-            cur.execute("SAVEPOINT etl_row")
-            try:
-                cur.execute(one, (row_id,))
-                applied += cur.rowcount
-                cur.execute("RELEASE SAVEPOINT etl_row")
-            except Exception as err:
-                if classify_postgres(err) is not ErrorKind.DATA:
-                    raise
-                cur.execute("ROLLBACK TO SAVEPOINT etl_row")
-                cur.execute("RELEASE SAVEPOINT etl_row")
+            n, err = _in_savepoint(cur, "etl_row", one, (row_id,))
+            applied += n
+            if err is not None:
                 bad.append((row_id, error_message(err), error_class(err)))
         if bad:
             cur.executemany(f"INSERT INTO {plan.rejects} ({rid}, {S.q(S.ERROR)}, {S.q(S.ERROR_CLASS)}) "
@@ -750,22 +747,14 @@ class PostgresLoader:
         return applied, total
 
     def _apply_range(self, cur: _Counter, sql: str, lo: int, hi: int, bad: list[tuple[str, str, int]]) -> int:
-        cur.execute("SAVEPOINT etl_chunk")
-        try:
-            cur.execute(sql, (lo, hi))
-            applied = cur.rowcount
-        except Exception as err:
-            if classify_postgres(err) is not ErrorKind.DATA:
-                raise
-            cur.execute("ROLLBACK TO SAVEPOINT etl_chunk")
-            cur.execute("RELEASE SAVEPOINT etl_chunk")
-            if lo == hi:
-                bad.append((error_message(err), error_class(err), lo))
-                return 0
-            mid = (lo + hi) // 2
-            return self._apply_range(cur, sql, lo, mid, bad) + self._apply_range(cur, sql, mid + 1, hi, bad)
-        cur.execute("RELEASE SAVEPOINT etl_chunk")
-        return applied
+        applied, err = _in_savepoint(cur, "etl_chunk", sql, (lo, hi))
+        if err is None:
+            return applied
+        if lo == hi:
+            bad.append((error_message(err), error_class(err), lo))
+            return 0
+        mid = (lo + hi) // 2
+        return self._apply_range(cur, sql, lo, mid, bad) + self._apply_range(cur, sql, mid + 1, hi, bad)
 
     # ------------------------------------------------------------------------------------ rejected
 
