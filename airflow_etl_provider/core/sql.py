@@ -114,6 +114,8 @@ def staging_column_type(spark_type: str, target_base: str, target_category: str)
     """
     if target_base == "bit":  # format_type(bit, NULL) means bit(1) in DDL
         target_base = "bit varying"
+    if target_base == "character":  # likewise char(1): stage text, the merge's assignment cast checks the length
+        target_base = "text"
     natural = natural_pg_type(spark_type)
     if natural == "text":
         if target_category == "S":

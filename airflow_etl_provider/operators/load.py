@@ -149,7 +149,8 @@ class ResilientSparkLoadOperator(BaseOperator):
         validate_target(target)
         # Pure parsing only (no I/O): bad values fail here, when the DAG file is parsed.
         base = ErrorHandlingConfig.from_config(error_handling) if error_handling is not None else None
-        self.retry_policy = RetryPolicy.from_config(retry if retry is not None else (base.retry if base else None))
+        # Not ``retry_policy``: Airflow >= 3.3 reads that attribute as the task's own retry-policy object.
+        self.etl_retry_policy = RetryPolicy.from_config(retry if retry is not None else (base.retry if base else None))
         if circuit_breaker is _DEFAULT:
             breaker = base.circuit_breaker if base and base.circuit_breaker is not None else CircuitBreakerPolicy()
         else:
@@ -247,7 +248,7 @@ class ResilientSparkLoadOperator(BaseOperator):
         from airflow_etl_provider.operators.resilience import guard_for
 
         conn_id = self.target.get("conn_id") or ("postgres_default" if self.target["type"] == "postgres" else "local")
-        return guard_for(conn_id, retry=self.retry_policy, circuit_breaker=self.breaker_policy,
+        return guard_for(conn_id, retry=self.etl_retry_policy, circuit_breaker=self.breaker_policy,
                          classifier=classify_postgres, context=context, op=f"load {_describe_target(self.target)}")
 
     def _refuse_if_open(self, guard: Guard) -> None:

@@ -21,7 +21,7 @@ def test_a_valid_operator_builds_and_parses_the_seed_blocks() -> None:
                     "maxDelayMs": 60000, "backoffMultiplier": 2.0, "jitter": True},
              circuit_breaker={"enabled": True, "failureThreshold": 5, "resetTimeoutSeconds": 60,
                               "halfOpenMaxAttempts": 1})
-    assert op.retry_policy.max_attempts == 5 and op.retry_policy.jitter == "full"
+    assert op.etl_retry_policy.max_attempts == 5 and op.etl_retry_policy.jitter == "full"
     assert op.breaker_policy is not None and op.breaker_policy.failure_threshold == 5
     assert op.dead_letter == {"type": "file"}  # the embedded default
 
@@ -32,7 +32,7 @@ def test_error_handling_block_fills_what_is_not_given() -> None:
         "circuitBreaker": {"enabled": False},
         "deadLetterQueue": {"enabled": True, "type": "kafka",
                             "config": {"bootstrap.servers": "127.0.0.1:9092", "topic": "orders.dlq"}}}})
-    assert op.retry_policy.strategy == "fixed" and op.retry_policy.max_attempts == 3
+    assert op.etl_retry_policy.strategy == "fixed" and op.etl_retry_policy.max_attempts == 3
     assert op.breaker_policy is None
     assert op.dead_letter is not None and op.dead_letter["topic"] == "orders.dlq"
 

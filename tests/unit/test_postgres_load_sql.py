@@ -26,6 +26,7 @@ def test_staging_name_is_deterministic_short_and_per_load() -> None:
         ("decimal(10,2)", "numeric", "N", ("numeric", False)),
         ("timestamp", "timestamp with time zone", "D", ("timestamp with time zone", False)),
         ("int", "bit", "V", ("bit varying", False)),
+        ("string", "character", "S", ("text", False)),  # format_type(bpchar, NULL) = char(1) in DDL
     ],
 )
 def test_staging_column_types_accept_what_spark_writes(spark, base, cat, expected) -> None:
