@@ -40,11 +40,28 @@ How a load runs (:meth:`PostgresLoader.load`):
    savepoint and the rows are applied in chunks of ``chunk_rows`` (in row-id order), each under a
    savepoint; a failing chunk is bisected down to single rows, each refused row recorded with
    PostgreSQL's own message and error class; everything else is applied, still in the same
-   transaction, so readers see the target change all at once. Transient and system errors are raised
-   (the transaction rolls back; retrying the whole load is safe).
-4. **Rejected rows** are read back from staging by row id (Spark JDBC read), with the original columns
-   and types plus ``_etl_error`` / ``_etl_error_class``, and materialised (``localCheckpoint``) before
-   the staging tables are dropped (always, also on failure).
+   transaction, so readers see the target change all at once. The rejected rows are copied, in that
+   same transaction, into the **reject store** ``etl_load_rejects`` (staged columns as ``jsonb``, row
+   id, message, error class) and the load log row says ``dead_letter_state = 'pending'`` (``'none'``
+   when nothing was rejected). Transient and system errors are raised (the transaction rolls back;
+   retrying the whole load is safe).
+4. **Rejected rows** are read back from the reject store (each column cast back to its staging type
+   with ``jsonb_to_record``: the values staging held) with the original columns and types plus
+   ``_etl_error`` / ``_etl_error_class``, in row-id order (up to 10,000 through psycopg, more with Spark's
+   JDBC reader and ``localCheckpoint``). The staging tables are dropped (always, also on failure).
+5. **Dead-letter delivery** is the caller's half: once the dead-letter queue confirmed *every*
+   rejected row, :meth:`PostgresLoader.record_dead_letters` (``delivered=True``) sets the state to
+   ``delivered`` and deletes the rows from the reject store, in one transaction; if the DLQ could not
+   take them, ``delivered=False`` records the local spool files instead and the state stays
+   ``pending``. A later run with the same load id finds the load committed but its dead letters
+   pending: it loads nothing and hands the rejected rows over again (``rejected``, read from the
+   reject store exactly as the first time, so the envelopes and their deterministic ``envelope_id``
+   are the same). The rejected rows therefore outlive a DLQ outage, a lost worker and its spool:
+   they are never lost, and delivery is at-least-once with stable ids (consumers deduplicate on
+   ``envelope_id``). ``ResilientSparkLoadOperator`` does all this; the load log columns
+   ``dead_letter_state``, ``dead_letter_spooled``, ``dead_letter_spool``, ``dead_letter_location``,
+   ``dead_letter_at`` are added to an existing log (``ALTER TABLE ... ADD COLUMN IF NOT EXISTS``), and a
+   load logged before they existed (state NULL) counts as delivered.
 
 Semantics:
 
@@ -60,9 +77,10 @@ Semantics:
   keys. ``records_read == records_loaded + records_rejected`` is checked (and the statement row counts
   against the staged rows); a mismatch raises :class:`RowAccountingError` and rolls back.
 * **Idempotency**: the load log row ``(table_name, load_id)`` commits with the data. A run whose load id
-  already committed loads nothing and returns the recorded counts (``rejected`` is then ``None``: the
-  rejected rows were handed over by the run that committed). Without a ``load_id`` a random one is
-  used, so every call loads. A crash before the commit leaves the target untouched.
+  already committed loads nothing and returns the recorded counts (``rejected`` is then ``None``, unless
+  the dead letters are still pending: then it holds the rejected rows again, see 5.). Without a
+  ``load_id`` a random one is used, so every call loads. A crash before the commit leaves the target
+  untouched.
 * **Overwrite** uses ``DELETE`` by default: readers are never blocked and keep seeing the old rows
   until the commit (MVCC, also for REPEATABLE READ readers, which ``TRUNCATE`` would show an empty
   table), and referencing foreign keys keep working. ``overwrite_method="truncate"`` is faster for big
@@ -99,6 +117,21 @@ _NOT_CONN_ARGS = frozenset({"cursor", "iam", "redshift", "redshift-serverless", 
                             "workgroup-name", "aws_conn_id", "sqlalchemy_scheme", "sqlalchemy_options",
                             "sqlalchemy_query", "enable_log_db_messages", "azure_conn_id"})
 WORK_TABLE = "_etl_work"
+#: The durable copy of every committed load's rejected rows until the dead-letter queue confirmed them.
+REJECT_STORE_TABLE = "etl_load_rejects"
+#: ``etl_load_log.dead_letter_state``: nothing rejected / rejected rows not yet confirmed by the DLQ /
+#: confirmed. NULL (rows written before these columns existed) is treated as delivered.
+NONE, PENDING, DELIVERED = "none", "pending", "delivered"
+#: Columns added to an existing load log (``ALTER TABLE ... ADD COLUMN IF NOT EXISTS``).
+LOAD_LOG_DLQ_COLUMNS = (("dead_letter_state", "text"), ("dead_letter_spooled", "bigint"),
+                        ("dead_letter_spool", "text[]"), ("dead_letter_location", "text"),
+                        ("dead_letter_at", "timestamptz"))
+
+
+def _literal(value: str) -> str:
+    """A PostgreSQL string literal (``E'...'``: backslashes escaped whatever standard_conforming_strings
+    says), for the one query Spark's JDBC reader runs without parameters."""
+    return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 @dataclass
@@ -119,6 +152,12 @@ class LoadOutcome:
     :param isolated: the merge fell back to chunks and bisection because of data errors.
     :param timings: seconds per phase (plan, stage, merge, rejected, cleanup).
     :param stage_method: how the rows were staged (``copy`` or ``jdbc``; empty when skipped).
+    :param dead_letter_state: delivery of the rejected rows to the dead-letter queue, as recorded in the
+        load log: ``none`` (nothing rejected), ``pending`` (rejected rows not yet confirmed by the DLQ:
+        :meth:`PostgresLoader.record_dead_letters` must be called once it confirmed them) or
+        ``delivered``.
+    :param dead_letter_spooled: (pending, skipped) rows an earlier try could not deliver and spooled.
+    :param dead_letter_spool: (pending, skipped) the local spool files that earlier try wrote them to.
     """
 
     records_read: int
@@ -134,6 +173,14 @@ class LoadOutcome:
     isolated: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     stage_method: str = ""
+    dead_letter_state: str = "none"
+    dead_letter_spooled: int = 0
+    dead_letter_spool: list[str] = field(default_factory=list)
+
+    @property
+    def dead_letters_pending(self) -> bool:
+        """The rejected rows still have to reach the dead-letter queue (``rejected`` holds them)."""
+        return self.dead_letter_state == PENDING
 
 
 @dataclass
@@ -150,6 +197,10 @@ class _Plan:
     recorded: tuple[int, int, int] | None = None  # (read, loaded, rejected) from the load log
     staged_rows: int | None = None  # rows the COPY writers reported (None: JDBC staging)
     stage_method: str = ""
+    reject_store: str = ""  # quoted: the durable copy of the rejected rows (etl_load_rejects)
+    dead_letter_state: str | None = None  # of the recorded load: none | pending | delivered (NULL: legacy)
+    dead_letter_spooled: int = 0  # rows an earlier try left in its local spool (pending)
+    dead_letter_spool: list[str] = field(default_factory=list)  # those spool files
 
 
 @dataclass
@@ -161,6 +212,14 @@ class _MergeResult:
     statements: int
     skipped: bool = False
     isolated: bool = False
+
+
+def _create_reject_store_sql(store: str) -> str:
+    """The reject store: each rejected row of a committed load (its staged columns as ``jsonb``, read back
+    with ``jsonb_to_record`` and the staging types) with PostgreSQL's message, until the DLQ confirmed it."""
+    return (f"CREATE TABLE IF NOT EXISTS {store} (table_name text NOT NULL, load_id text NOT NULL, "
+            "row_id bigint NOT NULL, record jsonb NOT NULL, error text, error_class text, "
+            "PRIMARY KEY (table_name, load_id, row_id))")
 
 
 class _Counter:
@@ -234,6 +293,8 @@ class PostgresLoader:
     :param overwrite_method: ``delete`` (default, readers never blocked) or ``truncate``.
     :param merge_work_mem: ``work_mem`` for the merge transaction (the upsert dedup sorts in memory).
     :param log_table: the load-log table's name (created in the target's schema).
+    :param reject_store: the table (created in the target's schema) that keeps the rejected rows of each
+        committed load until the dead-letter queue confirmed them (see :meth:`record_dead_letters`).
     :param stage_method: ``jdbc`` (default: Spark's JDBC writer) or ``copy`` (COPY from the executors,
         see the module doc). Measured on 2 cores (``benchmarks/bench_load_postgres.py``), COPY staging is
         ~10% faster at 200k rows but not faster at 1M rows (Spark's row-to-Arrow conversion, the Python
@@ -257,6 +318,7 @@ class PostgresLoader:
         merge_work_mem: str = "256MB",
         log_table: str = S.LOAD_LOG_TABLE,
         stage_method: Literal["copy", "jdbc"] = "jdbc",
+        reject_store: str = REJECT_STORE_TABLE,
     ) -> None:
         if mode not in MODES:
             raise ConfigError("mode", "is not a load mode", value=mode, allowed=MODES)
@@ -270,8 +332,10 @@ class PostgresLoader:
             raise ConfigError("keys", "upsert needs at least one key column")
         if len(set(self.keys)) != len(self.keys):
             raise ConfigError("keys", "lists a column twice", value=list(keys))
-        if load_id is not None and (not isinstance(load_id, str) or not load_id or len(load_id) > 200):
-            raise ConfigError("load_id", "must be a non-empty string of at most 200 characters", value=load_id)
+        if load_id is not None and (not isinstance(load_id, str) or not load_id or len(load_id) > 200
+                                    or "\x00" in load_id):
+            raise ConfigError("load_id", "must be a non-empty string of at most 200 characters without NUL",
+                              value=load_id)
         self.load_id = load_id or uuid.uuid4().hex
         if not isinstance(chunk_rows, int) or chunk_rows < 1:
             raise ConfigError("chunk_rows", "must be an integer >= 1", value=chunk_rows)
@@ -282,6 +346,8 @@ class PostgresLoader:
             raise ConfigError("stage_method", "is not known", value=stage_method, allowed=STAGE_METHODS)
         self.stage_method = stage_method
         self.log_table_name = validate_identifier(log_table, "log_table")
+        self.reject_store_name = validate_identifier(reject_store, "reject_store")
+        self._plan: _Plan | None = None
         self.hook = hook
         self.guard = guard
         self.chunk_rows = chunk_rows
@@ -321,13 +387,25 @@ class PostgresLoader:
         t0 = time.monotonic()
         timings: dict[str, float] = {}
         plan = self._call(self._prepare, self._df_columns(df))
+        self._plan = plan
         timings["plan"] = time.monotonic() - t0
         if plan.recorded is not None:
             self._drop_staging(plan)  # a crash after the commit may have left it
             read, loaded, rejected = plan.recorded
-            log.info("Load %s into %s already committed: nothing to do", self.load_id, plan.table_key)
-            return LoadOutcome(read, loaded, rejected, None, plan.staging_name, 0, time.monotonic() - t0,
-                               load_id=self.load_id, skipped=True, timings=timings)
+            pending = None
+            if plan.dead_letter_state == PENDING:
+                t = time.monotonic()
+                pending = self._call(self._read_rejected, df, plan, rejected)
+                timings["rejected"] = time.monotonic() - t
+                log.warning("Load %s into %s already committed, but the dead-letter queue never confirmed its %d "
+                            "rejected row(s): handing them over again from %s", self.load_id, plan.table_key,
+                            rejected, plan.reject_store)
+            else:
+                log.info("Load %s into %s already committed: nothing to do", self.load_id, plan.table_key)
+            return LoadOutcome(read, loaded, rejected, pending, plan.staging_name, 0, time.monotonic() - t0,
+                               load_id=self.load_id, skipped=True, timings=timings,
+                               dead_letter_state=plan.dead_letter_state or NONE,
+                               dead_letter_spooled=plan.dead_letter_spooled, dead_letter_spool=plan.dead_letter_spool)
         rejected_df = None
         try:
             def stage_and_merge() -> Any:
@@ -345,7 +423,7 @@ class PostgresLoader:
             result = self._call(stage_and_merge)
             if result.rejected and not result.skipped:
                 t = time.monotonic()
-                rejected_df = self._read_rejected(df, plan)
+                rejected_df = self._read_rejected(df, plan, result.rejected)
                 timings["rejected"] = time.monotonic() - t
         finally:
             t = time.monotonic()
@@ -355,6 +433,7 @@ class PostgresLoader:
             result.read, result.loaded, result.rejected, rejected_df, plan.staging_name, result.statements,
             time.monotonic() - t0, records_superseded=result.superseded, load_id=self.load_id,
             skipped=result.skipped, isolated=result.isolated, timings=timings, stage_method=plan.stage_method,
+            dead_letter_state=PENDING if result.rejected else NONE,
         )
         log.info("Loaded %s (%s, load id %s): read=%d loaded=%d rejected=%d superseded=%d in %.2fs %s",
                  plan.table_key, self.mode, self.load_id, outcome.records_read, outcome.records_loaded,
@@ -392,19 +471,46 @@ class PostgresLoader:
             if self.mode == "upsert":
                 self._check_unique_index(cur, target, columns, f"{schema}.{table}")
             log_table = S.qualified(schema, self.log_table_name, "log_table")
+            reject_store = S.qualified(schema, self.reject_store_name, "reject_store")
+            self._create_bookkeeping(cur, log_table, reject_store)
+            table_key = f"{schema}.{table}"
+            recorded = self._recorded(cur, log_table, table_key)
+            state: Any = None
+            if recorded is not None:
+                cur.execute(f"SELECT dead_letter_state, dead_letter_spooled, dead_letter_spool FROM {log_table} "
+                            "WHERE table_name = %s AND load_id = %s", (table_key, self.load_id))
+                state = cur.fetchone()
+        staging_name = S.staging_table_name(schema, table, self.load_id)
+        plan = _Plan(
+            schema=schema, table=table, target=target, columns=columns, staging_name=staging_name,
+            staging=S.qualified(schema, staging_name), rejects=S.qualified(schema, S.rejects_table_name(staging_name)),
+            log_table=log_table, table_key=table_key, recorded=recorded, reject_store=reject_store,
+        )
+        if state is not None:
+            plan.dead_letter_state = DELIVERED if state[0] is None else str(state[0])  # NULL: logged before 0.x
+            plan.dead_letter_spooled = int(state[1] or 0)
+            plan.dead_letter_spool = [str(p) for p in state[2] or ()]
+        return plan
+
+    @staticmethod
+    def _create_bookkeeping(cur: Any, log_table: str, reject_store: str) -> None:
+        """Create the load log and the reject store if needed; add the dead-letter columns to a load log
+        created by an earlier version (only when missing: ``ALTER TABLE`` takes an ACCESS EXCLUSIVE lock,
+        which would wait for every open merge transaction that wrote to the log)."""
+        for ddl in (S.create_load_log_sql(log_table), _create_reject_store_sql(reject_store)):
             try:
-                cur.execute(S.create_load_log_sql(log_table))
+                cur.execute(ddl)
             except Exception as err:  # a concurrent CREATE IF NOT EXISTS: the table is there now
                 if "already exists" not in str(err) and "duplicate key" not in str(err):
                     raise
-            table_key = f"{schema}.{table}"
-            recorded = self._recorded(cur, log_table, table_key)
-        staging_name = S.staging_table_name(schema, table, self.load_id)
-        return _Plan(
-            schema=schema, table=table, target=target, columns=columns, staging_name=staging_name,
-            staging=S.qualified(schema, staging_name), rejects=S.qualified(schema, S.rejects_table_name(staging_name)),
-            log_table=log_table, table_key=table_key, recorded=recorded,
-        )
+        cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 "
+                    "AND NOT attisdropped", (log_table,))
+        present = {str(r[0]) for r in cur.fetchall()}
+        missing = [(name, kind) for name, kind in LOAD_LOG_DLQ_COLUMNS if name not in present]
+        if missing:
+            log.info("Adding column(s) %s to the load log %s", ", ".join(n for n, _ in missing), log_table)
+            cur.execute(f"ALTER TABLE {log_table} "
+                        + ", ".join(f"ADD COLUMN IF NOT EXISTS {S.q(name)} {kind}" for name, kind in missing))
 
     def _recorded(self, cur: Any, log_table: str, table_key: str) -> tuple[int, int, int] | None:
         cur.execute(f"SELECT rows_read, rows, rows_rejected FROM {log_table} WHERE table_name = %s AND load_id = %s",
@@ -625,13 +731,89 @@ class PostgresLoader:
         if read != loaded + rejected:
             raise RowAccountingError(
                 f"load into {plan.table_key}: read {read} != loaded {loaded} + rejected {rejected}; rolled back")
+        self._keep_rejects(cur, plan, rejected)
         self._record_log(cur, plan, read, loaded, rejected)
         return _MergeResult(read, loaded, rejected, superseded, cur.statements, isolated=isolated)
 
     def _record_log(self, cur: _Counter, plan: _Plan, read: int, loaded: int, rejected: int) -> None:
         cur.execute(
-            f"UPDATE {plan.log_table} SET rows = %s, rows_read = %s, rows_rejected = %s, loaded_at = now() "
-            "WHERE table_name = %s AND load_id = %s", (loaded, read, rejected, plan.table_key, self.load_id))
+            f"UPDATE {plan.log_table} SET rows = %s, rows_read = %s, rows_rejected = %s, loaded_at = now(), "
+            "dead_letter_state = %s, dead_letter_spooled = 0, dead_letter_spool = NULL, "
+            "dead_letter_location = NULL, dead_letter_at = NULL WHERE table_name = %s AND load_id = %s",
+            (loaded, read, rejected, PENDING if rejected else NONE, plan.table_key, self.load_id))
+
+    def _keep_rejects(self, cur: _Counter, plan: _Plan, rejected: int) -> None:
+        """Copy the rejected rows into the reject store, in the merge transaction: they commit with the load
+        and stay until the dead-letter queue confirmed them (:meth:`record_dead_letters`)."""
+        key = (plan.table_key, self.load_id)
+        # rows of an earlier commit of this load id whose log row was deleted by hand to load it again
+        cur.execute(f"DELETE FROM {plan.reject_store} WHERE table_name = %s AND load_id = %s", key)
+        if not rejected:
+            return
+        rid = S.q(S.ROW_ID)
+        record = "to_jsonb(s) - %s"
+        # jsonb numbers have no -0, so floats go as their text (-0, NaN, Infinity and every digit survive)
+        floats = [c.name for c in plan.columns if c.staging_type.removesuffix("[]") in ("double precision", "real")]
+        if floats:
+            names = ", ".join(_literal(n) for n in floats)
+            texts = ", ".join(f"s.{S.q(n)}::text" for n in floats)
+            record = f"({record}) || jsonb_object(ARRAY[{names}]::text[], ARRAY[{texts}]::text[])"
+        cur.execute(
+            f"INSERT INTO {plan.reject_store} (table_name, load_id, row_id, record, error, error_class) "
+            f"SELECT %s, %s, s.{rid}, {record}, r.{S.q(S.ERROR)}, r.{S.q(S.ERROR_CLASS)} "
+            f"FROM {plan.staging} s JOIN {plan.rejects} r ON r.{rid} = s.{rid}", (*key, S.ROW_ID))
+        if cur.rowcount != rejected:
+            raise RowAccountingError(
+                f"load into {plan.table_key}: {rejected} row(s) rejected but {cur.rowcount} kept in "
+                f"{plan.reject_store} for the dead-letter queue; rolled back")
+
+    def record_dead_letters(self, *, delivered: bool, location: str | None = None, spooled: int = 0,
+                            spool_paths: Sequence[str] = ()) -> None:
+        """Record in the load log whether the dead-letter queue confirmed every rejected row of this load.
+
+        Call it after :meth:`load` committed rows with rejects (``dead_letter_state == "pending"``):
+        ``delivered=True`` only once the DLQ confirmed *every* rejected row; the state becomes ``delivered``
+        and the rows leave the reject store, in one transaction. ``delivered=False`` keeps the state
+        ``pending`` (and the rows) and records where the rows that could not be delivered were spooled,
+        so that a retry on the same worker can re-send exactly those.
+
+        :param delivered: the DLQ confirmed every rejected row.
+        :param location: where they went (safe to log: no credentials).
+        :param spooled: rows written to the local spool instead (``delivered=False``).
+        :param spool_paths: the spool files holding them.
+        :raises RuntimeError: :meth:`load` has not run.
+        """
+        plan = self._plan
+        if plan is None:
+            raise RuntimeError("record_dead_letters() needs a load(): call it after PostgresLoader.load()")
+
+        def record() -> None:
+            with self._connect(autocommit=False) as conn:
+                cur = conn.cursor()
+                try:
+                    cur.execute(
+                        f"UPDATE {plan.log_table} SET dead_letter_state = %s, dead_letter_spooled = %s, "
+                        "dead_letter_spool = %s, dead_letter_location = %s, dead_letter_at = now() "
+                        "WHERE table_name = %s AND load_id = %s",
+                        (DELIVERED if delivered else PENDING, 0 if delivered else spooled,
+                         None if delivered else list(spool_paths), location, plan.table_key, self.load_id))
+                    if cur.rowcount != 1:
+                        raise RowAccountingError(
+                            f"load {self.load_id} into {plan.table_key} has no row in {plan.log_table}: cannot "
+                            "record its dead letters (was the log row deleted?)")
+                    if delivered:
+                        cur.execute(f"DELETE FROM {plan.reject_store} WHERE table_name = %s AND load_id = %s",
+                                    (plan.table_key, self.load_id))
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        conn.rollback()
+                    raise
+                conn.commit()
+
+        self._call(record)
+        log.info("Load %s into %s: dead letters %s%s", self.load_id, plan.table_key,
+                 "delivered" if delivered else f"pending, {spooled} spooled to {', '.join(spool_paths) or '-'}",
+                 f" ({location})" if location else "")
 
     def _isolate(self, cur: _Counter, plan: _Plan) -> tuple[int, int]:
         """Apply the staged rows, isolating the bad ones; return (rows applied, rows to apply).
@@ -763,12 +945,19 @@ class PostgresLoader:
     LOCAL_REJECTED_MAX = 10_000
 
     def _rejected_query(self, plan: _Plan) -> str:
-        rid = S.q(S.ROW_ID)
-        cols = ", ".join(f"s.{S.q(c.name)}" for c in plan.columns)
-        return (f"SELECT {cols}, r.{S.q(S.ERROR)}, r.{S.q(S.ERROR_CLASS)} "
-                f"FROM {plan.staging} s JOIN {plan.rejects} r ON r.{rid} = s.{rid}")
+        """The load's rejected rows from the reject store, each column back in its staging type, so they are
+        exactly the values staging held: the first hand-over and every re-send build the same envelopes."""
+        cols = ", ".join(f"x.{S.q(c.name)}" for c in plan.columns)
+        defs = ", ".join(f"{S.q(c.name)} {c.staging_type}" for c in plan.columns)
+        return (f"SELECT {cols}, r.error AS {S.q(S.ERROR)}, r.error_class AS {S.q(S.ERROR_CLASS)} "
+                f"FROM {plan.reject_store} r CROSS JOIN LATERAL jsonb_to_record(r.record) AS x({defs}) "
+                f"WHERE r.table_name = {_literal(plan.table_key)} AND r.load_id = {_literal(self.load_id)}")
 
-    def _read_rejected(self, df: DataFrame, plan: _Plan) -> DataFrame:
+    def _read_rejected(self, df: DataFrame, plan: _Plan, expected: int) -> DataFrame:
+        """The rejected rows (original columns and types + ``_etl_error``, ``_etl_error_class``), in row-id order.
+
+        :raises RowAccountingError: the reject store does not hold ``expected`` rows for this load.
+        """
         from pyspark.sql import functions as F
         from pyspark.sql.types import StringType, StructField, StructType
 
@@ -776,21 +965,32 @@ class PostgresLoader:
         schema = StructType([StructField(c.source, types[c.source]) for c in plan.columns]
                             + [StructField(S.ERROR, StringType()), StructField(S.ERROR_CLASS, StringType())])
         query = self._rejected_query(plan)
-        with contextlib.suppress(Exception):  # fall back to the JDBC read for types Python cannot map
+        rejected: DataFrame | None = None
+        if expected <= self.LOCAL_REJECTED_MAX:
             with self._connect(autocommit=True) as conn:
                 cur = conn.cursor()
-                cur.execute(f"{query} ORDER BY s.{S.q(S.ROW_ID)} LIMIT {self.LOCAL_REJECTED_MAX + 1}")
-                rows = [tuple(r) for r in cur.fetchall()]
-            if len(rows) <= self.LOCAL_REJECTED_MAX:
-                return df.sparkSession.createDataFrame(rows, schema)
-        options = self._jdbc_options()
-        options["query"] = query
-        raw = df.sparkSession.read.format("jdbc").options(**options).load()
-        rejected = raw.select(
-            *[F.col(c.name).cast(types[c.source]).alias(c.source) for c in plan.columns],
-            F.col(S.ERROR), F.col(S.ERROR_CLASS),
-        )
-        return rejected.localCheckpoint(eager=True)
+                cur.execute(f"{query} ORDER BY r.row_id LIMIT {self.LOCAL_REJECTED_MAX + 1}")
+                try:
+                    rows = [tuple(r) for r in cur.fetchall()]
+                    rejected = df.sparkSession.createDataFrame(rows, schema)
+                    found = len(rows)
+                except Exception as err:  # a value Python or the schema cannot take: Spark's JDBC reader can
+                    log.info("Reading the rejected rows with Spark's JDBC reader (%s: %s)", type(err).__name__,
+                             error_message(err).splitlines()[0] if str(err).strip() else "")
+        if rejected is None:
+            options = self._jdbc_options()
+            options["query"] = query
+            raw = df.sparkSession.read.format("jdbc").options(**options).load()
+            rejected = raw.select(
+                *[F.col(c.name).cast(types[c.source]).alias(c.source) for c in plan.columns],
+                F.col(S.ERROR), F.col(S.ERROR_CLASS),
+            ).localCheckpoint(eager=True)
+            found = rejected.count()
+        if found != expected:
+            raise RowAccountingError(
+                f"load {self.load_id} into {plan.table_key}: {expected} row(s) were rejected but {plan.reject_store} "
+                f"holds {found} for it; check the rows of that load id there and in {plan.log_table}")
+        return rejected
 
     # ------------------------------------------------------------------------------------- cleanup
 

@@ -25,6 +25,7 @@ from airflow_etl_provider.core.config import ErrorHandlingConfig, parse_dead_let
 from airflow_etl_provider.core.errors import (
     CircuitOpenError,
     ConfigError,
+    DeadLetterUnavailableError,
     RowAccountingError,
     classify_postgres,
 )
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
     from airflow_etl_provider.core.guard import Guard
-    from airflow_etl_provider.hooks.dead_letter import DeadLetterHook
+    from airflow_etl_provider.hooks.dead_letter import DeadLetterHook, PublishResult
 
 _DEFAULT = object()
 TARGET_TYPES = ("postgres", "parquet")
@@ -108,7 +109,11 @@ class ResilientSparkLoadOperator(BaseOperator):
     :param dead_letter: where rejected rows go (templated): ``{"type": "kafka", "conn_id": ..., "topic": ...}``,
         ``{"type": "s3", ...}``, ``{"type": "file", "path": ...}``. Default: files under
         ``$AIRFLOW_ETL_DLQ_PATH`` (or ``$AIRFLOW_HOME/dead-letters``). ``None``: no DLQ, so a rejected row
-        fails the task (nothing is ever dropped silently).
+        fails the task (nothing is ever dropped silently). Delivery is **at-least-once with stable ids**: the
+        rejected rows commit with the load (``etl_load_rejects``, load log ``dead_letter_state='pending'``)
+        and the task succeeds only once the DLQ confirmed every one of them; a try that could not deliver
+        them fails, and its retry (which loads nothing again) re-sends them, from this worker's spool or
+        else from ``etl_load_rejects``, with the same deterministic ``envelope_id`` to deduplicate on.
     :param error_handling: the seed pipeline config's ``errorHandling`` block, a whole pipeline config, or
         a path to a JSON/YAML file; the explicit arguments above win over it.
     :param quality_rules: an optional data-quality gate (the DataQualityOperator's rules): not available in
@@ -214,9 +219,11 @@ class ResilientSparkLoadOperator(BaseOperator):
                     raise RowAccountingError(
                         f"{frame.count()} row(s) were rejected ({', '.join(errors)}) and dead_letter=None: "
                         "configure a dead-letter queue to load the good rows and keep the bad ones")
-                dead += dlq.publish_dataframe(frame, stage="parse" if frame is not outcome["rejected"] else "load",
-                                              key_columns=self.target.get("keys") or (), source=source_name,
-                                              target=target_name).delivered
+                if frame is outcome["rejected"]:
+                    dead += self._dead_letter_rejected(dlq, outcome, source_name, target_name)
+                    continue
+                dead += dlq.publish_dataframe(frame, stage="parse", key_columns=self.target.get("keys") or (),
+                                              source=source_name, target=target_name).delivered
             data.unpersist()
 
         dead += outcome.get("recorded_dead_lettered", 0)
@@ -330,10 +337,75 @@ class ResilientSparkLoadOperator(BaseOperator):
                 f"{outcome.records_read}; check the etl_load_log row of that load id before loading again")
         result = {"records_read": outcome.records_read, "records_loaded": outcome.records_loaded,
                   "records_rejected": outcome.records_rejected, "rejected": outcome.rejected,
-                  "skipped": outcome.skipped}
-        if outcome.skipped:  # committed by an earlier try: its rejected rows were dead-lettered then
+                  "skipped": outcome.skipped, "loader": loader, "dead_letter_spooled": outcome.dead_letter_spooled,
+                  "dead_letter_spool": outcome.dead_letter_spool}
+        if outcome.skipped and not outcome.dead_letters_pending:
+            # committed by an earlier try, which also had the DLQ confirm every rejected row
             result["recorded_dead_lettered"] = outcome.records_rejected
         return result
+
+    def _dead_letter_rejected(self, dlq: DeadLetterHook, outcome: Mapping[str, Any], source: str, target: str) -> int:
+        """Hand the load's rejected rows to the DLQ and record the delivery in the load log; return how many
+        rows the DLQ now holds for this load.
+
+        A first try publishes the rows from the executors. A retry whose load committed earlier with its
+        dead letters still pending re-sends the spool files that try left on this worker when they are all
+        here and hold exactly the rows it could not deliver (no row is sent twice); otherwise it publishes
+        every rejected row again from the reject store (rows an earlier try delivered are sent again, with
+        the same ``envelope_id``). Only when the DLQ confirmed every row is the load log marked
+        ``delivered``; otherwise it records the new spool and :class:`DeadLetterUnavailableError` is raised.
+        """
+        from airflow_etl_provider.hooks.dead_letter import read_spool
+
+        expected = int(outcome["records_rejected"])
+        earlier = list(outcome.get("dead_letter_spool") or ())
+        here = [p for p in earlier if os.path.isfile(p)]
+        if outcome.get("skipped") and earlier:
+            if len(here) == len(earlier):
+                envelopes = list(read_spool(here))
+                if len(envelopes) == outcome["dead_letter_spooled"]:
+                    self.log.info("Re-sending the %d dead letter(s) an earlier try spooled on this worker: %s",
+                                  len(envelopes), ", ".join(here))
+                    resent = dlq.publish(envelopes, raise_on_spool=False)
+                    self._record_delivery(dlq, outcome, resent, len(envelopes), superseded=here)
+                    return expected  # the rest was confirmed by the earlier try
+                self.log.warning("The spool files of an earlier try hold %d dead letter(s), the load log says %d: "
+                                 "publishing all %d rejected row(s) again", len(envelopes),
+                                 outcome["dead_letter_spooled"], expected)
+            else:
+                self.log.warning("Spool file(s) of an earlier try are not on this worker (%s): publishing all %d "
+                                 "rejected row(s) again from the reject store",
+                                 ", ".join(sorted(set(earlier) - set(here))), expected)
+        result = dlq.publish_dataframe(outcome["rejected"], stage="load", key_columns=self.target.get("keys") or (),
+                                       source=source, target=target, raise_on_spool=False)
+        self._record_delivery(dlq, outcome, result, expected, superseded=here)
+        return expected
+
+    def _record_delivery(self, dlq: DeadLetterHook, outcome: Mapping[str, Any], result: PublishResult,
+                         expected: int, superseded: Sequence[str]) -> None:
+        """Record in the load log what the DLQ confirmed; raise unless it confirmed all ``expected`` rows.
+
+        :param superseded: spool files of an earlier try whose rows were just published again: removed once
+            the new state is recorded (their rows are in the DLQ or in the new spool files).
+        """
+        loader = outcome["loader"]
+        complete = not result.spooled and result.delivered == expected
+        loader.record_dead_letters(delivered=complete, location=dlq.location, spooled=result.spooled,
+                                   spool_paths=result.spool_paths)
+        for path in superseded:
+            Path(path).unlink(missing_ok=True)
+            self.log.info("Removed spool file %s: its dead letters were published again", path)
+        if complete:
+            return
+        if not result.spooled:
+            raise RowAccountingError(f"the dead-letter queue {dlq.location} confirmed {result.delivered} of the "
+                                     f"{expected} rejected row(s) of load {loader.load_id}")
+        raise DeadLetterUnavailableError(
+            spool_path=", ".join(result.spool_paths), rows=result.spooled,
+            replay_command=dlq.replay_command(result.spool_paths),
+            reason=(f"{dlq.location}: {result.errors[0] if result.errors else 'unknown error'}; load "
+                    f"{loader.load_id} is committed and its rejected rows are kept in PostgreSQL with "
+                    "dead_letter_state 'pending' in the load log: retrying this task sends them again"))
 
 
 def _summarise(rejected: DataFrame) -> dict[str, dict[str, Any]]:

@@ -5,8 +5,10 @@
 * PostgreSQL down for good (a counting listener that accepts and drops every connection): the shared
   breaker opens after the threshold, later runs are rescheduled without a single connection reaching
   it, and after the reset timeout, with PostgreSQL back, a run succeeds and closes the breaker.
-* Kafka DLQ down: the good rows are loaded, the rejected ones are spooled locally, the task fails naming
-  the spool and the replay command; a retry does not load anything twice; the replay delivers them.
+* Kafka DLQ down: the good rows are loaded, the rejected ones are spooled locally and kept in PostgreSQL,
+  the task fails naming the spool and the replay command; a retry does not load anything twice and fails
+  again while the DLQ is down; the retry with the DLQ back delivers every rejected row exactly once (from
+  the spool on this worker, or from PostgreSQL when the spool is gone) and only then goes green.
 * The Airflow task process killed (SIGKILL) mid-load and the same task instance run again (same run id,
   hence the same default load id): nothing is duplicated and the rows add up.
 """
@@ -297,54 +299,104 @@ def test_postgres_down_for_good_opens_the_breaker_then_it_closes(spark, disposab
 
 
 # ----------------------------------------------------------------------------------- 3. Kafka DLQ down
+def _down_broker() -> str:
+    with socket.socket() as s:  # a port nobody listens on: the broker is "down"
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def _dlq_state(uri: str, table: str, load_id: str) -> tuple[Any, ...]:
+    return _sql(uri, "select dead_letter_state, dead_letter_spooled, dead_letter_spool from etl_load_log "
+                     "where table_name = %s and load_id = %s", (table, load_id))[0]
+
+
 @pytest.mark.slow
-def test_kafka_dlq_down_spools_the_rejected_rows_and_fails_clearly(spark, unique, monkeypatch, tmp_path,
-                                                                    kafka_bootstrap) -> None:
+@pytest.mark.parametrize("spool_on_worker", [True, False], ids=["spool-here", "spool-lost"])
+def test_kafka_dlq_down_then_back_the_retry_delivers_every_rejected_row_once(
+        spark, unique, monkeypatch, tmp_path, kafka_bootstrap, spool_on_worker) -> None:
+    """The load commits, the Kafka DLQ is down: the rejected rows are spooled and kept in PostgreSQL
+    (etl_load_rejects, dead_letter_state 'pending'), the task fails naming the spool and the replay command.
+    A retry while the DLQ is still down fails again (never green with rows outside the DLQ) and loads nothing
+    twice. The retry with the DLQ back goes green and the topic then holds every rejected row exactly once
+    (by envelope id): re-sent from this worker's spool (``spool-here``) or, when the spool is gone (another
+    worker, a lost disk: ``spool-lost``), re-published from etl_load_rejects with the same envelope ids."""
     from airflow_etl_provider.core.envelope import DeadLetterEnvelope
     from tests.integration.test_dead_letter import _consume
+    from tests.integration.test_example_dags import _topic_size
 
     table, topic, bad = f"public.dlqdown_{unique}", f"faults.dlq.{unique}", {3, 77, 500, 998}
-    uri = _shared_uri()
+    load_id, uri = f"dlq-{unique}", _shared_uri()
     _sql(uri, f"create table {table} (id bigint primary key, payload text not null, qty int check (qty >= 0))")
     spool_dir = tmp_path / "spool"
     monkeypatch.setenv("AIRFLOW_ETL_DLQ_SPOOL", str(spool_dir))
-    with socket.socket() as s:  # a port nobody listens on: the broker is "down"
-        s.bind(("127.0.0.1", 0))
-        down = f"127.0.0.1:{s.getsockname()[1]}"
     source = _parquet(spark, tmp_path / "src", 1_000, bad)
-    op = _operator(source, {"table": table, "load_id": f"dlq-{unique}"}, tmp_path,
-                   dead_letter={"type": "kafka", "topic": topic,
-                                "config": {"bootstrap.servers": down, "message.timeout.ms": 1000}})
+
+    def operator(bootstrap: str) -> ResilientSparkLoadOperator:
+        return _operator(source, {"table": table, "load_id": load_id}, tmp_path,
+                         dead_letter={"type": "kafka", "topic": topic,
+                                      "config": {"bootstrap.servers": bootstrap, "message.timeout.ms": 1000}})
+
+    def spooled_files() -> list[str]:
+        return sorted(glob.glob(str(spool_dir / "*.jsonl")))
+
+    def kept_rejects() -> list[int]:
+        rows = _sql(uri, "select (record->>'id')::bigint from etl_load_rejects where table_name = %s and "
+                         "load_id = %s order by 1", (table, load_id))
+        return [r[0] for r in rows]
+
     try:
+        # try 1: loads the good rows, the DLQ is down
         with pytest.raises(DeadLetterUnavailableError) as info:
-            op.execute(context={})
-        err = info.value
-        spooled = sorted(glob.glob(str(spool_dir / "*.jsonl")))
+            operator(_down_broker()).execute(context={})
+        err, spooled = info.value, spooled_files()
         assert err.rows == len(bad) and spooled and set(err.spool_path.split(", ")) == set(spooled)
         msg = str(err)
         assert all(p in msg for p in spooled) and "replay-spool" in msg and f"--topic {topic}" in msg, msg
+        assert "retrying this task sends them again" in msg, msg
         letters = [DeadLetterEnvelope.from_json(line) for p in spooled for line in Path(p).read_text().splitlines()]
         assert sorted(e.record["id"] for e in letters) == sorted(bad)  # exactly the rejected rows, each once
         assert all("check" in e.error_message.lower() for e in letters)
         _assert_loaded_once(uri, table, set(range(1_000)) - bad)  # the good rows are in, committed
+        assert _dlq_state(uri, table, load_id) == ("pending", len(bad), spooled)
+        assert kept_rejects() == sorted(bad)
 
-        # Airflow retries the task (same load id): nothing is loaded twice; the rows stay in the spool
-        again = op.execute(context={})
-        assert again["skipped"] is True and again["records_loaded"] == 1_000 - len(bad)
-        assert again["records_read"] == again["records_loaded"] + again["records_dead_lettered"]
+        # try 2 (Airflow retries, the DLQ is still down): fails again, loads nothing twice, the rows stay
+        # spooled exactly once (the old spool files are replaced by the new ones)
+        with pytest.raises(DeadLetterUnavailableError) as again:
+            operator(_down_broker()).execute(context={})
+        assert again.value.rows == len(bad)
         _assert_loaded_once(uri, table, set(range(1_000)) - bad)
+        respooled = spooled_files()
+        assert respooled and not set(respooled) & set(spooled)
+        assert sorted(DeadLetterEnvelope.from_json(line).envelope_id for p in respooled
+                      for line in Path(p).read_text().splitlines()) == sorted(e.envelope_id for e in letters)
+        assert _dlq_state(uri, table, load_id) == ("pending", len(bad), respooled)
+        if not spool_on_worker:  # the retry runs on another worker: this spool is not there
+            for p in respooled:
+                os.rename(p, tmp_path / Path(p).name)
 
-        # the broker is back: replay the spool with the CLI and read the dead letters back from the topic
-        out = subprocess.run([sys.executable, "-m", "airflow_etl_provider.cli", "dlq", "replay-spool", *spooled,
-                              "--to", "kafka", "--topic", topic, "--bootstrap-servers", kafka_bootstrap],
-                             capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0 and f"replayed {len(bad)} dead letters" in out.stdout, out.stdout + out.stderr
+        # try 3: the broker is back; the task goes green only now, with every rejected row in the topic
+        result = operator(kafka_bootstrap).execute(context={})
+        assert result["skipped"] is True and result["records_loaded"] == 1_000 - len(bad)
+        assert result["records_dead_lettered"] == len(bad)
+        assert result["records_read"] == result["records_loaded"] + result["records_dead_lettered"] == 1_000
+        assert result["dead_letter_location"] and topic in result["dead_letter_location"]
         msgs = _consume(kafka_bootstrap, topic, expected=len(bad))
-        replayed = [json.loads(m.value()) for m in msgs]
-        assert sorted(e["record"]["id"] for e in replayed) == sorted(bad)
-        assert {e["envelope_id"] for e in replayed} == {e.envelope_id for e in letters}
+        delivered = [json.loads(m.value()) for m in msgs]
+        assert sorted(e["record"]["id"] for e in delivered) == sorted(bad)  # each once: none lost, none twice
+        assert {e["envelope_id"] for e in delivered} == {e.envelope_id for e in letters}
+        assert _dlq_state(uri, table, load_id) == ("delivered", 0, None)
+        assert kept_rejects() == []  # the DLQ has them: PostgreSQL no longer keeps them
+        assert spooled_files() == []  # nothing left for anybody to replay again
+
+        # try 4 (say the task is cleared): nothing is loaded or sent again
+        final = operator(kafka_bootstrap).execute(context={})
+        assert final["skipped"] is True and final["records_dead_lettered"] == len(bad)
+        assert _topic_size(kafka_bootstrap, topic) == len(bad)
+        _assert_loaded_once(uri, table, set(range(1_000)) - bad)
     finally:
         _sql(uri, f"drop table if exists {table}")
+        _sql(uri, "delete from etl_load_rejects where load_id = %s", (load_id,))
 
 
 # ------------------------------------------------------------------- 4. task killed mid-load, retried

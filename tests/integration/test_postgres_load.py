@@ -434,3 +434,85 @@ def test_copy_partition_attempt_is_atomic_and_a_rerun_is_deduplicated(spark, hoo
         loader._drop_staging(plan)
     assert (result.read, result.loaded, result.rejected) == (150, 150, 0)
     assert _rows(cur, t) == [(j, f"v{j}") for j in range(150)]
+
+
+# ------------------------------------------------------------------------ dead-letter delivery state
+
+
+def _dlq_log(cur, schema: str, t: str, load_id: str) -> tuple:
+    cur.execute(f"SELECT dead_letter_state, dead_letter_spooled, dead_letter_spool, dead_letter_location "
+                f"FROM {schema}.etl_load_log WHERE table_name = %s AND load_id = %s", (f"{schema}.{t}", load_id))
+    return tuple(cur.fetchone())
+
+
+def test_rejected_rows_are_kept_until_the_dead_letter_queue_confirmed_them(spark, hook, pg, unique) -> None:
+    """The rejected rows commit with the load into etl_load_rejects (state 'pending'); a re-run with the same
+    load id loads nothing but hands the very same rejected rows over again, until record_dead_letters(delivered=
+    True) marks them delivered and drops them. A load log created by an earlier version (without the
+    dead-letter columns, rows with a NULL state) is migrated in place and its old loads count as delivered."""
+    from airflow_etl_provider.core.sql import create_load_log_sql
+
+    cur, _ = pg
+    schema = f"dl_{unique}"
+    cur.execute(f"CREATE SCHEMA {schema}")
+    cur.execute(create_load_log_sql(f"{schema}.etl_load_log"))  # the log as the previous version made it
+    cur.execute(f"INSERT INTO {schema}.etl_load_log (table_name, load_id, mode, rows, rows_read, rows_rejected) "
+                "VALUES (%s, 'old', 'append', 5, 6, 1)", (f"{schema}.t",))
+    t = "t"
+    cur.execute(f"CREATE TABLE {schema}.{t} (id int PRIMARY KEY, name varchar(5) NOT NULL, "
+                "ts timestamptz, amount numeric(12,4), score double precision, raw bytea, tags int[], "
+                "qty int CHECK (qty >= 0))")
+    ts = datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=UTC)
+    rows = [(i, f"n{i}", ts, Decimal("1234.5678"), 0.1, b"\x00\xff", [1, 2], i) for i in range(20)]
+    bad = [(100, "much-too-long", ts, Decimal("-0.0001"), math.nan, b"'\\\"", [3], 1),
+           (101, "ok", None, None, math.inf, None, None, -1),
+           (102, "it's", ts, Decimal("99999999.9999"), -0.0, b"", [], -2)]
+    schema_ddl = ("id INT, name STRING, ts TIMESTAMP, amount DECIMAL(12,4), score DOUBLE, raw BINARY, "
+                  "tags ARRAY<INT>, qty INT")
+    df = spark.createDataFrame(rows[:10] + bad + rows[10:], schema_ddl).repartition(2)
+
+    old = PostgresLoader(hook, f"{schema}.{t}", "append", load_id="old").load(df)  # logged before: delivered
+    assert old.skipped and old.rejected is None and old.dead_letter_state == "delivered"
+    cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attname LIKE 'dead_letter%%'",
+                (f"{schema}.etl_load_log",))
+    assert {r[0] for r in cur.fetchall()} == {"dead_letter_state", "dead_letter_spooled", "dead_letter_spool",
+                                              "dead_letter_location", "dead_letter_at"}
+
+    first = PostgresLoader(hook, f"{schema}.{t}", "append", load_id="L1").load(df)
+    assert (first.records_read, first.records_loaded, first.records_rejected) == (23, 20, 3)
+    assert first.dead_letter_state == "pending" and first.dead_letters_pending
+    assert _dlq_log(cur, schema, t, "L1") == ("pending", 0, None, None)
+    handed = sorted((tuple(r) for r in first.rejected.collect()), key=lambda r: r[0])
+    for got, row in zip(handed, bad, strict=True):  # original columns and values, exactly
+        assert got[:2] == row[:2] and got[2] == (None if row[2] is None else row[2].replace(tzinfo=None))
+        assert got[3] == row[3] and got[5:8] == (None if row[5] is None else bytearray(row[5]), row[6], row[7])
+        assert (math.isnan(got[4]) and math.isnan(row[4])) or (got[4] == row[4] and math.copysign(1, got[4])
+                                                                 == math.copysign(1, row[4]))
+    assert {r[9].split(".")[-1] for r in handed} == {"StringDataRightTruncation", "CheckViolation"}
+
+    # the DLQ did not confirm them: a re-run with the load id loads nothing and hands over the same rows
+    loader = PostgresLoader(hook, f"{schema}.{t}", "append", load_id="L1")
+    again = loader.load(df)
+    assert again.skipped and again.dead_letters_pending and again.records_rejected == 3
+    assert [repr(r) for r in sorted((tuple(r) for r in again.rejected.collect()), key=lambda r: r[0])] \
+        == [repr(r) for r in handed]  # repr: NaN equals itself
+    loader.record_dead_letters(delivered=False, location="kafka topic x", spooled=2, spool_paths=["/s/a.jsonl"])
+    assert _dlq_log(cur, schema, t, "L1") == ("pending", 2, ["/s/a.jsonl"], "kafka topic x")
+    third = PostgresLoader(hook, f"{schema}.{t}", "append", load_id="L1").load(df)
+    assert (third.dead_letter_spooled, third.dead_letter_spool) == (2, ["/s/a.jsonl"])
+
+    # confirmed: delivered, and PostgreSQL lets go of the rows
+    loader.record_dead_letters(delivered=True, location="kafka topic x")
+    assert _dlq_log(cur, schema, t, "L1") == ("delivered", 0, None, "kafka topic x")
+    cur.execute(f"SELECT count(*) FROM {schema}.etl_load_rejects WHERE load_id = 'L1'")
+    assert cur.fetchone()[0] == 0
+    done = PostgresLoader(hook, f"{schema}.{t}", "append", load_id="L1").load(df)
+    assert done.skipped and done.rejected is None and done.dead_letter_state == "delivered"
+    cur.execute(f"SELECT count(*) FROM {schema}.{t}")
+    assert cur.fetchone()[0] == 20
+    clean = PostgresLoader(hook, f"{schema}.{t}", "upsert", keys=["id"], load_id="L2").load(df.where("qty >= 0 "
+                                                                                                     "AND id < 100"))
+    assert clean.dead_letter_state == "none" and _dlq_log(cur, schema, t, "L2")[0] == "none"
+    with pytest.raises(RuntimeError, match=r"needs a load\(\)"):
+        PostgresLoader(hook, f"{schema}.{t}", "append").record_dead_letters(delivered=True)
+    cur.execute(f"DROP SCHEMA {schema} CASCADE")
