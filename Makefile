@@ -23,11 +23,11 @@ help:
 setup: system-deps venv jars
 
 system-deps: $(LOCAL)/.system-deps
-$(LOCAL)/.system-deps:
+$(LOCAL)/.system-deps: Makefile
 	@mkdir -p $(LOCAL)
-	@echo "[setup] checking Debian packages (PostgreSQL, Pushgateway, JDK, Maven, curl)"
+	@echo "[setup] checking Debian packages (PostgreSQL, Pushgateway, JDK, Maven, curl, Chromium for the report test)"
 	@missing=""; \
-	 for p in postgresql prometheus-pushgateway openjdk-17-jre-headless maven curl; do \
+	 for p in postgresql prometheus-pushgateway openjdk-17-jre-headless maven curl chromium; do \
 	   dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	 if [ -n "$$missing" ]; then \
 	   echo "[setup] apt-get install$$missing"; \

@@ -36,9 +36,21 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_etl_provider.hooks.postgres",
                     "airflow_etl_provider.hooks.dead_letter",
                     "airflow_etl_provider.hooks.circuit_breaker",
+                    "airflow_etl_provider.hooks.quality",
+                    "airflow_etl_provider.hooks.quality_history",
                 ],
             }
         ],
+        "operators": [
+            {
+                "integration-name": "Resilient Spark ETL",
+                "python-modules": [
+                    "airflow_etl_provider.operators.load",
+                    "airflow_etl_provider.operators.quality",
+                ],
+            }
+        ],
+        "extra-links": ["airflow_etl_provider.operators.quality.DataQualityReportLink"],
         "connection-types": [],
         "notifications": [],
     }

@@ -51,7 +51,14 @@ def main(dag_ids: list[str]) -> int:
                 if isinstance(value, dict):
                     if any(k in value for k in COUNTS):
                         print("    rows: " + "  ".join(f"{k.split('_', 1)[1]}={value.get(k, 0)}" for k in COUNTS))
-                    for key in ("target", "dead_letter_location", "metrics_location", "report_path"):
+                    if "records_passed" in value:
+                        print(f"    quality: {value.get('status')}  rows: read={value.get('records_read')}  "
+                              f"passed={value.get('records_passed')}  quarantined={value.get('records_quarantined')}")
+                        for rule in (value.get("report") or {}).get("rules", []):
+                            if rule.get("status") != "pass":
+                                print(f"      {rule['name']:<44} {rule['status']:<5} {rule.get('failing_rows') or '':>6}"
+                                      f"  {rule.get('action_taken') or ''}")
+                    for key in ("target", "output", "dead_letter_location", "metrics_location", "report_path"):
                         if value.get(key):
                             print(f"    {key}: {value[key]}")
     env = os.environ.get

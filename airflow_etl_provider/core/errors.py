@@ -83,6 +83,18 @@ class RowAccountingError(EtlError):
 _NO_VALUE: Any = object()
 
 
+class DataQualityError(DataError):
+    """Data-quality rules with action ``fail`` failed. The message is a readable table of those rules.
+
+    :param message: the table.
+    :param report: the JSON report (also pushed to XCom as ``dq_report``).
+    """
+
+    def __init__(self, message: str, report: Any = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
 class ConfigError(EtlError, ValueError):
     """Invalid configuration. The message names the field, the bad value and the allowed values or fix.
 

@@ -67,7 +67,7 @@ _RULE = "_etl_rule"
 _RN = "_etl_rn"
 _COUNT = "_etl_count"
 
-__all__ = ["ERROR_COLUMN", "FAILED_RULES_COLUMN", "evaluate", "failure_condition", "split_rows"]
+__all__ = ["ERROR_COLUMN", "FAILED_RULES_COLUMN", "evaluate", "failure_condition", "profile", "split_rows"]
 
 
 def _rules(rules: Any) -> list[Rule]:
@@ -400,7 +400,7 @@ def evaluate(
     return report
 
 
-def split_rows(df: DataFrame, rules: Any) -> tuple[DataFrame, DataFrame]:
+def split_rows(df: DataFrame, rules: Any, only: Iterable[str] | None = None) -> tuple[DataFrame, DataFrame]:
     """Split ``df`` into rows passing every row-level and ``unique`` rule, and the rows failing any.
 
     The failing rows keep their columns plus ``_etl_failed_rules`` (array of rule names) and
@@ -412,11 +412,17 @@ def split_rows(df: DataFrame, rules: Any) -> tuple[DataFrame, DataFrame]:
 
     :param df: the data.
     :param rules: parsed rules, or anything :func:`~airflow_etl_provider.core.rules.parse_rules` accepts.
+    :param only: names of the rules that decide the split (default: all). A row failing only other rules
+        passes; ``_etl_failed_rules`` of a failing row still lists every given rule it fails.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     parsed = _rules(rules)
+    deciding = set(only) if only is not None else None
+    if deciding is not None and deciding - {r.rule_name for r in parsed}:
+        raise ConfigError("only", "names rules that were not given", value=sorted(deciding - {r.rule_name
+                                                                                        for r in parsed}))
     validate_against_columns([r for r in parsed if r.counted], df.columns)
     _check_expressions(df, parsed)
     marks: list[tuple[str, Column]] = [(r.rule_name, failure_condition(df, r)) for r in parsed if r.row_level]
@@ -431,8 +437,84 @@ def split_rows(df: DataFrame, rules: Any) -> tuple[DataFrame, DataFrame]:
         )
     names = F.filter(F.array(*[F.when(cond, F.lit(name)) for name, cond in marks]), lambda x: x.isNotNull())
     marked = df.withColumn(FAILED_RULES_COLUMN, names)
-    passing = marked.where(F.size(FAILED_RULES_COLUMN) == 0).drop(FAILED_RULES_COLUMN)
-    failing = marked.where(F.size(FAILED_RULES_COLUMN) > 0).withColumn(
+    if deciding is None:
+        fails = F.size(FAILED_RULES_COLUMN) > 0
+    else:
+        fails = F.exists(FAILED_RULES_COLUMN, lambda x: x.isin(sorted(deciding)))
+    passing = marked.where(~fails).drop(FAILED_RULES_COLUMN)
+    failing = marked.where(fails).withColumn(
         ERROR_COLUMN, F.concat(F.lit("failed quality rules: "), F.array_join(FAILED_RULES_COLUMN, ", "))
     )
     return passing, failing
+
+
+#: Top values are computed only for columns with at most this many (approximate) distinct values, or at
+#: most 10 % of their non-null rows: the top values of an id column are all "1 occurrence".
+TOP_VALUES_MAX_DISTINCT = 10_000
+
+
+def profile(df: DataFrame, columns: Sequence[str] | None = None, *, top_n: int = 5) -> dict[str, Any]:
+    """Column profiles in two Spark queries: one aggregation for every statistic, one for top values.
+
+    Per column: ``null_ratio``, ``approx_distinct`` (HyperLogLog++, 5 % relative error), ``min``/``max``
+    (numbers, strings, dates, timestamps), ``mean``/``stddev`` (numbers), ``min_length``/``max_length``
+    (strings) and the ``top_n`` most frequent values with their counts (for columns that are not
+    near-unique, see :data:`TOP_VALUES_MAX_DISTINCT`). Nested columns (arrays, maps, structs) get only
+    the null ratio.
+
+    :param df: the data (cache it: it is read twice).
+    :param columns: the columns to profile (default: all).
+    :param top_n: most frequent values kept per column; 0 skips the second query.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    names = list(columns) if columns is not None else list(df.columns)
+    missing = [c for c in names if c not in df.columns]
+    if missing:
+        raise ConfigError("profile.columns", "columns not in the data", value=missing, allowed=df.columns)
+    kinds = {f.name: f.dataType for f in df.schema.fields}
+    numeric = (T.NumericType,)
+    atomic = (T.NumericType, T.StringType, T.DateType, T.TimestampType, T.TimestampNTZType, T.BooleanType)
+    aggs = [F.count(F.lit(1)).alias("n")]
+    for i, name in enumerate(names):
+        c, kind = _col(df, name), kinds[name]
+        aggs.append(F.sum(F.when(c.isNull(), 1).otherwise(0)).alias(f"null{i}"))
+        if not isinstance(kind, atomic):
+            continue
+        aggs.append(F.approx_count_distinct(c).alias(f"dist{i}"))
+        if not isinstance(kind, T.BooleanType):
+            aggs += [F.min(c).alias(f"min{i}"), F.max(c).alias(f"max{i}")]
+        if isinstance(kind, numeric):
+            aggs += [F.mean(c).alias(f"mean{i}"), F.stddev(c).alias(f"std{i}")]
+        if isinstance(kind, T.StringType):
+            aggs += [F.min(F.length(c)).alias(f"minlen{i}"), F.max(F.length(c)).alias(f"maxlen{i}")]
+    row = df.agg(*aggs).collect()[0].asDict()
+    total = int(row["n"])
+    result: dict[str, dict[str, Any]] = {}
+    for i, name in enumerate(names):
+        nulls = int(row[f"null{i}"] or 0)
+        entry: dict[str, Any] = {"type": kinds[name].simpleString(), "null_count": nulls,
+                                 "null_ratio": nulls / total if total else 0.0}
+        for key, alias in (("approx_distinct", "dist"), ("min", "min"), ("max", "max"), ("mean", "mean"),
+                           ("stddev", "std"), ("min_length", "minlen"), ("max_length", "maxlen")):
+            if f"{alias}{i}" in row:
+                entry[key] = row[f"{alias}{i}"]
+        result[name] = entry
+
+    wanted = [
+        name for name in names
+        if "approx_distinct" in result[name] and result[name]["approx_distinct"]
+        and (result[name]["approx_distinct"] <= TOP_VALUES_MAX_DISTINCT
+             or result[name]["approx_distinct"] <= 0.1 * (total - result[name]["null_count"]))
+    ]
+    if top_n > 0 and wanted:
+        pairs = F.explode(F.array(*[F.struct(F.lit(n).alias("c"), _col(df, n).cast("string").alias("v"))
+                                    for n in wanted]))
+        counted = (df.select(pairs.alias("p")).where(F.col("p.v").isNotNull())
+                   .groupBy(F.col("p.c").alias("c"), F.col("p.v").alias("v")).agg(F.count(F.lit(1)).alias("k")))
+        ranked = counted.withColumn("r", F.row_number().over(Window.partitionBy("c").orderBy(F.desc("k"), "v")))
+        for r in ranked.where(F.col("r") <= top_n).orderBy("c", "r").collect():
+            result[r["c"]].setdefault("top_values", []).append({"value": r["v"], "count": int(r["k"])})
+    return {"row_count": total, "columns": result}

@@ -68,3 +68,49 @@ def test_demo_summary_reads_the_runs_back(dagbag) -> None:
     assert "rows: read=1000  loaded=1000  dead_lettered=0" in out.stdout
     assert "rows: read=1000  loaded=980  dead_lettered=20" in out.stdout
     assert "dead_letter_location: kafka topic example.orders.dlq" in out.stdout
+
+
+def _xcom(dag_id: str, run_id: str, task_id: str, key: str):
+    import json
+    import os
+
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    with engine.connect() as db:
+        row = db.execute(text("select value from xcom where dag_id=:d and run_id=:r and task_id=:t and key=:k"),
+                         {"d": dag_id, "r": run_id, "t": task_id, "k": key}).first()
+    engine.dispose()
+    if row is None:
+        return None
+    value = row.value
+    if isinstance(value, str | bytes):  # a JSON document, or an already-decoded string value
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+@pytest.mark.spark
+def test_example_data_quality_quarantines_then_loads_the_clean_rows(dagbag, spark, kafka_bootstrap) -> None:
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    before = _topic_size(kafka_bootstrap, "example.orders.quality.dlq")
+    run = dagbag.get_dag("example_data_quality").test()
+    assert run.state == "success"
+    result = _xcom("example_data_quality", run.run_id, "check_orders", "return_value")
+    # 2000 rows: 8 fail a quarantine rule (the duplicated id fails on both of its rows), 1992 go on
+    assert (result["records_read"], result["records_passed"], result["records_quarantined"]) == (2000, 1992, 8)
+    assert _topic_size(kafka_bootstrap, "example.orders.quality.dlq") - before == 8
+    assert PostgresHook().get_first("select count(*) from public.demo_orders_clean where order_id in "
+                                    "(4, 6, 9, 14, 21, 35, 56)")[0] == 0
+    load = _xcom("example_data_quality", run.run_id, "load_clean_orders", "return_value")
+    assert load["records_read"] == load["records_loaded"] == 1992
+    # the extra link: pushed at the end of the task, pointing at the HTML page that was written
+    link = _xcom("example_data_quality", run.run_id, "check_orders", "_link_DataQualityReportLink")
+    assert link and link.startswith("file://") and Path(urlparse(link).path).read_text().count("Summary") >= 1
+    assert result["report"]["profile"]["columns"]["status"]["approx_distinct"] == 6
