@@ -116,8 +116,11 @@ class ResilientSparkLoadOperator(BaseOperator):
         else from ``etl_load_rejects``, with the same deterministic ``envelope_id`` to deduplicate on.
     :param error_handling: the seed pipeline config's ``errorHandling`` block, a whole pipeline config, or
         a path to a JSON/YAML file; the explicit arguments above win over it.
-    :param quality_rules: an optional data-quality gate (the DataQualityOperator's rules): not available in
-        this version; passing rules fails at parse time.
+    :param quality_rules: an optional data-quality gate, the DataQualityOperator's rule format (list, mapping
+        or YAML/JSON file path). Rows failing a row-level or ``unique`` rule go to the dead-letter queue
+        (stage ``quality``, with the rules they failed) and are counted as dead-lettered; a failing dataset
+        rule (row_count, freshness, sql ...) or a rule with ``action: fail`` fails the task before the
+        target is touched; severity ``warn`` only logs.
     :param schema: the expected schema (DDL string or StructType): missing columns and impossible casts
         fail before loading, listing each mismatch; present columns are cast to it.
     :param spark_conn_id: ``spark`` (local[*] or spark://) or ``spark_connect`` connection.
@@ -146,9 +149,14 @@ class ResilientSparkLoadOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if quality_rules is not None:
-            raise ConfigError("quality_rules", "the data-quality gate needs the rule engine of the "
-                                               "DataQualityOperator, which this version does not ship yet")
+        if quality_rules is not None and not isinstance(quality_rules, str | os.PathLike) \
+                and not _templated(quality_rules):
+            from airflow_etl_provider.core.rules import parse_rules
+            from airflow_etl_provider.operators.quality import check_quarantine_config
+
+            gate_dlq = dead_letter if dead_letter is not _DEFAULT else {"type": "file"}
+            check_quarantine_config(parse_rules(quality_rules), "quarantine", gate_dlq)
+        self.quality_rules = quality_rules
         if not _templated(source):
             validate_source(source)
         validate_target(target)
@@ -195,6 +203,12 @@ class ResilientSparkLoadOperator(BaseOperator):
             data = self._conform(frames.data) if self.schema is not None else frames.data
             data = data.cache()
             corrupt_n = frames.corrupt.count() if frames.corrupt is not None else 0
+            quality: dict[str, Any] | None = None
+            quarantined = None
+            quality_read = 0
+            if self.quality_rules is not None:  # the gate: before the target is touched
+                checked = data
+                data, quarantined, quality = self._quality_gate(checked, context)
             try:
                 outcome = self._load(data, guard, rc)
             except CircuitOpenError as err:
@@ -224,10 +238,26 @@ class ResilientSparkLoadOperator(BaseOperator):
                     continue
                 dead += dlq.publish_dataframe(frame, stage="parse", key_columns=self.target.get("keys") or (),
                                               source=source_name, target=target_name).delivered
+            if quarantined is not None:
+                # After the load committed: a retry re-evaluates the same rows and re-sends them (at least
+                # once, with the same envelope ids), so a DLQ outage loses nothing.
+                if dlq is None:
+                    raise RowAccountingError("quality_rules quarantined rows and dead_letter=None: configure a "
+                                             "dead-letter queue")
+                sent = dlq.publish_dataframe(quarantined, stage="quality", key_columns=self.target.get("keys") or (),
+                                             source=source_name, target=target_name,
+                                             default_error="failed quality rules").delivered
+                dead += sent
+                errors["QualityRuleFailed"] = {"count": sent, "example": quality["example"] if quality else ""}
+                quality_read = checked.count() - data.count()  # both cached: no recomputation
+                if quality_read != sent:
+                    raise RowAccountingError(f"quality_rules: {quality_read} row(s) failed a quarantine rule but "
+                                             f"{sent} reached the dead-letter queue")
+                checked.unpersist()
             data.unpersist()
 
         dead += outcome.get("recorded_dead_lettered", 0)
-        read = outcome["records_read"] + corrupt_n
+        read = outcome["records_read"] + corrupt_n + quality_read
         loaded = outcome["records_loaded"]
         if read != loaded + dead:
             raise RowAccountingError(f"row accounting failed for {target_name}: records_read={read} != "
@@ -247,10 +277,43 @@ class ResilientSparkLoadOperator(BaseOperator):
             "target": target_name,
             "skipped": outcome.get("skipped", False),
         }
+        if quality is not None:
+            result["quality"] = {k: v for k, v in quality.items() if k != "example"}
         self.log.info("Load result: %s", result)
         return result
 
     # ----------------------------------------------------------------------------------- helpers
+    def _quality_gate(self, data: DataFrame, context: Any) -> tuple[DataFrame, DataFrame | None, dict[str, Any]]:
+        """Evaluate ``quality_rules`` (default action ``quarantine``): fail before loading if a rule says so,
+        else return the rows to load, the rows to dead-letter (or ``None``) and a summary."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from airflow_etl_provider.core.report import failure_table
+        from airflow_etl_provider.hooks.quality import evaluate, split_rows
+        from airflow_etl_provider.operators.quality import check_quarantine_config, decide, resolve_rules
+
+        rules = resolve_rules(self.quality_rules, context if isinstance(context, Mapping) else None)
+        check_quarantine_config(rules, "quarantine", self.dead_letter)
+        logical = context.get("logical_date") if isinstance(context, Mapping) else None
+        report = evaluate(data, rules, sample_size=3, key_columns=self.target.get("keys") or (),
+                          reference_time=logical if isinstance(logical, datetime) else None)
+        entries = report.to_dict()["rules"]
+        failed, quarantine = decide(rules, report.results, entries, "quarantine")
+        summary: dict[str, Any] = {"status": "fail" if failed else report.status, "rules": len(rules),
+                                   "failed_rules": {e["name"]: e.get("failing_rows") for e in entries
+                                                    if e["status"] != "pass"}, "example": ""}
+        if failed:
+            raise AirflowFailException(f"quality_rules: {len(failed)} rule(s) failed on {report.row_count} row(s); "
+                                       f"nothing was loaded:\n{failure_table(failed)}")
+        if not quarantine:
+            return data, None, summary
+        counted = [r for r in rules if r.counted and (report[r.rule_name].failing_rows or 0) > 0]
+        passing, failing = split_rows(data, counted, only=[r.rule_name for r in quarantine])
+        summary["example"] = "failed quality rules: " + ", ".join(r.rule_name for r in quarantine)
+        self.log.info("quality_rules: rows failing %s go to the dead-letter queue",
+                      ", ".join(r.rule_name for r in quarantine))
+        return passing.cache(), failing, summary
+
     def _guard(self, context: Any) -> Guard:
         from airflow_etl_provider.operators.resilience import guard_for
 

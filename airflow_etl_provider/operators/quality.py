@@ -103,6 +103,45 @@ def check_quarantine_config(rules: Sequence[Rule], on_failure: str, dead_letter:
                                          "{'type': 'kafka'|'s3'|'file', ...}")
 
 
+def resolve_rules(rules: Any, context: Mapping[str, Any] | None) -> list[Rule]:
+    """Parse ``rules``; a relative rules-file path is relative to the folder of the running DAG's file."""
+    if isinstance(rules, str | os.PathLike) and not os.path.isabs(rules):
+        fileloc = getattr((context or {}).get("dag"), "fileloc", None)
+        if fileloc:
+            rules = os.path.join(os.path.dirname(fileloc), rules)
+    return parse_rules(rules)
+
+
+def decide(rules: Sequence[Rule], results: Sequence[RuleResult], entries: list[dict[str, Any]],
+           on_failure: str) -> tuple[list[dict[str, Any]], list[Rule]]:
+    """Apply the actions: set ``action`` (and ``action_taken`` for warn/fail) on each report entry.
+
+    :param rules: the parsed rules.
+    :param results: their results.
+    :param entries: the report's rule entries (``QualityReport.to_dict()["rules"]``), updated in place.
+    :param on_failure: the default action.
+    :return: the entries whose failure fails the task, and the rules whose failing rows are quarantined.
+    """
+    by_name = {r.rule_name: r for r in rules}
+    by_result = {r.name: r for r in results}
+    failed: list[dict[str, Any]] = []
+    for entry in entries:
+        rule, result = by_name.get(entry["name"]), by_result.get(entry["name"])
+        if rule is None or result is None:
+            continue
+        action = entry["action"] = resolve_action(rule, on_failure)
+        if result.status == "pass":
+            continue
+        if result.status == "fail" and (action == "fail" or (action == "quarantine" and _explicit_threshold(rule))):
+            entry["action_taken"] = "failed the task"
+            failed.append(entry)
+        elif action != "quarantine":
+            entry["action_taken"] = "warned"
+    quarantine = [r for r in rules if resolve_action(r, on_failure) == "quarantine"
+                  and (by_result[r.rule_name].failing_rows or 0) > 0]
+    return failed, quarantine
+
+
 class DataQualityReportLink(BaseOperatorLink):
     """The task's "Data quality report" button: the HTML report written to ``report_path``."""
 
@@ -217,15 +256,6 @@ class DataQualityOperator(BaseOperator):
         self.fail_fast = fail_fast
 
     # ------------------------------------------------------------------------------------ execute
-    def _parsed_rules(self, context: Mapping[str, Any]) -> list[Rule]:
-        rules = self.rules
-        if isinstance(rules, str | os.PathLike) and not os.path.isabs(rules):
-            dag = context.get("dag")
-            fileloc = getattr(dag, "fileloc", None)
-            if fileloc:
-                rules = os.path.join(os.path.dirname(fileloc), rules)
-        return parse_rules(rules)
-
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_etl_provider.hooks.quality import evaluate
         from airflow_etl_provider.hooks.quality import profile as profile_columns
@@ -237,7 +267,7 @@ class DataQualityOperator(BaseOperator):
         validate_source(self.source)
         if self.output_config is not None:
             validate_output(self.output_config)
-        rules = self._parsed_rules(context)
+        rules = resolve_rules(self.rules, context if isinstance(context, Mapping) else None)
         check_quarantine_config(rules, self.on_failure, self.dead_letter)
         rc = run_context(context, self.pipeline_id)
         dataset = (self.history or {}).get("dataset") or f"{rc.dag_id or 'adhoc'}.{rc.task_id or self.task_id}"
@@ -264,16 +294,10 @@ class DataQualityOperator(BaseOperator):
                 doc["source"] = source_name
                 if self.profile:
                     doc["profile"] = to_jsonable(profile_columns(data))
-                by_name = {r.rule_name: r for r in rules}
                 results = {r.name: r for r in report.results}
-                for entry in doc["rules"]:
-                    entry["action"] = resolve_action(by_name[entry["name"]], self.on_failure)
+                failed, quarantine = decide(rules, report.results, doc["rules"], self.on_failure)
                 if corrupt_n:
                     doc["rules"].insert(0, self._parse_entry(corrupt_n, report.row_count or 0))
-
-                quarantine = [r for r in rules if resolve_action(r, self.on_failure) == "quarantine"
-                              and (results[r.rule_name].failing_rows or 0) > 0]
-                failed = self._failed(doc, by_name, results)
                 if corrupt_n and self.dead_letter is None:
                     failed.insert(0, doc["rules"][0])
                 total_read = (report.row_count or 0) + corrupt_n
@@ -309,23 +333,6 @@ class DataQualityOperator(BaseOperator):
                 "report_path": doc.get("report_path"), "output": doc.get("output")}
 
     # ----------------------------------------------------------------------------------- helpers
-    def _failed(self, doc: dict[str, Any], by_name: Mapping[str, Rule],
-                results: Mapping[str, RuleResult]) -> list[dict[str, Any]]:
-        """Rules whose failure fails the task; marks the others as warned."""
-        failed = []
-        for entry in doc["rules"]:
-            result = results.get(entry["name"])
-            if result is None or result.status == "pass":
-                continue
-            action = entry["action"]
-            rule = by_name[entry["name"]]
-            if result.status == "fail" and (action == "fail" or (action == "quarantine" and _explicit_threshold(rule))):
-                entry["action_taken"] = "failed the task"
-                failed.append(entry)
-            elif action != "quarantine":
-                entry["action_taken"] = "warned"
-        return failed
-
     def _quarantine_and_output(self, data: DataFrame, corrupt: DataFrame | None, rules: Sequence[Rule],
                                results: Mapping[str, RuleResult], quarantine: Sequence[Rule], corrupt_n: int,
                                doc: dict[str, Any], rc: Any, source_name: str) -> dict[str, Any]:

@@ -49,7 +49,8 @@ def test_error_handling_block_fills_what_is_not_given() -> None:
     ({"retry": {"maxAttempts": 0}}, "retry"),
     ({"dead_letter": {"type": "rabbit"}}, "dead_letter.type"),
     ({"dead_letter": {"type": "kafka"}}, "dead_letter.topic"),
-    ({"quality_rules": [{"type": "not_null", "column": "id"}]}, "quality_rules"),
+    ({"quality_rules": [{"type": "not_null"}]}, "rules[0]"),
+    ({"quality_rules": [{"type": "range", "column": "id", "mostly": 2}]}, "rules[0]"),
 ])
 def test_bad_configuration_fails_at_parse_time_naming_the_field(kwargs, field) -> None:
     with pytest.raises(ConfigError) as info:
