@@ -89,3 +89,28 @@ def test_load_operator_on_a_cluster(service: str, conn_id: str, tmp_path: Path) 
         assert sorted(e["record"]["id"] for e in _dead_letters(tmp_path / "dlq")) == [3, 60]
     finally:
         pg.run(f"drop table {table}")
+
+
+@pytest.mark.parametrize(("service", "conn_id"), [("spark-standalone", "spark_standalone"),
+                                                  ("spark-connect", "spark_connect_default")])
+def test_quality_operator_on_a_cluster(service: str, conn_id: str, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _start(service)
+    src = tmp_path / "src"
+    src.mkdir()
+    names = [None if i == 3 else ("bad name" if i == 7 else f"n{i}") for i in range(100)]
+    ids = [41 if i == 42 else i for i in range(100)]  # 41 twice
+    pq.write_table(pa.table({"id": ids, "name": names}), src / "part-0.parquet")
+    out, report = tmp_path / "clean", tmp_path / "report.html"
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("spark_cluster_quality.py")), conn_id, str(src),
+                           str(out), str(tmp_path / "dlq"), str(report)], capture_output=True, text=True,
+                          env=os.environ, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][len("RESULT "):])
+    assert (result["records_read"], result["records_passed"], result["records_quarantined"]) == (100, 96, 4)
+    assert sorted(e["record"]["id"] for e in _dead_letters(tmp_path / "dlq")) == [3, 7, 41, 41]
+    assert pq.read_table(out).num_rows == 96
+    assert "Summary" in report.read_text()
+    assert 94 <= result["report"]["profile"]["columns"]["id"]["approx_distinct"] <= 104  # HLL++, 5 % error
