@@ -114,3 +114,13 @@ def test_example_data_quality_quarantines_then_loads_the_clean_rows(dagbag, spar
     link = _xcom("example_data_quality", run.run_id, "check_orders", "_link_DataQualityReportLink")
     assert link and link.startswith("file://") and Path(urlparse(link).path).read_text().count("Summary") >= 1
     assert result["report"]["profile"]["columns"]["status"]["approx_distinct"] == 6
+    # what `make demo` prints for it
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(DAGS_DIR.parent / "scripts/demo_summary.py"), "example_data_quality"],
+                         capture_output=True, text=True, env=os.environ, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "quality: warn  rows: read=2000  passed=1992  quarantined=8" in out.stdout
+    assert "report_path: " in out.stdout and "unique(order_id)" in out.stdout
