@@ -79,6 +79,9 @@ def default_spool_dir() -> str:
         return os.path.join(os.environ["AIRFLOW_HOME"], "dlq-spool")
     return os.path.join(os.getcwd(), ".local", "dlq-spool")
 
+#: Kafka client settings whose values are secrets (passwords, keys, JAAS configs holding a password).
+_SECRET_SETTING = re.compile(r"pass(word)?|secret|token|credential|jaas|api[_.-]?key|key\.pem", re.IGNORECASE)
+
 _STATUS_SCHEMA = "partition INT, delivered LONG, spooled LONG, spool_path STRING, error STRING, location STRING"
 
 
@@ -584,6 +587,10 @@ class DeadLetterHook(BaseHook):
         return self._sink
 
     def _build_sink(self) -> DeadLetterSink:
+        # The sink travels to the executors inside pickled closures: keep its secrets out of the logs of the
+        # Python-JVM bridges (py4j and Spark Connect print what they send at DEBUG).
+        from airflow_etl_provider.hooks.postgres import hide_from_spark_logs
+
         cfg = self.config
         if isinstance(cfg, KafkaDeadLetterConfig):
             producer_config: dict[str, Any] = {}
@@ -592,6 +599,7 @@ class DeadLetterHook(BaseHook):
 
                 producer_config.update(KafkaBaseHook(kafka_config_id=cfg.conn_id)._build_config())
             producer_config.update(cfg.config)
+            hide_from_spark_logs(*(str(v) for k, v in producer_config.items() if _SECRET_SETTING.search(k) and v))
             return KafkaSink(topic=cfg.topic, producer_config=producer_config)
         if isinstance(cfg, S3DeadLetterConfig):
             from airflow.providers.amazon.aws.hooks.s3 import S3Hook
@@ -605,6 +613,7 @@ class DeadLetterHook(BaseHook):
             }
             if creds.token:
                 client_kwargs["aws_session_token"] = creds.token
+            hide_from_spark_logs(creds.secret_key, creds.token)
             if s3.conn_config.endpoint_url:
                 client_kwargs["endpoint_url"] = s3.conn_config.endpoint_url
             return S3Sink(prefix=cfg.prefix, format=cfg.format, partition_by=cfg.partition_by,

@@ -646,6 +646,9 @@ class PostgresLoader:
             if key not in _NOT_CONN_ARGS:
                 args[key] = value
         args.setdefault("application_name", "airflow-etl-copy")
+        from airflow_etl_provider.hooks.postgres import hide_from_spark_logs
+
+        hide_from_spark_logs(password, *(str(v) for k, v in args.items() if "pass" in k and v))
         return {k: v for k, v in args.items() if v is not None}
 
     def _stage_copy(self, df: DataFrame, plan: _Plan) -> None:
