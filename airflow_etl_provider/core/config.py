@@ -37,6 +37,18 @@ _BUCKET_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
 _BUCKET_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
 
 
+def is_templated(value: Any) -> bool:
+    """Whether ``value`` (or a string nested in it) still holds Jinja (``{{`` or ``{%``): operators validate
+    such values at run time, after rendering, instead of at parse time."""
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    if isinstance(value, Mapping):
+        return any(is_templated(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(is_templated(v) for v in value)
+    return False
+
+
 def _s3_url(url: Any) -> dict[str, Any]:
     match = _S3_URL.fullmatch(url) if isinstance(url, str) else None
     if match is None:

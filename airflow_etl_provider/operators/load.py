@@ -22,6 +22,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_etl_provider.core.circuit_breaker import CircuitBreakerPolicy
 from airflow_etl_provider.core.config import ErrorHandlingConfig, parse_dead_letter
+from airflow_etl_provider.core.config import is_templated as _templated
 from airflow_etl_provider.core.errors import (
     CircuitOpenError,
     ConfigError,
@@ -43,16 +44,6 @@ _DEFAULT = object()
 TARGET_TYPES = ("postgres", "parquet")
 POSTGRES_MODES = ("append", "overwrite", "upsert")
 PARQUET_MODES = ("append", "overwrite")
-
-
-def _templated(value: Any) -> bool:
-    if isinstance(value, str):
-        return "{{" in value or "{%" in value
-    if isinstance(value, Mapping):
-        return any(_templated(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return any(_templated(v) for v in value)
-    return False
 
 
 def validate_target(target: Mapping[str, Any], field: str = "target") -> None:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator, BaseOperatorLink
 
+from airflow_etl_provider.core.config import is_templated as _templated
 from airflow_etl_provider.core.config import parse_dead_letter
 from airflow_etl_provider.core.errors import ConfigError, DataQualityError, RowAccountingError
 from airflow_etl_provider.core.rules import ACTIONS, Rule, RuleResult, parse_rules, to_jsonable
@@ -48,16 +49,6 @@ REPORT_URL_XCOM_KEY = "dq_report_url"
 OUTPUT_FORMATS = ("parquet", "orc", "json", "csv")
 OUTPUT_MODES = ("overwrite", "append", "error", "ignore")
 OUTPUT_KEYS = ("format", "path", "mode", "partition_by", "options")
-
-
-def _templated(value: Any) -> bool:
-    if isinstance(value, str):
-        return "{{" in value or "{%" in value
-    if isinstance(value, Mapping):
-        return any(_templated(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return any(_templated(v) for v in value)
-    return False
 
 
 def validate_output(output: Mapping[str, Any], field: str = "output") -> None:
