@@ -91,6 +91,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -295,6 +296,11 @@ class PostgresLoader:
     :param log_table: the load-log table's name (created in the target's schema).
     :param reject_store: the table (created in the target's schema) that keeps the rejected rows of each
         committed load until the dead-letter queue confirmed them (see :meth:`record_dead_letters`).
+    :param progress_interval_s: while staging, log the progress every this many seconds (``0``/``None``: never):
+        the staging job's partitions done/running/total (the SparkContext's status tracker; Spark Connect has
+        none, so there only the rows are logged) and the rows in staging so far (a ``count(*)`` of the
+        partitions that committed plus, with COPY, the rows the running COPYs sent; the count runs under a
+        statement timeout and is given up, said once, when it takes too long).
     :param stage_method: ``jdbc`` (default: Spark's JDBC writer) or ``copy`` (COPY from the executors,
         see the module doc). Measured on 2 cores (``benchmarks/bench_load_postgres.py``), COPY staging is
         ~10% faster at 200k rows but not faster at 1M rows (Spark's row-to-Arrow conversion, the Python
@@ -319,6 +325,7 @@ class PostgresLoader:
         log_table: str = S.LOAD_LOG_TABLE,
         stage_method: Literal["copy", "jdbc"] = "jdbc",
         reject_store: str = REJECT_STORE_TABLE,
+        progress_interval_s: float | None = 30.0,
     ) -> None:
         if mode not in MODES:
             raise ConfigError("mode", "is not a load mode", value=mode, allowed=MODES)
@@ -347,6 +354,12 @@ class PostgresLoader:
         self.stage_method = stage_method
         self.log_table_name = validate_identifier(log_table, "log_table")
         self.reject_store_name = validate_identifier(reject_store, "reject_store")
+        if progress_interval_s is not None and (isinstance(progress_interval_s, bool)
+                                                or not isinstance(progress_interval_s, int | float)
+                                                or progress_interval_s < 0):
+            raise ConfigError("progress_interval_s", "must be a number of seconds >= 0 (0 or None: no progress "
+                              "log)", value=progress_interval_s)
+        self.progress_interval_s = float(progress_interval_s or 0)
         self._plan: _Plan | None = None
         self.hook = hook
         self.guard = guard
@@ -615,10 +628,11 @@ class PostgresLoader:
     def _stage(self, df: DataFrame, plan: _Plan) -> None:
         method = self._effective_stage_method(df, plan)
         plan.stage_method = method
-        if method == "copy":
-            self._stage_copy(df, plan)
-        else:
-            self._stage_jdbc(df, plan)
+        with _StagingProgress(self, plan, df.sparkSession, method):
+            if method == "copy":
+                self._stage_copy(df, plan)
+            else:
+                self._stage_jdbc(df, plan)
 
     def _stage_jdbc(self, df: DataFrame, plan: _Plan) -> None:
         options = self._jdbc_options(batchsize=10000, numPartitions=self._default_partitions(df))
@@ -1003,6 +1017,127 @@ class PostgresLoader:
                 conn.cursor().execute(f"DROP TABLE IF EXISTS {plan.staging}, {plan.rejects}")
         except Exception as err:  # never hide the load's own error; the next run with this load id drops it
             log.warning("Could not drop staging table %s: %s", plan.staging_name, err)
+
+
+def _spark_context(spark: Any) -> Any:
+    """The session's SparkContext, or ``None`` on Spark Connect (which has none)."""
+    try:
+        return spark.sparkContext
+    except Exception as err:  # pyspark.errors.PySparkNotImplementedError on Spark Connect
+        log.debug("No SparkContext (%s: %s): Spark Connect", type(err).__name__, err)
+        return None
+
+
+class _StagingProgress:
+    """Logs a load's staging progress every ``loader.progress_interval_s`` seconds from a daemon thread.
+
+    Partitions come from the SparkContext's status tracker: the staging job runs in its own job group, and
+    its last stage's tasks are the partitions being written. Rows come from PostgreSQL: ``count(*)`` of the
+    staging table (the partitions that committed: Spark's JDBC writer and the COPY writers commit once per
+    partition) plus, for COPY, ``pg_stat_progress_copy`` (rows the running COPYs sent). Reading the progress
+    never fails or slows the load: each query runs under a statement and lock timeout, a failing source is
+    reported once and dropped, and leaving the block does not wait for a report in flight.
+    """
+
+    def __init__(self, loader: PostgresLoader, plan: _Plan, spark: Any, method: str) -> None:
+        self.loader, self.plan, self.method = loader, plan, method
+        self.interval = loader.progress_interval_s
+        self.sc = _spark_context(spark) if self.interval else None
+        self.group = f"airflow-etl-stage-{uuid.uuid4().hex[:12]}"
+        self.started = time.monotonic()
+        self.count_rows = True
+        self.reports = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._saved: list[tuple[str, Any]] = []
+
+    def __enter__(self) -> _StagingProgress:
+        if not self.interval:
+            return self
+        if self.sc is not None:
+            keys = ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel")
+            self._saved = [(k, self.sc.getLocalProperty(k)) for k in keys]
+            self.sc.setJobGroup(self.group, f"airflow-etl: stage {self.plan.table_key} ({self.method})")
+        else:
+            log.info("Staging %s (%s): progress every %gs gives the rows staged so far; partitions are not "
+                     "available on Spark Connect (no SparkContext status tracker)", self.plan.table_key, self.method,
+                     self.interval)
+        self._thread = threading.Thread(target=self._run, name=f"etl-progress-{self.plan.staging_name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)  # a report stuck on PostgreSQL ends with its statement timeout
+        if self.sc is not None:
+            for key, value in self._saved:
+                self.sc.setLocalProperty(key, value)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            line = self.report()
+            if line and not self._stop.is_set():
+                log.info("%s", line)
+
+    def report(self) -> str:
+        """One progress line (partitions when known, rows when counted)."""
+        parts = []
+        partitions = self._partitions()
+        if partitions:
+            parts.append(partitions)
+        rows = self._rows()
+        if rows is not None:
+            parts.append(f"{rows:,} row(s) in staging so far")
+        self.reports += 1
+        elapsed = time.monotonic() - self.started
+        return (f"Staging {self.plan.table_key} ({self.method}, {elapsed:.0f}s): "
+                + ("; ".join(parts) if parts else "waiting for the staging job to start"))
+
+    def _partitions(self) -> str | None:
+        if self.sc is None:
+            return None
+        try:
+            tracker = self.sc.statusTracker()
+            jobs = tracker.getJobIdsForGroup(self.group)
+            info = tracker.getJobInfo(max(jobs)) if jobs else None
+            stages = [tracker.getStageInfo(s) for s in sorted(info.stageIds)] if info is not None else []
+        except Exception as err:  # the tracker is best effort: never let it fail the load
+            log.warning("Staging progress: the Spark status tracker failed (%s: %s); partitions are no longer "
+                        "reported", type(err).__name__, err)
+            self.sc = None
+            return None
+        known = [s for s in stages if s is not None]
+        if not known:
+            return None
+        last = known[-1]
+        text = (f"{last.numCompletedTasks}/{last.numTasks} partitions done, {last.numActiveTasks} running"
+                + (f", {last.numFailedTasks} failed attempt(s)" if last.numFailedTasks else ""))
+        if len(stages) > 1 and stages[-1] is None:  # the write waits for an earlier stage (a shuffle)
+            text = f"preparing (stage {last.stageId}: {last.numCompletedTasks}/{last.numTasks} tasks done)"
+        return text
+
+    def _rows(self) -> int | None:
+        if not self.count_rows:
+            return None
+        timeout_ms = int(max(1.0, min(self.interval / 3, 10.0)) * 1000)
+        try:
+            with self.loader._connect(autocommit=True) as conn:
+                cur = conn.cursor()
+                cur.execute("SELECT set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false)",
+                            (str(timeout_ms), str(timeout_ms)))
+                cur.execute(f"SELECT count(*) FROM {self.plan.staging}")
+                rows = int(cur.fetchone()[0])
+                if self.method == "copy":
+                    cur.execute("SELECT coalesce(sum(tuples_processed), 0) FROM pg_stat_progress_copy "
+                                "WHERE relid = to_regclass(%s)", (self.plan.staging,))
+                    rows += int(cur.fetchone()[0])
+        except Exception as err:  # best effort: never let the progress log fail or slow the load
+            log.warning("Staging progress: counting the staged rows failed (%s: %s); rows are no longer "
+                        "reported", type(err).__name__, error_message(err).splitlines()[0] if str(err).strip() else "")
+            self.count_rows = False
+            return None
+        return rows
 
 
 #: The status row each COPY partition returns.

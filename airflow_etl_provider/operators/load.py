@@ -117,6 +117,8 @@ class ResilientSparkLoadOperator(BaseOperator):
     :param spark_conn_id: ``spark`` (local[*] or spark://) or ``spark_connect`` connection.
     :param spark_conf: Spark conf overriding the connection's extras.
     :param pipeline_id: the pipeline name in dead letters (default: the dag_id).
+    :param progress_interval_s: while a PostgreSQL load stages its rows, log the partitions done and the rows
+        staged so far every this many seconds (``0``/``None``: never; on Spark Connect rows only).
     """
 
     template_fields: Sequence[str] = ("source", "target", "dead_letter", "pipeline_id")
@@ -137,6 +139,7 @@ class ResilientSparkLoadOperator(BaseOperator):
         spark_conn_id: str = "spark_default",
         spark_conf: Mapping[str, Any] | None = None,
         pipeline_id: str | None = None,
+        progress_interval_s: float | None = 30.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -171,6 +174,12 @@ class ResilientSparkLoadOperator(BaseOperator):
         self.spark_conn_id = spark_conn_id
         self.spark_conf = dict(spark_conf or {})
         self.pipeline_id = pipeline_id
+        if progress_interval_s is not None and (isinstance(progress_interval_s, bool)
+                                                or not isinstance(progress_interval_s, int | float)
+                                                or progress_interval_s < 0):
+            raise ConfigError("progress_interval_s", "must be a number of seconds >= 0 (0 or None: no progress "
+                              "log)", value=progress_interval_s)
+        self.progress_interval_s = progress_interval_s
 
     # ------------------------------------------------------------------------------------ execute
     def execute(self, context: Any) -> dict[str, Any]:
@@ -378,7 +387,7 @@ class ResilientSparkLoadOperator(BaseOperator):
                                                  if mode == "append" and rc.run_id else None)
         loader = PostgresLoader(SparkPostgresHook(postgres_conn_id=self.target.get("conn_id") or "postgres_default"),
                                 self.target["table"], mode, keys=self.target.get("keys") or (), load_id=load_id,
-                                guard=guard)
+                                guard=guard, progress_interval_s=self.progress_interval_s)
         expected = data.count()  # the DataFrame is cached: this fills the cache the staging then reads
         outcome = loader.load(data)
         if outcome.records_read != expected:

@@ -516,3 +516,101 @@ def test_rejected_rows_are_kept_until_the_dead_letter_queue_confirmed_them(spark
     with pytest.raises(RuntimeError, match=r"needs a load\(\)"):
         PostgresLoader(hook, f"{schema}.{t}", "append").record_dead_letters(delivered=True)
     cur.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+# ------------------------------------------------------------------------------------ progress log
+
+
+def _slow_rows(spark, n: int, partitions: int, sleep_s: float):
+    """``n`` rows whose partitions each take ``sleep_s`` to produce (a Python step that sleeps)."""
+
+    def slow(batches):
+        import time
+
+        for batch in batches:
+            time.sleep(sleep_s)
+            yield batch
+
+    return (spark.range(0, n, 1, partitions).selectExpr("CAST(id AS INT) AS id", "concat('v', id) AS val")
+            .mapInArrow(slow, "id INT, val STRING"))
+
+
+@pytest.mark.parametrize("stage_method", ["jdbc", "copy"])
+def test_staging_logs_its_progress_at_the_interval(spark, hook, pg, unique, caplog, stage_method) -> None:
+    import logging
+    import re
+
+    cur, drop = pg
+    t = _make(cur, drop, f"lg_{stage_method}_{unique}", "(id int PRIMARY KEY, val text)")
+    df = _slow_rows(spark, 4000, 4, 1.5)
+    with caplog.at_level(logging.INFO, logger="airflow_etl_provider.hooks.postgres_load"):
+        out = PostgresLoader(hook, t, "append", stage_method=stage_method, progress_interval_s=0.25).load(df)
+    assert out.records_loaded == 4000 and out.stage_method == stage_method
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"Staging public.{t} ")]
+    assert len(lines) >= 4, lines
+    progress = [re.search(r"(\d+)/(\d+) partitions done, (\d+) running; ([\d,]+) row\(s\) in staging so far", ln)
+                for ln in lines]
+    seen = [(int(m.group(1)), int(m.group(2)), int(m.group(3)), int(m.group(4).replace(",", "")))
+            for m in progress if m]
+    assert seen, lines
+    assert all(total == seen[0][1] and 0 <= done <= total and 0 <= rows <= 4000 for done, total, _, rows in seen)
+    assert any(running > 0 for _, _, running, _ in seen), lines  # caught mid-staging
+    assert [d for d, *_ in seen] == sorted(d for d, *_ in seen)  # partitions done only grow
+    assert [r for *_, r in seen] == sorted(r for *_, r in seen)  # and so do the rows
+    assert spark.sparkContext.getLocalProperty("spark.jobGroup.id") is None  # the job group is restored
+
+
+def test_progress_interval_is_validated_and_zero_disables_it(spark, hook, pg, unique, caplog) -> None:
+    import logging
+
+    with pytest.raises(ConfigError, match=r"^progress_interval_s: must be a number of seconds >= 0"):
+        PostgresLoader(hook, "public.x", "append", progress_interval_s=-1)
+    cur, drop = pg
+    t = _make(cur, drop, f"lg0_{unique}", "(id int PRIMARY KEY, val text)")
+    with caplog.at_level(logging.INFO, logger="airflow_etl_provider.hooks.postgres_load"):
+        PostgresLoader(hook, t, "append", progress_interval_s=0).load(_slow_rows(spark, 100, 2, 0.5))
+    assert not [r for r in caplog.records if r.getMessage().startswith(f"Staging public.{t} ")]
+
+
+#: Spark Connect has no SparkContext: the progress log says so once and reports the rows (own process).
+CONNECT_PROGRESS = """
+import logging, sys, time
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True)
+from airflow_etl_provider.hooks.postgres import SparkPostgresHook
+from airflow_etl_provider.hooks.postgres_load import PostgresLoader
+from airflow_etl_provider.hooks.spark import SparkSessionHook
+
+def slow(batches):
+    import time
+    for batch in batches:
+        time.sleep(1.5)
+        yield batch
+
+with SparkSessionHook("spark_connect_default").session() as spark:
+    df = (spark.range(0, 2000, 1, 2).selectExpr("CAST(id AS INT) AS id", "concat('v', id) AS val")
+          .mapInArrow(slow, "id INT, val STRING"))
+    out = PostgresLoader(SparkPostgresHook(postgres_conn_id="postgres_default"), sys.argv[1], "append",
+                         progress_interval_s=0.25).load(df)
+    print("LOADED", out.records_loaded)
+"""
+
+
+@pytest.mark.slow
+def test_staging_progress_on_spark_connect_reports_rows_only(hook, pg, unique) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([str(root / "scripts/stack.sh"), "up", "spark-connect"], check=True, timeout=240)
+    cur, drop = pg
+    t = _make(cur, drop, f"lgc_{unique}", "(id int PRIMARY KEY, val text)")
+    out = subprocess.run([sys.executable, "-c", CONNECT_PROGRESS, f"public.{t}"], capture_output=True, text=True,
+                         env=os.environ, timeout=600, cwd=root)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "LOADED 2000" in out.stdout
+    assert out.stdout.count("partitions are not available on Spark Connect") == 1, out.stdout[-3000:]
+    lines = [ln for ln in out.stdout.splitlines() if f"Staging public.{t} (jdbc, " in ln]
+    assert len(lines) >= 3 and all("row(s) in staging so far" in ln and "partitions done" not in ln
+                                   for ln in lines), lines
