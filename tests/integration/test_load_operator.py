@@ -101,3 +101,147 @@ def test_open_breaker_reschedules_without_touching_postgres(unique) -> None:
         op.execute(context={})  # raised before Spark starts or the (nonexistent) connection is used
     assert info.value.reschedule_date.timestamp() == pytest.approx(breaker.state().opened_at + 120, abs=1)
     AirflowVariableBreakerStore().delete(conn)
+
+
+# ------------------------------------------------------------------------------- parquet overwrite
+
+
+def _rows_at(spark, path) -> list[tuple]:
+    return sorted(tuple(r) for r in spark.read.parquet(str(path)).collect())
+
+
+def _leftovers(path) -> list[str]:
+    return sorted(p.name for p in path.parent.iterdir() if p.name.startswith(f"_{path.name}.etl-"))
+
+
+def _poisoned(spark, poison: int):
+    """200 new rows over 4 partitions; a Python UDF raises on row ``poison``: the write fails half-way."""
+    from pyspark.sql import functions as F
+
+    def value(i: int) -> str:
+        if i == poison:
+            raise ValueError(f"poison row {i}")
+        return "new"
+
+    check = F.udf(lambda i: value(i), "string")  # a lambda: pyspark infers nothing from type hints
+    return spark.range(0, 200, 1, 4).select(F.col("id").cast("int").alias("id"), check("id").alias("v"))
+
+
+def test_parquet_overwrite_that_fails_half_way_keeps_the_old_data(spark, tmp_path) -> None:
+    from airflow_etl_provider.operators.load import overwrite_parquet
+
+    old = spark.createDataFrame([(i, "old") for i in range(100)], "id INT, v STRING")
+    target, control = tmp_path / "out", tmp_path / "control"
+    old.write.parquet(str(target))
+    old.write.parquet(str(control))
+    expected_old = _rows_at(spark, target)
+
+    # why: Spark's own overwrite deletes the old files first, so the same failure leaves nothing behind
+    with pytest.raises(Exception, match="poison row 150"):
+        _poisoned(spark, 150).write.mode("overwrite").parquet(str(control))
+    assert not list(control.glob("*.parquet"))
+
+    # a Python UDF raising on one row of the third partition: the other partitions were written by then
+    with pytest.raises(Exception, match="poison row 150"):
+        overwrite_parquet(_poisoned(spark, 150), str(target))
+    assert _rows_at(spark, target) == expected_old and _leftovers(target) == []
+
+    # a cast that fails under ANSI mode (Spark 4's default), partitioned output
+    assert spark.conf.get("spark.sql.ansi.enabled").lower() == "true"
+    bad_cast = (spark.createDataFrame([(str(i),) for i in range(50)] + [("12x",)], "s STRING").repartition(3)
+                .selectExpr("CAST(s AS INT) AS id", "'new' AS v"))
+    with pytest.raises(Exception, match="CAST_INVALID_INPUT"):
+        overwrite_parquet(bad_cast, str(target), partition_by=["v"])
+    assert _rows_at(spark, target) == expected_old and _leftovers(target) == []
+
+    # a successful overwrite replaces the data completely
+    overwrite_parquet(spark.createDataFrame([(i, "new") for i in range(7)], "id INT, v STRING"), str(target))
+    assert _rows_at(spark, target) == [(i, "new") for i in range(7)] and _leftovers(target) == []
+    assert not list(tmp_path.glob("_out.etl-*"))
+
+
+def test_parquet_overwrite_with_the_operator_and_after_an_interrupted_swap(spark, tmp_path) -> None:
+    src, target = tmp_path / "src", tmp_path / "out"
+    spark.createDataFrame([(i, "new", i % 3) for i in range(60)], "id INT, v STRING, part INT").write.parquet(str(src))
+    spark.createDataFrame([(i, "old", 0) for i in range(10)], "id INT, v STRING, part INT").write.parquet(str(target))
+
+    def operator(source: dict) -> ResilientSparkLoadOperator:
+        return ResilientSparkLoadOperator(
+            task_id="to_parquet", source=source, circuit_breaker=None, dead_letter=None,
+            target={"type": "parquet", "path": str(target), "mode": "overwrite", "partition_by": ["part"]})
+
+    # a task killed between the swap's two renames: no data at the path, the old data in the hidden sibling
+    target.rename(tmp_path / "_out.etl-previous-0123456789ab")
+    with pytest.raises(Exception, match="(?i)path does not exist"):  # what readers see meanwhile
+        spark.read.parquet(str(target)).collect()
+    # the next overwrite first puts the old data back; this one then fails half-way: the old data stays
+    from airflow_etl_provider.operators.load import overwrite_parquet
+
+    with pytest.raises(Exception, match="poison row 150"):
+        overwrite_parquet(_poisoned(spark, 150).selectExpr("*", "0 AS part"), str(target), partition_by=["part"])
+    assert _rows_at(spark, target) == [(i, "old", 0) for i in range(10)] and _leftovers(target) == []
+
+    # the operator: a source that cannot be cast to the expected schema fails, the old data stays
+    (tmp_path / "in.json").write_text('{"id": "1", "v": "x", "part": 1}\n{"id": "oops", "v": "y", "part": 2}\n')
+    failing = operator({"format": "json", "path": str(tmp_path / "in.json")})
+    failing.schema = "id INT, v STRING, part INT"
+    with pytest.raises(Exception, match="CAST_INVALID_INPUT"):
+        failing.execute(context={})
+    assert _rows_at(spark, target) == [(i, "old", 0) for i in range(10)] and _leftovers(target) == []
+
+    # and a good one replaces the data
+    result = operator({"format": "parquet", "path": str(src)}).execute(context={})
+    assert (result["records_read"], result["records_loaded"]) == (60, 60)
+    assert _rows_at(spark, target) == sorted((i, "new", i % 3) for i in range(60))
+    assert sorted(p.name for p in target.iterdir() if p.is_dir()) == ["part=0", "part=1", "part=2"]
+    assert _leftovers(target) == []
+
+
+#: On Spark Connect there is no JVM in this process: the swap uses Python on the (shared, local) filesystem.
+CONNECT_OVERWRITE = """
+import sys
+from pyspark.sql import functions as F
+from airflow_etl_provider.hooks.spark import SparkSessionHook
+from airflow_etl_provider.operators.load import overwrite_parquet
+
+def value(i):
+    if i == 150:
+        raise ValueError(f"poison row {i}")
+    return "new"
+
+target = sys.argv[1]
+with SparkSessionHook("spark_connect_default").session() as spark:
+    rows = lambda: sorted(tuple(r) for r in spark.read.parquet(target).collect())
+    spark.createDataFrame([(i, "old") for i in range(100)], "id INT, v STRING").write.parquet(target)
+    old = rows()
+    bad = spark.range(0, 200, 1, 4).select(F.col("id").cast("int").alias("id"),
+                                           F.udf(lambda i: value(i), "string")("id").alias("v"))
+    try:
+        overwrite_parquet(bad, target)
+        raise SystemExit("the poisoned write did not fail")
+    except Exception as err:
+        assert "poison row 150" in str(err), err
+    assert rows() == old, "old data changed"
+    print("KEPT", len(rows()))
+    overwrite_parquet(spark.createDataFrame([(i, "new") for i in range(7)], "id INT, v STRING"), target)
+    assert rows() == [(i, "new") for i in range(7)]
+    print("REPLACED", len(rows()))
+"""
+
+
+@pytest.mark.slow
+def test_parquet_overwrite_on_spark_connect_swaps_local_paths(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([str(root / "scripts/stack.sh"), "up", "spark-connect"], check=True, timeout=240)
+    target = tmp_path / "out"
+    out = subprocess.run([sys.executable, "-c", CONNECT_OVERWRITE, str(target)], capture_output=True, text=True,
+                         env=os.environ, timeout=600, cwd=root)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    assert "KEPT 100" in out.stdout and "REPLACED 7" in out.stdout
+    assert "Overwriting" not in out.stdout + out.stderr  # swapped, not the in-place fallback
+    assert _leftovers(target) == []

@@ -554,7 +554,8 @@ def test_staging_logs_its_progress_at_the_interval(spark, hook, pg, unique, capl
             for m in progress if m]
     assert seen, lines
     assert all(total == seen[0][1] and 0 <= done <= total and 0 <= rows <= 4000 for done, total, _, rows in seen)
-    assert any(running > 0 for _, _, running, _ in seen), lines  # caught mid-staging
+    assert seen[0][1] == 2 and any(done < total for done, total, _, _ in seen), lines  # caught mid-staging
+    # (tasks running show up too, once Spark's listener bus has posted their start: seconds late on a busy box)
     assert [d for d, *_ in seen] == sorted(d for d, *_ in seen)  # partitions done only grow
     assert [r for *_, r in seen] == sorted(r for *_, r in seen)  # and so do the rows
     assert spark.sparkContext.getLocalProperty("spark.jobGroup.id") is None  # the job group is restored
