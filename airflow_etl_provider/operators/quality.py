@@ -389,6 +389,13 @@ class DataQualityOperator(BaseOperator):
 
     def _write_output(self, df: DataFrame) -> None:
         assert self.output_config is not None
+        fmt, mode = self.output_config.get("format", "parquet"), self.output_config.get("mode", "overwrite")
+        if fmt == "parquet" and mode == "overwrite" and not self.output_config.get("options"):
+            from airflow_etl_provider.operators.load import overwrite_parquet
+
+            # a failed write keeps the previous output (staged, then swapped in): see overwrite_parquet
+            overwrite_parquet(df, self.output_config["path"], self.output_config.get("partition_by") or ())
+            return
         writer = df.write.mode(self.output_config.get("mode", "overwrite")).format(self.output_config.get("format", "parquet"))
         if self.output_config.get("partition_by"):
             writer = writer.partitionBy(*self.output_config["partition_by"])
