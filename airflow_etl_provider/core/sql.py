@@ -160,6 +160,10 @@ def copy_staging_sql(staging: str, columns: Sequence[StagedColumn]) -> str:
     return f"COPY {staging} ({cols}) FROM STDIN (FORMAT csv)"
 
 
+#: Staging column types a string key can have without an explicit cast (compared under ``COLLATE "C"``).
+_COLLATABLE_STAGING = frozenset({"text", "character varying", "character", "bpchar"})
+
+
 def create_rejects_sql(rejects: str) -> str:
     return f"CREATE UNLOGGED TABLE {rejects} ({q(ROW_ID)} bigint PRIMARY KEY, {q(ERROR)} text, {q(ERROR_CLASS)} text)"
 
@@ -199,10 +203,15 @@ def insert_prefix(target: str, columns: Sequence[StagedColumn]) -> str:
 
 
 def fast_merge_sql(
-    mode: Mode, target: str, staging: str, columns: Sequence[StagedColumn], keys: Sequence[str]
+    mode: Mode, target: str, staging: str, columns: Sequence[StagedColumn], keys: Sequence[str], dedup: bool = True
 ) -> str:
-    """The one set-based statement that moves every staged row into the target (the clean path)."""
+    """The one set-based statement that moves every staged row into the target (the clean path).
+
+    :param dedup: (upsert) collapse duplicate keys first; ``False`` when the staging has none.
+    """
     select = ", ".join(c.expr() for c in columns)
+    if mode == "upsert" and not dedup:
+        return insert_prefix(target, columns) + f"SELECT {select} FROM {staging} s" + on_conflict_sql(keys, columns)
     if mode == "upsert":
         exprs = ", ".join(_dedup_exprs(keys))
         return (
@@ -211,6 +220,74 @@ def fast_merge_sql(
             + on_conflict_sql(keys, columns)
         )
     return insert_prefix(target, columns) + f"SELECT {select} FROM {staging} s"
+
+
+def staging_counts_sql(staging: str, keys: Sequence[str] = ()) -> str:
+    """One scan of the staging table: ``count(*)``, distinct row ids, and with ``keys`` (upsert) the rows
+    whose key has no NULL and their distinct keys -- equal when no key occurs twice, so the merge needs
+    no dedup (rows with a NULL in the key never collapse anyway)."""
+    rid = q(ROW_ID)
+    sql = f"SELECT count(*), count(DISTINCT s.{rid})"
+    if keys:
+        refs = [f"s.{q(k, 'keys')}" for k in keys]
+        present = " AND ".join(f"{r} IS NOT NULL" for r in refs)
+        key = refs[0] if len(refs) == 1 else f"ROW({', '.join(refs)})"
+        sql += f", count(*) FILTER (WHERE {present}), count(DISTINCT {key}) FILTER (WHERE {present})"
+    return sql + f" FROM {staging} s"
+
+
+def merge_upsert_sql(target: str, source: str, columns: Sequence[StagedColumn], keys: Sequence[str]) -> str:
+    """``MERGE`` (PostgreSQL 15+) of ``source`` (a table or a parenthesised query, one row per key) into
+    ``target``: matched keys update every non-key column, the others are inserted.
+
+    Cheaper than ``INSERT ... ON CONFLICT DO UPDATE`` (no speculative insertion: ~25% less CPU and WAL
+    for an upsert into a table holding half the keys), the same result: the join compares a key the
+    way the stored key will compare -- the merge's own cast for a column staged as text, otherwise the
+    staged value (a string key under ``COLLATE "C"``, bytewise: never coarser than the unique index's
+    equality). A key that matches less than ``ON CONFLICT`` would (a rounding numeric key, a
+    case-insensitive collation) fails with a unique violation, and the caller then falls back to
+    ``INSERT ... ON CONFLICT``: ``MERGE`` never updates a row ``ON CONFLICT`` would not.
+    """
+    by_name = {c.name: c for c in columns}
+    key_set = set(keys)
+
+    def key_ref(k: str) -> str:
+        c = by_name[k]
+        if not c.cast and c.staging_type in _COLLATABLE_STAGING:
+            return f's.{q(k, "keys")} COLLATE "C"'
+        return c.expr("s")
+
+    on = " AND ".join(f"t.{q(k, 'keys')} = {key_ref(k)}" for k in keys)
+    updated = [c for c in columns if c.name not in key_set] or [by_name[k] for k in keys]
+    sets = ", ".join(f"{q(c.name)} = {c.expr('s')}" for c in updated)
+    names = ", ".join(q(c.name) for c in columns)
+    values = ", ".join(c.expr("s") for c in columns)
+    return (f"MERGE INTO {target} AS t USING {source} AS s ON {on} WHEN MATCHED THEN UPDATE SET {sets} "
+            f"WHEN NOT MATCHED THEN INSERT ({names}) VALUES ({values})")
+
+
+def key_order_sample_sql(staging: str, keys: Sequence[str], rows: int) -> str:
+    """Of the first ``rows`` staged rows in physical order: how many have a greater key than the row
+    before, how many a smaller one, how many have a row before. Rows staged in key order (by any number
+    of writers: each fills its own pages) are nearly all one way; rows in random key order half and half."""
+    refs = [f"s.{q(k, 'keys')}" for k in keys]
+    key = refs[0] if len(refs) == 1 else f"ROW({', '.join(refs)})"
+    return (
+        "SELECT count(*) FILTER (WHERE k > p), count(*) FILTER (WHERE k < p), count(p) FROM "
+        f"(SELECT k, lag(k) OVER (ORDER BY c) AS p FROM (SELECT s.ctid AS c, {key} AS k FROM {staging} s "
+        f"LIMIT {int(rows)}) x) y"
+    )
+
+
+def upsert_source_sql(staging: str, keys: Sequence[str], dedup: bool, ordered: bool) -> str:
+    """The MERGE source: the staging table itself, or deduplicated (:func:`dedup_source_sql`, which also
+    sorts by key), or sorted by key (index locality for rows staged in random key order)."""
+    if dedup:
+        return f"({dedup_source_sql(staging, keys)})"
+    if ordered:
+        order = ", ".join(f"s.{q(k, 'keys')}" for k in keys)
+        return f"(SELECT s.* FROM {staging} s ORDER BY {order})"
+    return staging
 
 
 def work_table_sql(mode: Mode, work: str, staging: str, keys: Sequence[str]) -> str:

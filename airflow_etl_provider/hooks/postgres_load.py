@@ -34,9 +34,16 @@ How a load runs (:meth:`PostgresLoader.load`):
    appends the rows (batched, rewritten multi-row inserts).
 3. **Merge**, in ONE transaction: the load-log row is inserted first (``ON CONFLICT DO NOTHING``: a
    concurrent or earlier run with the same load id makes this one a no-op), overwrite deletes the old
-   rows, then one set-based ``INSERT ... SELECT`` moves every staged row (upsert:
-   ``SELECT DISTINCT ON (keys) ... ORDER BY keys, _etl_row_id DESC ... ON CONFLICT (keys) DO UPDATE``).
-   If it fails with a *data* error (:func:`classify_postgres` -> ``DATA``), it is rolled back to a
+   rows, then one set-based statement moves every staged row: ``INSERT ... SELECT``, or for upsert
+   ``MERGE INTO target USING staging ON keys ... WHEN MATCHED THEN UPDATE ... WHEN NOT MATCHED THEN
+   INSERT`` (PostgreSQL 15+; ~25% cheaper than ``INSERT ... ON CONFLICT DO UPDATE``). The one scan that
+   counts the staged rows also tells whether a key occurs twice: only then is the source deduplicated
+   (``SELECT DISTINCT ON (keys) ... ORDER BY keys, _etl_row_id DESC``); rows staged in random key
+   order are sorted by key (index locality). A ``MERGE`` that fails other than on a bad row (a unique
+   violation: a concurrent insert, a key equal only once stored) or that the target does not support
+   (rules, PostgreSQL < 15) is replaced by ``INSERT ... SELECT DISTINCT ON ... ON CONFLICT (keys) DO
+   UPDATE``, in the same transaction (one visible difference: a ``BEFORE INSERT`` row trigger fires
+   for the inserted rows only under ``MERGE``, for every row under ``ON CONFLICT``). If it fails with a *data* error (:func:`classify_postgres` -> ``DATA``), it is rolled back to a
    savepoint and the rows are applied in chunks of ``chunk_rows`` (in row-id order), each under a
    savepoint; a failing chunk is bisected down to single rows, each refused row recorded with
    PostgreSQL's own message and error class; everything else is applied, still in the same
@@ -698,8 +705,11 @@ class PostgresLoader:
     def _merge_in(self, cur: _Counter, plan: _Plan) -> _MergeResult:
         rid = S.q(S.ROW_ID)
         cur.execute("SELECT set_config('work_mem', %s, true)", (self.merge_work_mem,))
-        cur.execute(f"SELECT count(*), count(DISTINCT {rid}) FROM {plan.staging}")
-        staged, read = (int(v) for v in cur.fetchone())
+        cur.execute(S.staging_counts_sql(plan.staging, self.keys if self.mode == "upsert" else ()))
+        counts = [int(v) for v in cur.fetchone()]
+        staged, read = counts[0], counts[1]
+        # duplicate keys (or row ids) in the batch: the upsert collapses them first, otherwise it need not sort
+        dedup = self.mode == "upsert" and (staged != read or counts[2] != counts[3])
         if plan.staged_rows is not None and plan.staged_rows != read:
             raise RowAccountingError(
                 f"load into {plan.table_key}: the COPY writers reported {plan.staged_rows} row(s) but staging "
@@ -723,8 +733,7 @@ class PostgresLoader:
             else:
                 cur.execute(f"DELETE FROM {plan.target}")
         isolated = False
-        applied, err = _in_savepoint(cur, "etl_merge",
-                                     S.fast_merge_sql(self.mode, plan.target, plan.staging, plan.columns, self.keys))
+        applied, err = self._apply_all(cur, plan, dedup)
         deduped = applied
         if err is not None:
             log.warning("Set-based merge into %s failed with a data error (%s: %s); isolating bad rows "
@@ -832,6 +841,81 @@ class PostgresLoader:
                  "delivered" if delivered else f"pending, {spooled} spooled to {', '.join(spool_paths) or '-'}",
                  f" ({location})" if location else "")
 
+    #: ``False`` once the client library could not report a ``MERGE``'s row count (libpq < 15): from then on
+    #: this process upserts with ``INSERT ... ON CONFLICT`` only.
+    merge_row_counts = True
+
+    def _apply_all(self, cur: _Counter, plan: _Plan, dedup: bool) -> tuple[int, Any]:
+        """The clean path: every staged row in one set-based statement, under a savepoint. ``(rows applied,
+        None)``, or ``(0, error)`` after rolling back a *data* error (then the rows are isolated).
+
+        An upsert runs as ``MERGE`` (PostgreSQL 15+, a target without rules): ~25% less CPU and WAL than
+        ``INSERT ... ON CONFLICT DO UPDATE`` (measured, ``benchmarks/bench_load_postgres.py``). The staged rows
+        are deduplicated only when a key occurs twice (``dedup``: the sort costs ~15% of the merge), and
+        sorted by key when they were staged in random key order (then the index and heap pages are visited
+        in order: ~30% less CPU for 1M rows, more once the table outgrows memory). If ``MERGE`` fails other
+        than on a bad row -- a unique violation (a concurrent insert of the same key, or a key that only
+        compares equal once stored), an unsupported target -- it is rolled back and the rows are applied
+        with ``INSERT ... ON CONFLICT`` (deduplicated) as before.
+        """
+        conflict = S.fast_merge_sql(self.mode, plan.target, plan.staging, plan.columns, self.keys, dedup=dedup)
+        if self.mode != "upsert" or not self._merge_usable(cur, plan):
+            return _in_savepoint(cur, "etl_merge", conflict)
+        ordered = not dedup and not self._staged_in_key_order(cur, plan)
+        source = S.upsert_source_sql(plan.staging, self.keys, dedup, ordered)
+        fallback = S.fast_merge_sql(self.mode, plan.target, plan.staging, plan.columns, self.keys)
+        applied, err = self._merge_or_insert(cur, plan, "etl_merge", source, fallback)
+        log.debug("Upsert into %s: %d row(s) applied (deduplicated: %s, sorted by key: %s)", plan.table_key, applied,
+                  dedup, ordered)
+        return applied, err
+
+    def _merge_or_insert(self, cur: _Counter, plan: _Plan, savepoint: str, source: str,
+                         fallback: str) -> tuple[int, Any]:
+        """``MERGE`` the rows of ``source`` under a savepoint, like :func:`_in_savepoint`; if it fails other
+        than on a bad row (a unique violation included), or its row count cannot be read, roll it back and run
+        the ``INSERT ... ON CONFLICT`` statement ``fallback`` instead."""
+        cur.execute(f"SAVEPOINT {savepoint}")
+        try:
+            cur.execute(S.merge_upsert_sql(plan.target, source, plan.columns, self.keys))
+            applied = cur.rowcount
+        except Exception as err:
+            kind = classify_postgres(err)
+            if kind is ErrorKind.TRANSIENT:
+                raise
+            cur.execute(f"ROLLBACK TO SAVEPOINT {savepoint}")
+            cur.execute(f"RELEASE SAVEPOINT {savepoint}")
+            if kind is ErrorKind.DATA and (getattr(err, "sqlstate", None) or getattr(err, "pgcode", None)) != "23505":
+                return 0, err  # a bad row, which INSERT ... ON CONFLICT would refuse just the same
+            log.info("MERGE into %s failed (%s: %s); applying the rows with INSERT ... ON CONFLICT instead",
+                     plan.table_key, error_class(err), error_message(err).splitlines()[0])
+            return _in_savepoint(cur, savepoint, fallback)
+        if applied < 0:  # the client library cannot read MERGE's command tag: undo, use ON CONFLICT
+            cur.execute(f"ROLLBACK TO SAVEPOINT {savepoint}")
+            cur.execute(f"RELEASE SAVEPOINT {savepoint}")
+            PostgresLoader.merge_row_counts = False
+            log.warning("The PostgreSQL client library reports no MERGE row count (libpq < 15?): upserting with "
+                        "INSERT ... ON CONFLICT from now on")
+            return _in_savepoint(cur, savepoint, fallback)
+        cur.execute(f"RELEASE SAVEPOINT {savepoint}")
+        return applied, None
+
+    def _merge_usable(self, cur: _Counter, plan: _Plan) -> bool:
+        """Whether the upsert can run as ``MERGE``: PostgreSQL 15+, a target without rules, row counts read."""
+        if not PostgresLoader.merge_row_counts:
+            return False
+        cur.execute("SELECT current_setting('server_version_num')::int >= 150000 AND NOT c.relhasrules "
+                    "FROM pg_class c WHERE c.oid = to_regclass(%s)", (plan.target,))
+        row = cur.fetchone()
+        return bool(row and row[0])
+
+    def _staged_in_key_order(self, cur: _Counter, plan: _Plan) -> bool:
+        """Whether the staged rows come page by page in key order (ascending or descending): Spark partitions
+        of a key-ordered input, however many wrote at once, but not a shuffled DataFrame. Judged on the first
+        20,000 staged rows (their neighbours in physical order); a few hundred rows are never sorted."""
+        cur.execute(S.key_order_sample_sql(plan.staging, self.keys, 20_000))
+        ascending, descending, pairs = (int(v or 0) for v in cur.fetchone())
+        return pairs < 1000 or max(ascending, descending) >= 0.75 * pairs
+
     def _isolate(self, cur: _Counter, plan: _Plan) -> tuple[int, int]:
         """Apply the staged rows, isolating the bad ones; return (rows applied, rows to apply).
 
@@ -925,9 +1009,12 @@ class PostgresLoader:
         suspects = [int(r[0]) for r in cur.fetchall()]
         select = ", ".join(c.expr() for c in plan.columns)
         conflict = S.on_conflict_sql(self.keys, plan.columns) if self.mode == "upsert" else ""
-        applied, err = _in_savepoint(cur, "etl_rest", S.insert_prefix(plan.target, plan.columns)
-                                     + f"SELECT {select} FROM ({source}) s "
-                                     f"WHERE NOT EXISTS (SELECT 1 FROM {suspect} x WHERE x.{rid} = s.{rid})" + conflict)
+        rest = f"SELECT s.* FROM ({source}) s WHERE NOT EXISTS (SELECT 1 FROM {suspect} x WHERE x.{rid} = s.{rid})"
+        rest_insert = S.insert_prefix(plan.target, plan.columns) + f"SELECT {select} FROM ({rest}) s" + conflict
+        if self.mode == "upsert" and self._merge_usable(cur, plan):
+            applied, err = self._merge_or_insert(cur, plan, "etl_rest", f"({rest})", rest_insert)
+        else:
+            applied, err = _in_savepoint(cur, "etl_rest", rest_insert)
         if err is not None:
             return None  # bad rows the screen did not catch: chunks and bisection
         one = S.insert_prefix(plan.target, plan.columns) + f"SELECT {select} FROM {suspect} s WHERE s.{rid} = %s" + conflict

@@ -97,6 +97,78 @@ def test_upsert_in_batch_duplicate_keys_last_row_wins(spark, hook, pg, unique) -
     assert rejected["x"]["_etl_error"].startswith("superseded by rejected row")
 
 
+def _count_insert_triggers(cur, drop: list[str], t: str) -> str:
+    """A BEFORE INSERT row trigger on ``t`` counting its calls: MERGE fires it for the inserted rows only,
+    INSERT ... ON CONFLICT for every row (conflicting ones too) -- so it tells which statement applied them."""
+    calls = _make(cur, drop, f"{t}_calls", "(n int)")
+    cur.execute(f"CREATE FUNCTION {t}_count() RETURNS trigger LANGUAGE plpgsql AS "
+                f"$$ BEGIN INSERT INTO {calls} VALUES (1); RETURN NEW; END $$")
+    cur.execute(f"CREATE TRIGGER {t}_count BEFORE INSERT ON {t} FOR EACH ROW EXECUTE FUNCTION {t}_count()")
+    return calls
+
+
+def _calls(cur, calls: str) -> int:
+    cur.execute(f"SELECT count(*) FROM {calls}")
+    n = int(cur.fetchone()[0])
+    cur.execute(f"TRUNCATE {calls}")
+    return n
+
+
+def test_upsert_is_one_merge_sorted_or_deduplicated_as_needed_else_insert_on_conflict(spark, hook, pg, unique) -> None:
+    """Upserts run as MERGE: rows in random key order are sorted by key first, duplicate keys collapsed
+    (last row wins) only when there are any. A key that only matches once stored (a rounded numeric, a
+    case-insensitive collation) or a target MERGE cannot take (a rule) goes through INSERT ... ON CONFLICT:
+    same rows, same counts."""
+    cur, drop = pg
+    t = _make(cur, drop, f"lm_{unique}", "(id int PRIMARY KEY, val text NOT NULL)")
+    calls = _count_insert_triggers(cur, drop, t)
+    try:
+        _merge_or_on_conflict(spark, hook, cur, drop, unique, t, calls)
+    finally:
+        cur.execute(f"DROP FUNCTION IF EXISTS {t}_count() CASCADE")
+
+
+def _merge_or_on_conflict(spark, hook, cur, drop: list[str], unique: str, t: str, calls: str) -> None:
+    import random
+
+    cur.execute(f"INSERT INTO {t} SELECT g, 'old' FROM generate_series(2, 3000, 2) g")
+    _calls(cur, calls)
+    keys = list(range(1, 3001))
+    random.Random(7).shuffle(keys)  # random key order: the MERGE source is sorted by key
+    df = spark.createDataFrame([(k, f"new{k}") for k in keys], "id INT, val STRING").coalesce(1)
+    out = PostgresLoader(hook, t, "upsert", keys=["id"]).load(df)
+    assert (out.records_read, out.records_loaded, out.records_rejected, out.records_superseded) == (3000, 3000, 0, 0)
+    assert _rows(cur, t) == [(k, f"new{k}") for k in range(1, 3001)]
+    assert _calls(cur, calls) == 1500  # MERGE: only the 1500 new keys were inserted
+
+    dups = spark.createDataFrame([(1, "a"), (5001, "b"), (1, "c"), (5001, "d"), (7, "e")], "id INT, val STRING").coalesce(1)
+    out = PostgresLoader(hook, t, "upsert", keys=["id"]).load(dups)
+    assert (out.records_read, out.records_loaded, out.records_superseded) == (5, 5, 2)
+    assert [r for r in _rows(cur, t) if r[0] in (1, 7, 5001)] == [(1, "c"), (7, "e"), (5001, "d")]
+    assert _calls(cur, calls) == 1  # still MERGE (deduplicated): one new key
+
+    cur.execute(f"CREATE RULE {t}_r AS ON DELETE TO {t} DO ALSO NOTHING")  # MERGE refuses tables with rules
+    out = PostgresLoader(hook, t, "upsert", keys=["id"]).load(dups)
+    assert (out.records_read, out.records_loaded, out.records_superseded) == (5, 5, 2)
+    assert _calls(cur, calls) == 3  # INSERT ... ON CONFLICT: one trigger call per deduplicated row
+
+    n = _make(cur, drop, f"ln_{unique}", "(k numeric(6,1) PRIMARY KEY, v text)")
+    cur.execute(f"INSERT INTO {n} VALUES (1.0, 'old'), (2.0, 'old')")
+    df = spark.createDataFrame([(Decimal("1.04"), "new"), (Decimal("3.00"), "new")], "k DECIMAL(6,2), v STRING")
+    out = PostgresLoader(hook, n, "upsert", keys=["k"]).load(df)  # 1.04 matches no key but is stored as 1.0
+    assert (out.records_read, out.records_loaded, out.records_rejected) == (2, 2, 0)
+    assert _rows(cur, n) == [(Decimal("1.0"), "new"), (Decimal("2.0"), "old"), (Decimal("3.0"), "new")]
+
+    cur.execute("CREATE COLLATION IF NOT EXISTS etl_test_ci (provider = icu, locale = 'und-u-ks-level2', "
+                "deterministic = false)")
+    c = _make(cur, drop, f"lci_{unique}", "(code text COLLATE etl_test_ci PRIMARY KEY, v int)")
+    cur.execute(f"INSERT INTO {c} VALUES ('ABC', 0)")
+    df = spark.createDataFrame([("abc", 1), ("xyz", 1)], "code STRING, v INT")
+    out = PostgresLoader(hook, c, "upsert", keys=["code"]).load(df)  # 'abc' = 'ABC' only case-insensitively
+    assert (out.records_read, out.records_loaded, out.records_rejected) == (2, 2, 0)
+    assert sorted(_rows(cur, c)) == [("ABC", 1), ("xyz", 1)]
+
+
 def test_upsert_without_unique_index_on_keys_is_refused(spark, hook, pg, unique) -> None:
     cur, drop = pg
     t = _make(cur, drop, f"lk_{unique}", "(id int PRIMARY KEY, code text, val text)")

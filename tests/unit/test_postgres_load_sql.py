@@ -43,6 +43,38 @@ def test_upsert_merge_dedups_last_row_wins_and_updates_non_keys() -> None:
     assert only_keys == ' ON CONFLICT ("id") DO UPDATE SET "id" = EXCLUDED."id"'
 
 
+def test_upsert_without_duplicate_keys_skips_the_dedup() -> None:
+    cols = [S.StagedColumn("id", "id", "integer", "integer"), S.StagedColumn("v", "v", "text", "text")]
+    assert S.fast_merge_sql("upsert", '"t"', '"stg"', cols, ["id"], dedup=False) == (
+        'INSERT INTO "t" ("id", "v") SELECT s."id", s."v" FROM "stg" s ON CONFLICT ("id") DO UPDATE SET "v" = EXCLUDED."v"')
+    assert S.staging_counts_sql('"stg"', ["id"]) == (
+        'SELECT count(*), count(DISTINCT s."_etl_row_id"), count(*) FILTER (WHERE s."id" IS NOT NULL), '
+        'count(DISTINCT s."id") FILTER (WHERE s."id" IS NOT NULL) FROM "stg" s')
+    assert 'count(DISTINCT ROW(s."a", s."b")) FILTER (WHERE s."a" IS NOT NULL AND s."b" IS NOT NULL)' in (
+        S.staging_counts_sql('"stg"', ["a", "b"]))
+    assert S.staging_counts_sql('"stg"') == 'SELECT count(*), count(DISTINCT s."_etl_row_id") FROM "stg" s'
+
+
+def test_merge_upsert_joins_on_the_stored_key_and_updates_non_keys() -> None:
+    cols = [S.StagedColumn("id", "id", "text", "uuid", True), S.StagedColumn("code", "code", "character varying",
+                                                                          "character varying(8)"),
+            S.StagedColumn("v", "v", "bigint", "integer")]
+    sql = S.merge_upsert_sql('"public"."t"', '"public"."stg"', cols, ["id", "code"])
+    assert sql == (
+        'MERGE INTO "public"."t" AS t USING "public"."stg" AS s ON t."id" = CAST(s."id" AS uuid) AND '
+        't."code" = s."code" COLLATE "C" WHEN MATCHED THEN UPDATE SET "v" = s."v" WHEN NOT MATCHED THEN '
+        'INSERT ("id", "code", "v") VALUES (CAST(s."id" AS uuid), s."code", s."v")')
+    only_keys = S.merge_upsert_sql('"t"', '"stg"', cols[1:2], ["code"])
+    assert 'UPDATE SET "code" = s."code" WHEN' in only_keys  # counted as applied, like ON CONFLICT
+    assert S.upsert_source_sql('"stg"', ["id"], dedup=False, ordered=False) == '"stg"'
+    assert S.upsert_source_sql('"stg"', ["id"], dedup=False, ordered=True) == '(SELECT s.* FROM "stg" s ORDER BY s."id")'
+    assert S.upsert_source_sql('"stg"', ["id"], dedup=True, ordered=True).startswith('(SELECT DISTINCT ON (s."id"')
+    order = S.key_order_sample_sql('"stg"', ["a", "b"], 500)
+    assert 'ROW(s."a", s."b") AS k FROM "stg" s LIMIT 500' in order and "lag(k) OVER (ORDER BY c)" in order
+    with pytest.raises(ConfigError, match="^keys: "):
+        S.merge_upsert_sql('"t"', '"stg"', [S.StagedColumn('a"b', "a", "text", "text")], ['a"b'])
+
+
 def test_append_merge_is_a_plain_insert_select() -> None:
     cols = [S.StagedColumn("id", "id", "integer", "integer")]
     assert S.fast_merge_sql("append", '"t"', '"stg"', cols, []) == 'INSERT INTO "t" ("id") SELECT s."id" FROM "stg" s'
