@@ -99,9 +99,31 @@ lint: venv
 typecheck: venv
 	@$(VENV)/bin/mypy
 
-bench: airflow-db
+bench: airflow-db bench-peers
 	@set -a; . $(LOCAL)/airflow.env; set +a; for b in benchmarks/bench_*.py; do $(PY) $$b; done; \
 	    $(PY) benchmarks/breaker_race.py --workers 8 --seconds 20
+
+# ------------------------------------------------------------------ benchmark peers (bench_quality.py, P6)
+# PyDeequ and Great Expectations declare pyspark < 4.2 and Maven Central has no Deequ build for Spark 4:
+# they get their own pinned venv (pyspark 3.5.7) and the Deequ jar; the project's venv is not touched.
+.PHONY: bench-peers
+PEERS_VENV := $(LOCAL)/bench-peers/venv
+bench-peers: $(PEERS_VENV)/.installed $(LOCAL)/jars-deequ/.fetched
+
+$(PEERS_VENV)/.installed: benchmarks/peers-requirements.txt
+	@echo "[bench] creating the benchmark peers' virtualenv (PyDeequ, Great Expectations, pyspark 3.5.7)"
+	@test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	@$(PEERS_VENV)/bin/pip install -q --upgrade "pip>=24"
+	@$(PEERS_VENV)/bin/pip install -q -r benchmarks/peers-requirements.txt
+	@$(PEERS_VENV)/bin/pip check >/dev/null
+	@touch $@
+
+$(LOCAL)/jars-deequ/.fetched: build/maven/deequ-pom.xml
+	@echo "[bench] fetching the Deequ jar with Maven"
+	@rm -rf $(LOCAL)/jars-deequ && mkdir -p $(LOCAL)/jars-deequ
+	@mvn -q -B -f build/maven/deequ-pom.xml dependency:copy-dependencies -DexcludeTransitive=true \
+	    -DoutputDirectory=$(LOCAL)/jars-deequ
+	@touch $@
 
 constraints: venv
 	@( head -2 constraints.txt; $(PIP) freeze --exclude-editable | grep -vi '^airflow-etl-provider' ) > constraints.txt.new
