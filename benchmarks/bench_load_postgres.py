@@ -1,10 +1,11 @@
 """PostgreSQL loads: our PostgresLoader upsert vs Spark's plain JDBC append and vs a raw ``COPY`` of a CSV file.
 
-What is compared (one run, same rows, each side on a freshly prepared table)
+What is compared (same rows, each side on a freshly prepared table, ``--rounds`` times)
     *Ours*: ``PostgresLoader(hook, table, "upsert", keys=["order_id"]).load(df)`` -- the real API:
     staging (Spark's JDBC writer, the loader's default; ``--stage-method copy`` for COPY from the executors) into an
-    UNLOGGED table, then one transaction that deduplicates and ``INSERT ... ON CONFLICT DO UPDATE``\\s
-    into a target that already holds half the keys (every even ``order_id``), plus the load log.
+    UNLOGGED table, then one transaction that counts the staged rows (and checks for repeated keys) and
+    ``MERGE``\\s them into a target that already holds half the keys (every even ``order_id``), plus the
+    load log.
     ``df`` is ``spark.read.parquet`` of the generated orders (Spark ``local[2]``).
 
     *P2 peer*: what a user writes without us: ``df.write.format("jdbc").options(**hook.jdbc_options())
@@ -18,7 +19,41 @@ What is compared (one run, same rows, each side on a freshly prepared table)
     *P4*: the same upsert with 100 poison rows among the 1M (NOT NULL, CHECK, value too long for
     ``varchar``), which the engine isolates with PostgreSQL's messages, vs the clean upsert (P2's ours).
 
-    Goals (issue P2-P4): P2 ratio <= 1.0, P3 ratio <= 2.0; P4 is reported (isolation cost).
+    Goals (issue P2-P4): P2 ratio <= 1.0, P3 ratio <= 2.0; P4 is reported (isolation cost). Both
+    goals are missed at 1M rows, and P3 cannot be met by any staged upsert on this machine: see below.
+
+Results (1M rows, ``--rounds 3`` medians, 2-core box shared with other jobs, load average 1.4-2.2;
+PostgreSQL 15 with fsync, full_page_writes and synchronous_commit off for every side)::
+
+                          ours    stage  merge  | jdbc append  COPY csv  poisoned |  P2     P3     P4
+    before (ON CONFLICT)  8.78 s  3.68   4.97   |   4.83 s     2.21 s    10.76 s  | 1.82x  3.97x  1.23x
+    MERGE, jdbc staging   7.61 s  3.75   3.60   |   4.93 s     2.19 s    10.21 s  | 1.55x  3.47x  1.34x
+    MERGE, copy staging   6.97 s  3.17   3.69   |   4.87 s     2.16 s     9.56 s  | 1.43x  3.23x  1.37x
+
+Where the time goes (ours, 1M rows). *Stage* (Spark reads the Parquet file and writes the UNLOGGED
+staging table; both cores busy): ~5.4 CPU-s in Spark's JVM and Python workers plus ~1.7 (COPY) or ~2.5
+(JDBC) CPU-s in the PostgreSQL writers. *Merge* (one backend, one core): 0.3 s for the scan that counts
+rows, row ids and distinct keys, then the ``MERGE``: 3.6 CPU-s (a hash join of the staging table with
+the target, 500k updated rows -- a new tuple version and index entry each, the pages are full -- and
+500k inserted ones, 263 MB of WAL). It was ``INSERT ... SELECT DISTINCT ON ... ON CONFLICT DO UPDATE``:
+5.0 CPU-s (0.6 for the full-row sort of the dedup, the rest speculative insertion: 314 MB of WAL). The
+dedup now runs only when a key repeats, and rows staged in random key order are sorted first (MERGE on
+1M shuffled rows: 7.0 -> 4.8 CPU-s). Larger ``shared_buffers`` (2 GB), ``wal_buffers``, ``max_wal_size``
+and ``checkpoint_timeout`` change neither ours nor the peers here (measured on a private instance),
+so ``scripts/stack.sh`` keeps its settings; ``SET LOCAL work_mem`` (256 MB) already keeps the hash join
+and sorts in memory.
+
+The physical floor of the upsert, PostgreSQL alone (``benchmarks/pg_upsert_floor.sh``, psql, no Spark,
+same CSV, medians of 3): COPY into an empty table (the P3 peer) 2.27 s; COPY into an UNLOGGED staging
+table 1.55 s; ``MERGE`` from it into the table holding half the keys 3.81 s (``INSERT ... ON CONFLICT``
+4.34 s). So staging + merge costs at least 5.36 s = **2.36x the COPY peer** (2.59x with ON CONFLICT),
+and the merge alone is 1.68x: updating the 500k existing rows costs 1.13x the COPY of all 1M rows,
+COPYing the 500k new ones 0.60x. An upsert writes as many tuples and index entries as COPY, but a row
+at a time (COPY fills whole pages per WAL record: 161 vs 263 MB of WAL) after a join, and it marks 500k
+old versions dead on their pages; and an atomic, idempotent, row-isolating load has to stage first. So
+P3 <= 2.0 is out of reach for any staged upsert here. Ours adds Spark to that floor: staging from a
+DataFrame takes 3.2-3.8 s instead of 1.55 s. P2 likewise: the JDBC append (4.9 s) costs little more
+than our staging alone, so the 3.6 s merge cannot fit in the difference.
 
 Setup (not timed): orders (~11 columns: ids, strings, decimals, timestamps, a nullable note with
 commas, quotes, newlines and Unicode) are generated once to ``.local/bench/orders_<rows>.parquet`` (and
@@ -29,9 +64,11 @@ Spark's JVM code paths and Python workers. Tables are dropped at the end unless 
 How to run (the local stack must be up: ``make services-up``)::
 
     set -a; . .local/airflow.env; set +a
-    .venv/bin/python benchmarks/bench_load_postgres.py [--rows 1000000]
+    .venv/bin/python benchmarks/bench_load_postgres.py [--rows 1000000] [--rounds 3] [--stage-method copy]
+    benchmarks/pg_upsert_floor.sh [1000000] [3]     # the psql-only floor (needs the CSV the line above wrote)
 
-The last lines are one ``bench <id>: ours=<s> peer=<s> ratio=<ours/peer>`` per comparison. Peak RSS of
+Each round times every side once, in turn, on fresh tables; the load average is printed per round. The
+last lines are one ``bench <id>: ours=<s> peer=<s> ratio=<ours/peer>`` per comparison (medians). Peak RSS of
 the Python driver, the Spark JVM and its Python workers is printed. No timing is asserted.
 """
 
@@ -39,6 +76,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 import sys
 import time
 import uuid
@@ -207,8 +245,8 @@ class Pg:
         self.settle(name)
         return name
 
-    def drop_all(self) -> None:
-        for name in self.tables:
+    def drop_all(self, names: list[str] | None = None) -> None:
+        for name in self.tables if names is None else names:
             self.run(f"DROP TABLE IF EXISTS {name}")
 
     def copy_csv(self, table: str, csv: Path) -> None:
@@ -285,6 +323,9 @@ def main() -> int:
     parser.add_argument("--poison", type=int, default=100, help="poison rows for P4 (default 100)")
     parser.add_argument("--stage-method", choices=("copy", "jdbc"), default="jdbc",
                         help="PostgresLoader's staging (default jdbc, the loader's default)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="timed rounds; every side gets a fresh table each round, the medians are compared "
+                             "(default 3)")
     parser.add_argument("--keep-tables", action="store_true", help="do not drop the benchmark tables")
     args = parser.parse_args()
     port = postgres_port()
@@ -335,18 +376,56 @@ def main() -> int:
     return 0
 
 
+def load_avg() -> str:
+    try:
+        with open("/proc/loadavg") as fh:
+            return " ".join(fh.read().split()[:3])
+    except OSError:
+        return "n/a"
+
+
 def run(args: argparse.Namespace, spark: Any, hook: Any, pg: Pg, tag: str, src: str, clean: Path, bad: Path,
         csv: Path, kinds: dict[str, int]) -> list[str]:
     rows = args.rows
+    times: dict[str, list[float]] = {"jdbc": [], "ours": [], "copy": [], "poison": []}
+    for r in range(1, args.rounds + 1):
+        print(f"\n==== round {r}/{args.rounds} (load average {load_avg()})")
+        before = len(pg.tables)
+        run_round(args, spark, hook, pg, f"{tag}_{r}", src, clean, bad, csv, kinds, times, verify=r == 1)
+        if not args.keep_tables:  # this round's tables: ~500 MB each round otherwise
+            pg.drop_all(pg.tables[before:])
+            del pg.tables[before:]
+    print(f"(load average {load_avg()})")
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    jdbc_s, ours_s, copy_s, poison_s = med["jdbc"], med["ours"], med["copy"], med["poison"]
+    p2, p3 = ours_s / jdbc_s, ours_s / copy_s
+    for k, v in times.items():
+        print(f"  {k:6s} rounds: {', '.join(f'{x:.2f}' for x in v)} s")
+    print(f"\nsummary for {rows:,} rows, medians of {args.rounds} round(s): ours {ours_s:.2f} s "
+          f"({rows / ours_s:,.0f} rows/s), jdbc append {jdbc_s:.2f} s, COPY csv {copy_s:.2f} s, "
+          f"poisoned upsert {poison_s:.2f} s")
+    print(f"goal P2: ours <= {GOAL_P2:.1f}x jdbc append [{'ok' if p2 <= GOAL_P2 else 'MISSED'}: {p2:.2f}x]; "
+          f"goal P3: ours <= {GOAL_P3:.1f}x COPY csv [{'ok' if p3 <= GOAL_P3 else 'MISSED'}: {p3:.2f}x]; "
+          f"P4 poison/clean {poison_s / ours_s:.2f}x")
+    return [result_line("load_upsert_vs_jdbc_append", ours_s, jdbc_s),
+            result_line("load_upsert_vs_copy_csv", ours_s, copy_s),
+            result_line("load_poison100_vs_clean", poison_s, ours_s)]
+
+
+def run_round(args: argparse.Namespace, spark: Any, hook: Any, pg: Pg, tag: str, src: str, clean: Path, bad: Path,
+              csv: Path, kinds: dict[str, int], times: dict[str, list[float]], verify: bool) -> None:
+    rows = args.rows
     # ---- P2 peer: plain JDBC append into an empty table
-    print(f"\nP2 peer: df.write.format('jdbc')...mode('append') of {rows:,} rows into an empty table")
+    print(f"P2 peer: df.write.format('jdbc')...mode('append') of {rows:,} rows into an empty table")
     peer_jdbc = pg.fresh(f"bench_jdbc_{tag}")
     pg.settle(peer_jdbc)
     jdbc_s, _ = timed("jdbc append", lambda: jdbc_append(spark, hook, clean, peer_jdbc))
     assert pg.count(peer_jdbc) == rows
+    times["jdbc"].append(jdbc_s)
 
     # ---- ours: clean upsert into a table holding half the keys
-    print(f"\nours: PostgresLoader upsert (stage_method={args.stage_method}) of {rows:,} rows into a table "
+    print(f"ours: PostgresLoader upsert (stage_method={args.stage_method}) of {rows:,} rows into a table "
           f"holding {rows // 2:,} of the keys")
     target = pg.half_keys(src, f"bench_upsert_{tag}")
     ours_s, out = timed("upsert", lambda: upsert(spark, hook, clean, target, args.stage_method))
@@ -354,22 +433,25 @@ def run(args: argparse.Namespace, spark: Any, hook: Any, pg: Pg, tag: str, src: 
     if (out.records_read, out.records_loaded, out.records_rejected) != (rows, rows, 0) or pg.count(target) != rows:
         print("FAIL: ours: the clean upsert did not load every row")
         sys.exit(1)
-    diff = pg.run(f"SELECT count(*) FROM (SELECT * FROM {target} EXCEPT SELECT * FROM {src}) d").fetchone()[0]
-    if diff:
-        print(f"FAIL: ours: {diff} row(s) differ from the reference COPY of the same rows")
-        sys.exit(1)
-    print("    verified: the target equals the reference table (COPY of the CSV), row for row")
+    if verify:
+        diff = pg.run(f"SELECT count(*) FROM (SELECT * FROM {target} EXCEPT SELECT * FROM {src}) d").fetchone()[0]
+        if diff:
+            print(f"FAIL: ours: {diff} row(s) differ from the reference COPY of the same rows")
+            sys.exit(1)
+        print("    verified: the target equals the reference table (COPY of the CSV), row for row")
+    times["ours"].append(ours_s)
 
     # ---- P3 peer: COPY the CSV file
-    print(f"\nP3 peer: COPY ... FROM STDIN (FORMAT csv) of {csv.name} ({csv.stat().st_size / 2**20:.0f} MiB) "
+    print(f"P3 peer: COPY ... FROM STDIN (FORMAT csv) of {csv.name} ({csv.stat().st_size / 2**20:.0f} MiB) "
           "into an empty table")
     peer_copy = pg.fresh(f"bench_copy_{tag}")
     pg.settle(peer_copy)
     copy_s, _ = timed("COPY csv", lambda: pg.copy_csv(peer_copy, csv))
     assert pg.count(peer_copy) == rows
+    times["copy"].append(copy_s)
 
     # ---- P4: the upsert with poison rows
-    print(f"\nP4: the same upsert with {args.poison} poison rows ({', '.join(f'{v} {k}' for k, v in kinds.items())})")
+    print(f"P4: the same upsert with {args.poison} poison rows ({', '.join(f'{v} {k}' for k, v in kinds.items())})")
     target_bad = pg.half_keys(src, f"bench_poison_{tag}")
     poison_s, bad_out = timed("upsert with poison rows", lambda: upsert(spark, hook, bad, target_bad,
                                                                          args.stage_method))
@@ -377,20 +459,11 @@ def run(args: argparse.Namespace, spark: Any, hook: Any, pg: Pg, tag: str, src: 
     if bad_out.records_rejected != args.poison or bad_out.records_loaded != rows - args.poison:
         print(f"FAIL: P4: expected {args.poison} rejected rows")
         sys.exit(1)
-    if bad_out.rejected is not None:
+    if bad_out.rejected is not None and verify:
         classes = bad_out.rejected.groupBy("_etl_error_class").count().collect()
         print("    rejected: " + ", ".join(f"{r['count']} {r['_etl_error_class'].rsplit('.', 1)[-1]}"
                                             for r in sorted(classes, key=lambda r: r[0])))
-
-    p2, p3 = ours_s / jdbc_s, ours_s / copy_s
-    print(f"\nsummary for {rows:,} rows: ours {ours_s:.2f} s ({rows / ours_s:,.0f} rows/s), jdbc append "
-          f"{jdbc_s:.2f} s, COPY csv {copy_s:.2f} s, poisoned upsert {poison_s:.2f} s")
-    print(f"goal P2: ours <= {GOAL_P2:.1f}x jdbc append [{'ok' if p2 <= GOAL_P2 else 'MISSED'}: {p2:.2f}x]; "
-          f"goal P3: ours <= {GOAL_P3:.1f}x COPY csv [{'ok' if p3 <= GOAL_P3 else 'MISSED'}: {p3:.2f}x]; "
-          f"P4 poison/clean {poison_s / ours_s:.2f}x")
-    return [result_line("load_upsert_vs_jdbc_append", ours_s, jdbc_s),
-            result_line("load_upsert_vs_copy_csv", ours_s, copy_s),
-            result_line("load_poison100_vs_clean", poison_s, ours_s)]
+    times["poison"].append(poison_s)
 
 
 if __name__ == "__main__":
