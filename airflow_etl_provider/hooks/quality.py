@@ -5,8 +5,8 @@ Queries (Spark actions) per :func:`evaluate`, whatever the number of row-level r
 * **one aggregation** counts the row count, every row-level rule's failing rows
   (``sum(when(failed, 1))``), the newest value of every ``freshness`` column and every
   ``column_metric`` aggregate;
-* **one groupBy per distinct key set** of the ``unique`` rules (identical key sets are evaluated once),
-  plus one ``limit`` query for its samples when it has duplicates;
+* **one query per distinct key set** of the ``unique`` rules (identical key sets are evaluated once): the
+  groupBy's duplicate-row count and, in a union over the same (reused) shuffle, ``sample_size`` groups;
 * **one query per** ``sql`` **rule**, against the DataFrame registered as a temporary view;
 * **one samples query** when some row-level rule failed: the rows failing any rule, exploded per
   failed rule and limited per rule with ``row_number() <= sample_size`` (Spark pushes that limit below
@@ -22,7 +22,8 @@ above still do not depend on the number of row-level rules (``tests/integration`
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +82,20 @@ def _col(df: DataFrame, name: str) -> Column:
     if name in df.columns:
         return F.col("`" + name.replace("`", "``") + "`")
     return F.col(name)
+
+
+@contextmanager
+def _session_conf(spark: SparkSession, key: str, value: str) -> Iterator[None]:
+    """Set a SQL conf for the queries run inside the block, then restore it (also on Spark Connect)."""
+    before = spark.conf.get(key, None)
+    spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        if before is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, before)
 
 
 def _data_type(df: DataFrame, name: str) -> Any:
@@ -310,14 +325,23 @@ def evaluate(
                 .agg(F.count(F.lit(1)).alias(_COUNT))
                 .where(F.col(_COUNT) > 1)
             )
-            row = groups.agg(F.coalesce(F.sum(_COUNT), F.lit(0)).alias("rows")).collect()[0]
+            total_rows = groups.agg(F.coalesce(F.sum(_COUNT), F.lit(0)).alias(_COUNT))
+            if sample_size > 0:
+                # One query for the count and the samples: both branches read the same shuffle (Spark reuses
+                # the identical exchange within a query), instead of a second scan for the samples.
+                kinds = {f.name: f.dataType for f in groups.schema.fields}
+                picked = groups.limit(sample_size).withColumn(_RULE, F.lit(False))
+                total_rows = total_rows.select(*[F.lit(None).cast(kinds[k]).alias(k) for k in keys],
+                                               F.col(_COUNT), F.lit(True).alias(_RULE))
+                rows = picked.unionByName(total_rows).collect()
+            else:
+                rows = total_rows.collect()
             queries += 1
-            unique_counts[keys] = int(row["rows"])
+            unique_counts[keys] = int(next(r[_COUNT] for r in rows if sample_size <= 0 or r[_RULE]))
             if unique_counts[keys] and sample_size > 0:
-                rows = groups.limit(sample_size).collect()
-                queries += 1
                 unique_samples[keys] = [
-                    {**_record(r.asDict(recursive=True), rule.columns), "occurrences": r[_COUNT]} for r in rows
+                    {**_record(r.asDict(recursive=True), rule.columns), "occurrences": r[_COUNT]}
+                    for r in rows if not r[_RULE]
                 ]
         if keys in unique_samples:
             samples[rule.rule_name] = unique_samples[keys]
@@ -357,11 +381,16 @@ def evaluate(
         order = [_col(df, c) for c in (key_columns or wanted[:1])] or [F.lit(1)]
         picked = (
             df.where(_any(conditions[name] for name in failed_names))
-            .select(*[_col(df, c).alias(c) for c in wanted], F.explode(rule_names).alias(_RULE))
+            .select(*[_col(df, c) if c in df.columns else _col(df, c).alias(c) for c in wanted],
+                    F.explode(rule_names).alias(_RULE))
             .withColumn(_RN, F.row_number().over(Window.partitionBy(_RULE).orderBy(*order)))
             .where(F.col(_RN) <= sample_size)
         )
-        rows = picked.collect()
+        # With the rules' conditions OR-ed in a filter, Spark's constraint propagation takes time and memory
+        # exponential in their number to plan this query (14 failed rules: 30 s; 18: minutes, then out of
+        # heap). It only infers extra filters, useless here: it is off for this one query.
+        with _session_conf(spark or df.sparkSession, "spark.sql.constraintPropagation.enabled", "false"):
+            rows = picked.collect()
         queries += 1
         for row in rows:
             data = row.asDict(recursive=True)
