@@ -8,10 +8,9 @@ Queries (Spark actions) per :func:`evaluate`, whatever the number of row-level r
 * **one query per distinct key set** of the ``unique`` rules (identical key sets are evaluated once): the
   groupBy's duplicate-row count and, in a union over the same (reused) shuffle, ``sample_size`` groups;
 * **one query per** ``sql`` **rule**, against the DataFrame registered as a temporary view;
-* the samples of the row-level rules: on Spark >= 4.2 in that same aggregation (``min_by(row, key, k)``
-  per rule, bounded memory); on older Spark **one samples query** when some row-level rule failed: the
-  rows failing any rule, exploded per failed rule and limited per rule with ``row_number() <=
-  sample_size`` (Spark pushes that limit below the shuffle, so only a few rows per partition move);
+* **one samples query** when some row-level rule failed: the rows failing any rule, exploded per
+  failed rule and limited per rule with ``row_number() <= sample_size`` (Spark pushes that limit below
+  the shuffle, so only a few rows per partition move);
 * ``schema`` rules read ``df.schema``: no query.
 
 With adaptive query execution a query with a shuffle runs as more than one Spark job; the counts
@@ -83,26 +82,6 @@ def _col(df: DataFrame, name: str) -> Column:
     if name in df.columns:
         return F.col("`" + name.replace("`", "``") + "`")
     return F.col(name)
-
-
-def _has_min_by_k(spark: SparkSession) -> bool:
-    """Whether ``min_by(x, ord, k)`` exists: PySpark and the Spark it talks to (Connect server) >= 4.2."""
-    import inspect
-
-    from pyspark.sql import functions as F
-
-    if "k" not in inspect.signature(F.min_by).parameters:
-        return False
-    try:
-        major, minor = (int(x) for x in spark.version.split(".")[:2])
-    except ValueError:
-        return False
-    return (major, minor) >= (4, 2)
-
-
-def _shown(df: DataFrame, rule: Rule, key_columns: Sequence[str]) -> list[str]:
-    """The columns of a rule's samples: the key columns and the rule's columns (all columns if none)."""
-    return list(dict.fromkeys([*key_columns, *rule.referenced_columns])) or list(df.columns)
 
 
 @contextmanager
@@ -322,17 +301,6 @@ def evaluate(
     metrics = [r for r in parsed if isinstance(r, ColumnMetricRule)]
     aggregates += [_newest(df, r).alias(f"f{i}") for i, r in enumerate(fresh)]
     aggregates += [_metric(df, r).alias(f"m{i}") for i, r in enumerate(metrics)]
-    # Samples in the same pass where Spark has a bounded ``min_by(x, ord, k)`` (4.2+): per rule, the k failing
-    # rows with the smallest keys (rows that pass have a NULL ordering and are skipped). Older Spark: one
-    # more query (step 4).
-    in_pass = sample_size > 0 and bool(row_level) and _has_min_by_k(spark or df.sparkSession)
-    shown_columns = {r.rule_name: _shown(df, r, key_columns) for r in row_level}
-    if in_pass:
-        for i, (name, cond) in enumerate(conditions.items()):
-            shown = shown_columns[name]
-            order = F.struct(*[_col(df, c) for c in (key_columns or shown[:1])])
-            aggregates.append(F.min_by(F.struct(*[_col(df, c).alias(c) for c in shown]), F.when(cond, order),
-                                       sample_size).alias(f"s{i}"))
     totals = df.agg(*aggregates).collect()[0]
     queries += 1
     total = int(totals["n"])
@@ -341,11 +309,6 @@ def evaluate(
     metric_values = {r.rule_name: totals[f"m{i}"] for i, r in enumerate(metrics)}
 
     samples: dict[str, list[dict[str, Any]]] = {}
-    if in_pass:
-        for i, name in enumerate(conditions):
-            picked = [r.asDict(recursive=True) for r in totals[f"s{i}"] or []]
-            if picked:
-                samples[name] = picked
 
     # ---- 2. unique: one groupBy per distinct key set
     unique_counts: dict[tuple[str, ...], int] = {}
@@ -402,7 +365,7 @@ def evaluate(
 
     # ---- 4. samples of the row-level rules that failed: one query
     failed_names = [name for name, n in failing.items() if n and name in conditions]
-    if failed_names and sample_size > 0 and not in_pass:
+    if failed_names and sample_size > 0:
         by_name = {r.rule_name: r for r in row_level}
         wanted: list[str] = list(dict.fromkeys(key_columns))
         everything = False
