@@ -8,6 +8,7 @@ import os
 import resource
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 
 def peak_rss_mb() -> float:
@@ -63,3 +64,15 @@ def postgres_port() -> str:
     if not port or "AIRFLOW_CONN_POSTGRES_DEFAULT" not in os.environ:
         raise SystemExit("the local stack's env is not loaded: run `set -a; . .local/airflow.env; set +a` first")
     return port
+
+
+def spark_session(conf: dict[str, str]) -> Any:
+    """``getOrCreate`` a SparkSession with ``conf``, Spark's own logging at ERROR."""
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    return session

@@ -83,6 +83,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import _common
 from _common import peak_rss_mb, postgres_port, proc_peak_rss_mb, result_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -258,20 +259,13 @@ class Pg:
 
 # ----------------------------------------------------------------------------------------- spark
 def spark_session() -> Any:
-    from pyspark.sql import SparkSession
-
     from airflow_etl_provider.hooks.spark import SparkSessionHook
 
     conf = SparkSessionHook(spark_conn_id="spark_default", app_name="bench-load-postgres").resolve_conf()
     conf["spark.master"] = "local[2]"
     conf.setdefault("spark.ui.enabled", "false")
     conf.setdefault("spark.ui.showConsoleProgress", "false")
-    builder = SparkSession.builder
-    for key, value in conf.items():
-        builder = builder.config(key, value)
-    session = builder.getOrCreate()
-    session.sparkContext.setLogLevel("ERROR")
-    return session
+    return _common.spark_session(conf)
 
 
 def jvm_pids(spark: Any) -> tuple[int | None, list[int]]:

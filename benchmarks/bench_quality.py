@@ -61,7 +61,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import peak_rss_mb, proc_peak_rss_mb, result_line
+from _common import peak_rss_mb, proc_peak_rss_mb, result_line, spark_session
 from _quality_spec import (
     COUNTED,
     COUNTRIES,
@@ -205,17 +205,6 @@ def spark_conf() -> dict[str, str]:
     conf.setdefault("spark.ui.enabled", "false")
     conf.setdefault("spark.ui.showConsoleProgress", "false")
     return {k: str(v) for k, v in conf.items()}
-
-
-def spark_session(conf: dict[str, str]) -> Any:
-    from pyspark.sql import SparkSession
-
-    builder = SparkSession.builder
-    for key, value in conf.items():
-        builder = builder.config(key, value)
-    session = builder.getOrCreate()
-    session.sparkContext.setLogLevel("ERROR")
-    return session
 
 
 # ------------------------------------------------------------------------------------------ sides
