@@ -391,7 +391,7 @@ class DataQualityOperator(BaseOperator):
         assert self.output_config is not None
         fmt, mode = self.output_config.get("format", "parquet"), self.output_config.get("mode", "overwrite")
         if fmt == "parquet" and mode == "overwrite" and not self.output_config.get("options"):
-            from airflow_etl_provider.operators.load import overwrite_parquet
+            from airflow_etl_provider.hooks.parquet import overwrite_parquet
 
             # a failed write keeps the previous output (staged, then swapped in): see overwrite_parquet
             overwrite_parquet(df, self.output_config["path"], self.output_config.get("partition_by") or ())
