@@ -253,7 +253,7 @@ class ResilientSparkLoadOperator(BaseOperator):
                                              default_error="failed quality rules").delivered
                 dead += sent
                 errors["QualityRuleFailed"] = {"count": sent, "example": quality["example"] if quality else ""}
-                quality_read = checked.count() - data.count()  # both cached: no recomputation
+                quality_read = quality["rows_checked"] - data.count()  # the gate counted the rows; data is cached
                 if quality_read != sent:
                     raise RowAccountingError(f"quality_rules: {quality_read} row(s) failed a quarantine rule but "
                                              f"{sent} reached the dead-letter queue")
@@ -282,7 +282,7 @@ class ResilientSparkLoadOperator(BaseOperator):
             "skipped": outcome.get("skipped", False),
         }
         if quality is not None:
-            result["quality"] = {k: v for k, v in quality.items() if k != "example"}
+            result["quality"] = {k: v for k, v in quality.items() if k not in ("example", "rows_checked")}
         self.log.info("Load result: %s", result)
         return result
 
@@ -305,7 +305,8 @@ class ResilientSparkLoadOperator(BaseOperator):
         failed, quarantine = decide(rules, report.results, entries, "quarantine")
         summary: dict[str, Any] = {"status": "fail" if failed else report.status, "rules": len(rules),
                                    "failed_rules": {e["name"]: e.get("failing_rows") for e in entries
-                                                    if e["status"] != "pass"}, "example": ""}
+                                                    if e["status"] != "pass"}, "example": "",
+                                   "rows_checked": report.row_count or 0}
         if failed:
             raise AirflowFailException(f"quality_rules: {len(failed)} rule(s) failed on {report.row_count} row(s); "
                                        f"nothing was loaded:\n{failure_table(failed)}")
