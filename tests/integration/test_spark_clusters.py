@@ -113,4 +113,9 @@ def test_quality_operator_on_a_cluster(service: str, conn_id: str, tmp_path: Pat
     assert sorted(e["record"]["id"] for e in _dead_letters(tmp_path / "dlq")) == [3, 7, 41, 41]
     assert pq.read_table(out).num_rows == 96
     assert "Summary" in report.read_text()
+    # samples: picked on the executors (mapInArrow) beside the aggregation's scan, merged on the driver
+    samples = {r["name"]: r["samples"] for r in result["report"]["rules"]}
+    assert samples["not_null(name)"] == [{"id": 3, "name": None}]
+    assert [s["id"] for s in samples["regex(name)"]] == [7]
+    assert samples["unique(id)"] == [{"id": 41, "occurrences": 2}]
     assert 94 <= result["report"]["profile"]["columns"]["id"]["approx_distinct"] <= 104  # HLL++, 5 % error
