@@ -239,7 +239,8 @@ def main() -> int:
     log(f"[{args.tool}] Spark {spark.version} {sc.master}; warm-up (not timed) ...")
     for label, fn in sides.items():
         t0 = time.perf_counter()
-        fn(spark.read.parquet(args.warmup))
+        # as many partitions as cores, so every Python worker (our samples' mapInArrow) starts here
+        fn(spark.read.parquet(args.warmup).repartition(sc.defaultParallelism))
         log(f"  warm-up {label}: {time.perf_counter() - t0:.2f} s")
 
     times: dict[str, list[float]] = {k: [] for k in sides}

@@ -2,15 +2,18 @@
 
 Queries (Spark actions) per :func:`evaluate`, whatever the number of row-level rules:
 
-* **one aggregation** counts the row count, every row-level rule's failing rows
+* **one scan** counts the row count, every row-level rule's failing rows
   (``sum(when(failed, 1))``), the newest value of every ``freshness`` column and every
-  ``column_metric`` aggregate;
+  ``column_metric`` aggregate, and picks every row-level rule's ``sample_size`` failing rows with the
+  smallest keys (see :func:`_scan_with_samples`: the aggregates are observed on every row, the failing
+  rows go on to a per-partition top-k on the executors);
 * **one query per distinct key set** of the ``unique`` rules (identical key sets are evaluated once): the
-  groupBy's duplicate-row count and, in a union over the same (reused) shuffle, ``sample_size`` groups;
+  groupBy's duplicate-row count and ``sample_size`` duplicated keys (``min_by(..., k)`` in the same
+  aggregation on Spark 4.2+; before, a union over the same, reused, shuffle);
 * **one query per** ``sql`` **rule**, against the DataFrame registered as a temporary view;
-* **one samples query** when some row-level rule failed: the rows failing any rule, exploded per
-  failed rule and limited per rule with ``row_number() <= sample_size`` (Spark pushes that limit below
-  the shuffle, so only a few rows per partition move);
+* **one samples query** only when a ``column_metric`` needs a DISTINCT aggregate (those cannot be
+  observed): then the scan above is a plain aggregation, and the rows failing any rule are exploded per
+  failed rule and limited per rule with ``row_number() <= sample_size``;
 * ``schema`` rules read ``df.schema``: no query.
 
 With adaptive query execution a query with a shuffle runs as more than one Spark job; the counts
@@ -67,6 +70,7 @@ log = logging.getLogger(__name__)
 _RULE = "_etl_rule"
 _RN = "_etl_rn"
 _COUNT = "_etl_count"
+_TOTAL = "_etl_total"
 _FLAG = "_etl_failed_"
 
 __all__ = ["ERROR_COLUMN", "FAILED_RULES_COLUMN", "evaluate", "failure_condition", "profile", "split_rows"]
@@ -420,21 +424,29 @@ def evaluate(
         r.metric in ("distinct_count", "duplicate_count") for r in metrics
     )
     flags = {name: f"{_FLAG}{i}" for i, name in enumerate(conditions)}
-    source = df.select("*", *[cond.alias(flags[name]) for name, cond in conditions.items()]) if one_scan else df
-    failed_when = {name: F.col(flags[name]) for name in conditions} if one_scan else conditions
-    aggregates = [F.count(F.lit(1)).alias("n")]
-    aggregates += [
-        F.coalesce(F.sum(F.when(cond, 1).otherwise(0)), F.lit(0)).alias(f"r{i}")
-        for i, cond in enumerate(failed_when.values())
-    ]
-    aggregates += [_newest(df, r).alias(f"f{i}") for i, r in enumerate(fresh)]
-    aggregates += [_metric(df, r).alias(f"m{i}") for i, r in enumerate(metrics)]
+    source = df.select("*", *[cond.alias(flags[name]) for name, cond in conditions.items()])
+
+    def aggregates(failed_when: Mapping[str, Column]) -> list[Column]:
+        found = [F.count(F.lit(1)).alias("n")]
+        found += [
+            F.coalesce(F.sum(F.when(cond, 1).otherwise(0)), F.lit(0)).alias(f"r{i}")
+            for i, cond in enumerate(failed_when.values())
+        ]
+        found += [_newest(df, r).alias(f"f{i}") for i, r in enumerate(fresh)]
+        return found + [_metric(df, r).alias(f"m{i}") for i, r in enumerate(metrics)]
+
     sampled: dict[str, list[dict[str, Any]]] = {}
     if one_scan:
         wanted, order = _sample_columns(df, [by_name[n] for n in conditions], key_columns)
-        totals, sampled = _scan_with_samples(source, aggregates, flags, wanted, order, sample_size)
-    else:
-        totals = df.agg(*aggregates).collect()[0]
+        try:
+            totals, sampled = _scan_with_samples(
+                source, aggregates({n: F.col(flags[n]) for n in conditions}), flags, wanted, order, sample_size
+            )
+        except ImportError as exc:  # no pyarrow on the driver for mapInArrow: samples get their own query
+            log.warning("Data quality: failing-row samples take a second query (%s)", exc)
+            one_scan = False
+    if not one_scan:
+        totals = df.agg(*aggregates(conditions)).collect()[0]
     queries += 1
     total = int(totals["n"])
     failing = {name: int(totals[f"r{i}"]) for i, name in enumerate(conditions)}
@@ -459,28 +471,32 @@ def evaluate(
                 .agg(F.count(F.lit(1)).alias(_COUNT))
                 .where(F.col(_COUNT) > 1)
             )
-            total_rows = groups.agg(F.coalesce(F.sum(_COUNT), F.lit(0)).alias(_COUNT))
+            key_cols = [F.col(k) for k in keys]
+            records: list[dict[str, Any]]  # the sampled groups, then the total {_COUNT: n, _RULE: True}
             if sample_size > 0 and bottom_k:
                 # Count and samples in one aggregation: min_by(..., k) (Spark 4.2+) keeps the k smallest keys
                 # per partition, so only k groups per partition reach the final aggregation.
-                smallest = F.min_by(F.struct(*[F.col(k) for k in keys], F.col(_COUNT)),
-                                    F.struct(*[F.col(k) for k in keys]), sample_size)
-                both = groups.agg(F.coalesce(F.sum(_COUNT), F.lit(0)).alias(_COUNT), smallest.alias(_RULE))
-                found = both.collect()[0]
-                rows = [*(found[_RULE] or []), {_COUNT: found[_COUNT], _RULE: True}]
+                smallest = F.min_by(F.struct(*key_cols, F.col(_COUNT)), F.struct(*key_cols), sample_size)
+                found = groups.agg(F.coalesce(F.sum(_COUNT), F.lit(0)).alias(_COUNT), smallest.alias(_RULE))
+                row = found.collect()[0]
+                records = [r.asDict(recursive=True) for r in row[_RULE] or []]
+                records.append({_COUNT: row[_COUNT], _RULE: True})
             elif sample_size > 0:
-                # One query for the count and the samples: both branches read the same shuffle (Spark reuses
-                # the identical exchange within a query), instead of a second scan for the samples.
-                kinds = {f.name: f.dataType for f in groups.schema.fields}
-                picked = groups.limit(sample_size).withColumn(_RULE, F.lit(False))
-                total_rows = total_rows.select(*[F.lit(None).cast(kinds[k]).alias(k) for k in keys],
-                                               F.col(_COUNT), F.lit(True).alias(_RULE))
-                rows = picked.unionByName(total_rows).collect()
+                # Before Spark 4.2 (no bottom-k min_by): one query, the duplicated keys moved to one partition
+                # (a window without PARTITION BY) for their total and the first keys.
+                picked = (
+                    groups.select(*keys, _COUNT, F.sum(_COUNT).over(Window.partitionBy()).alias(_TOTAL),
+                                  F.row_number().over(Window.orderBy(*key_cols)).alias(_RN))
+                    .where(F.col(_RN) <= sample_size)
+                    .collect()
+                )
+                records = [r.asDict(recursive=True) for r in picked]
+                records.append({_COUNT: picked[0][_TOTAL] if picked else 0, _RULE: True})
             else:
-                rows = total_rows.collect()
+                records = [{_COUNT: groups.agg(F.coalesce(F.sum(_COUNT), F.lit(0)).alias(_COUNT)).collect()[0][0],
+                            _RULE: True}]
             queries += 1
-            records = [r if isinstance(r, dict) else r.asDict(recursive=True) for r in rows]
-            unique_counts[keys] = int(next(r[_COUNT] for r in records if sample_size <= 0 or r.get(_RULE)))
+            unique_counts[keys] = int(records[-1][_COUNT])
             if unique_counts[keys] and sample_size > 0:
                 unique_samples[keys] = [
                     {**_record(r, rule.columns), "occurrences": r[_COUNT]} for r in records if not r.get(_RULE)
