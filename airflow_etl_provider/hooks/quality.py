@@ -322,6 +322,15 @@ def _scan_with_samples(
     return totals, per_rule
 
 
+def _pyarrow_missing(exc: BaseException) -> bool:
+    """Whether ``exc`` says pyarrow cannot be imported: on the driver (``ImportError`` from ``mapInArrow``)
+    or in an executor's Python worker (a Spark error carrying the worker's ``ModuleNotFoundError``)."""
+    text = str(exc)
+    if isinstance(exc, ImportError):
+        return "pyarrow" in text.lower() or getattr(exc, "name", None) == "pyarrow"
+    return "No module named 'pyarrow'" in text or "PyArrow >= " in text
+
+
 def _spark_version(spark: SparkSession) -> tuple[int, ...]:
     """The Spark version of the session's server (major, minor)."""
     parts = [int(p) for p in spark.version.split(".")[:2] if p.isdigit()]
@@ -442,8 +451,12 @@ def evaluate(
             totals, sampled = _scan_with_samples(
                 source, aggregates({n: F.col(flags[n]) for n in conditions}), flags, wanted, order, sample_size
             )
-        except ImportError as exc:  # no pyarrow on the driver for mapInArrow: samples get their own query
-            log.warning("Data quality: failing-row samples take a second query (%s)", exc)
+        except Exception as exc:
+            if not _pyarrow_missing(exc):
+                raise
+            # no pyarrow on the driver or the executors for mapInArrow: samples get a query of their own
+            why = next((ln.strip() for ln in str(exc).splitlines() if "pyarrow" in ln.lower()), type(exc).__name__)
+            log.warning("Data quality: %s: the failing-row samples take a second query", why)
             one_scan = False
     if not one_scan:
         totals = df.agg(*aggregates(conditions)).collect()[0]

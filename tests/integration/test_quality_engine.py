@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -417,3 +418,40 @@ def test_samples_of_many_failing_rules_plan_quickly(spark) -> None:
     report = evaluate(df, rules, sample_size=2, key_columns=["id"])
     assert all(r.failing_rows for r in report.results) and all(len(v) == 2 for v in report.samples.values())
     assert spark.conf.get("spark.sql.constraintPropagation.enabled", None) == before
+
+
+_NO_PYARROW = '''
+import os, sys
+from pyspark.sql import SparkSession
+spark = (SparkSession.builder.master("local[2]").config("spark.executorEnv.PYTHONPATH", sys.argv[1])
+         .config("spark.ui.enabled", "false").getOrCreate())
+from airflow_etl_provider.hooks.quality import evaluate
+df = spark.createDataFrame([(1, None), (2, "x"), (3, None)], "id int, name string")
+report = evaluate(df, [{"type": "not_null", "column": "name"}], key_columns=["id"])
+print("RESULT", report.spark_queries, report["not_null(name)"].failing_rows, report.samples["not_null(name)"])
+spark.stop()
+'''
+
+
+@pytest.mark.parametrize("where", ["executors", "driver and executors"])
+def test_samples_fall_back_to_a_query_without_pyarrow(tmp_path, where: str) -> None:  # type: ignore[no-untyped-def]
+    """Python that cannot import pyarrow (a shadowing package raises ModuleNotFoundError): on the executors'
+    PYTHONPATH only, the one-scan samples fail in the Python workers; also on the driver's path (the
+    script's folder), mapInArrow refuses to plan. Either way evaluate() reruns with a plain aggregation
+    and a samples query and says why in a warning: same counts, same samples."""
+    import subprocess
+    import sys
+
+    shadow = tmp_path / "shadow"
+    (shadow / "pyarrow").mkdir(parents=True)
+    (shadow / "pyarrow" / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'pyarrow'\", name='pyarrow')\n")
+    script = (shadow if where.startswith("driver") else tmp_path) / "no_pyarrow.py"
+    script.write_text(_NO_PYARROW)
+    proc = subprocess.run([sys.executable, str(script), str(shadow)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYSPARK_PYTHON": sys.executable})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    assert result == "RESULT 2 2 [{'id': 1, 'name': None}, {'id': 3, 'name': None}]"
+    warning = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "take a second query" in ln]
+    assert warning and "pyarrow" in warning[0].lower(), proc.stdout[-2000:]
