@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))  # our package from the work tree (not installed i
 
 from _common import proc_peak_rss_mb  # noqa: E402
 from _quality_spec import COUNTED, KEY_COLUMNS, RULES  # noqa: E402
+from bench_quality import run_bare  # noqa: E402  (imports pyspark inside: fine in the peers venv)
 
 DEEQU_JARS = ROOT / ".local" / "jars-deequ"
 
@@ -234,6 +235,8 @@ def main() -> int:
         "ours": lambda df: run_ours(evaluate, df, 10),
         "ours_nosamples": lambda df: run_ours(evaluate, df, 0),
         "peer": peer,
+        # the physical floor on this Spark: one bare aggregation + the unique groupBys (bench_quality's P5 peer)
+        "bare": run_bare,
     }
 
     log(f"[{args.tool}] Spark {spark.version} {sc.master}; warm-up (not timed) ...")

@@ -29,7 +29,8 @@ class _FileSystem:
     """The few operations the Parquet swap needs: a Hadoop ``FileSystem`` through the JVM (classic Spark: local,
     HDFS, s3a, gs, abfs ...) or, without a JVM (Spark Connect), Python's ``os`` for local paths."""
 
-    def __init__(self, spark: Any, path: str) -> None:
+    def __init__(self, spark: Any, path: str, field: str = "target.path") -> None:
+        self.field = field  # the config field named in errors
         self.jvm_fs: Any = None
         self.local = False
         try:
@@ -59,11 +60,11 @@ class _FileSystem:
             qualified = self.jvm_fs.makeQualified(self._path(path))
             parent = qualified.getParent()
             if parent is None:
-                raise ConfigError("target.path", "must not be a filesystem root", value=path)
+                raise ConfigError(self.field, "must not be a filesystem root", value=path)
             return str(parent.toString()), str(qualified.getName())
         absolute = os.path.abspath(self._os(path))
         if os.path.dirname(absolute) == absolute:
-            raise ConfigError("target.path", "must not be a filesystem root", value=path)
+            raise ConfigError(self.field, "must not be a filesystem root", value=path)
         return os.path.dirname(absolute), os.path.basename(absolute)
 
     def join(self, parent: str, name: str) -> str:
@@ -134,7 +135,7 @@ def _recover_interrupted_swap(fs: _FileSystem, parent: str, name: str, path: str
 
 
 def overwrite_parquet(df: DataFrame, path: str, partition_by: Sequence[str] = (),
-                      call: Callable[..., Any] | None = None) -> None:
+                      call: Callable[..., Any] | None = None, *, field: str = "target.path") -> None:
     """Replace the Parquet data at ``path`` with ``df`` without ever destroying the old data first.
 
     Spark's ``mode("overwrite")`` deletes the old files before it writes: a write that fails half-way (a bad
@@ -163,6 +164,7 @@ def overwrite_parquet(df: DataFrame, path: str, partition_by: Sequence[str] = ()
     :param partition_by: partition columns.
     :param call: runs the Spark write (e.g. ``guard.call`` for retries and the circuit breaker); a retried
         write starts over in the same staging directory.
+    :param field: the operator argument ``path`` came from, named in configuration errors.
     """
     def write(to: str) -> None:
         writer = df.write.mode("overwrite")
@@ -173,7 +175,7 @@ def overwrite_parquet(df: DataFrame, path: str, partition_by: Sequence[str] = ()
     spark = df.sparkSession
     dynamic = bool(partition_by) and str(
         spark.conf.get("spark.sql.sources.partitionOverwriteMode", "static")).lower() == "dynamic"
-    fs = _FileSystem(spark, path)
+    fs = _FileSystem(spark, path, field)
     if dynamic or not fs.usable:
         if not dynamic:
             log.warning("Overwriting %s in place: on Spark Connect only local paths can be swapped, so a write that "

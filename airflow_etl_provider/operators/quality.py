@@ -394,7 +394,8 @@ class DataQualityOperator(BaseOperator):
             from airflow_etl_provider.hooks.parquet import overwrite_parquet
 
             # a failed write keeps the previous output (staged, then swapped in): see overwrite_parquet
-            overwrite_parquet(df, self.output_config["path"], self.output_config.get("partition_by") or ())
+            overwrite_parquet(df, self.output_config["path"], self.output_config.get("partition_by") or (),
+                              field="output.path")
             return
         writer = df.write.mode(self.output_config.get("mode", "overwrite")).format(self.output_config.get("format", "parquet"))
         if self.output_config.get("partition_by"):

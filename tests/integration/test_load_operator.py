@@ -159,6 +159,11 @@ def test_parquet_overwrite_that_fails_half_way_keeps_the_old_data(spark, tmp_pat
     assert _rows_at(spark, target) == [(i, "new") for i in range(7)] and _leftovers(target) == []
     assert not list(tmp_path.glob("_out.etl-*"))
 
+    # a filesystem root is refused, naming the operator argument it came from
+    for field in ("target.path", "output.path"):
+        with pytest.raises(ConfigError, match=f"^{field}: must not be a filesystem root"):
+            overwrite_parquet(old, "file:///", field=field)
+
 
 def test_parquet_overwrite_with_the_operator_and_after_an_interrupted_swap(spark, tmp_path) -> None:
     src, target = tmp_path / "src", tmp_path / "out"
