@@ -279,46 +279,66 @@ def _scan_with_samples(
     wanted: Sequence[str],
     order: Sequence[str],
     sample_size: int,
+    bottom_k: bool,
 ) -> tuple[Any, dict[str, list[dict[str, Any]]]]:
-    """One scan that returns the aggregates and, per row-level rule, its first ``sample_size`` failing rows.
+    """One scan that returns the aggregates and, per row-level rule, the ``sample_size`` failing rows with the
+    smallest ``order`` values.
 
     ``source`` carries one boolean column per rule (``flags``: rule name -> column), computed once per row.
-    The aggregates are observed (``DataFrame.observe``) on every row; behind the observation, only the
-    rows failing some rule go on, to a ``mapInArrow`` that keeps, per partition and rule, the
-    ``sample_size`` rows with the smallest ``order`` values; the driver merges those (at most
-    ``sample_size`` x rules x partitions rows).
+    The aggregates are observed (``DataFrame.observe``) on every row; behind that, only the rows failing
+    some rule go on:
 
-    Why this shape, measured on the P5 benchmark (1M rows, 18 row-level rules, ``local[2]``): a second
-    query for the samples re-evaluates every condition (regexes included) and costs as much as the
-    aggregation itself (+2.3 s); bottom-k aggregates (``min_by(..., k)``) inside the aggregation take it
-    out of code generation (as slow); observed ``min_by(..., k)`` per rule costs +0.8 s; this costs +0.45 s.
-    And it stays exact: the scan is the query's only stage, a result stage, and Spark applies a result
-    task's accumulator updates once (a re-executed or speculative copy of a shuffle map task would
-    have its observed metrics counted twice).
+    * Spark 4.2+ (``bottom_k``): to a second observation holding one ``min_by(row, key, k)`` per rule, and
+      the rows end in Spark's ``noop`` sink. Pure JVM: no Python worker.
+    * before: to a ``mapInArrow`` keeping, per partition and rule, the first rows (executors need
+      ``pyarrow``), merged on the driver (at most ``sample_size`` x rules x partitions rows).
+
+    Why this shape, measured on the P5 benchmark (1M rows, 18 row-level rules, ``local[2]``, warm): a
+    second query for the samples re-evaluates every condition (regexes included) and costs as much as the
+    aggregation itself (+2.3 s); ``min_by(..., k)`` inside the aggregation takes it out of code generation
+    (as slow); ``min_by`` observed on every row costs +0.8 s; the two shapes here cost +0.5 s. The
+    ``mapInArrow`` shape also starts Python workers: about +1.5 s on a session's first run, which the
+    ``noop`` shape does not pay. Both stay exact: the scan is the query's only stage, a result stage, and
+    Spark applies a result task's accumulator updates once (a re-executed or speculative copy of a shuffle
+    map task would have its observed metrics counted twice).
     """
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    observation = Observation()
-    observed = source.observe(observation, *aggregates)
+    totals_seen = Observation()
+    observed = source.observe(totals_seen, *aggregates)
     flag_columns = list(flags.values())
+    failing = observed.where(_any(F.col(f) for f in flag_columns))
     kept = [_col(source, c).alias(c) for c in wanted]
+    names = list(flags)
+    per_rule: dict[str, list[dict[str, Any]]] = {}
+    if bottom_k:
+        samples_seen = Observation()
+        row, key = F.struct(*kept), F.struct(*[_col(source, c) for c in order]) if order else F.struct(F.lit(0))
+        smallest = [
+            F.min_by(F.when(F.col(flag), row), F.when(F.col(flag), key), sample_size).alias(f"s{i}")
+            for i, flag in enumerate(flag_columns)
+        ]
+        failing.observe(samples_seen, *smallest).write.format("noop").mode("overwrite").save()
+        totals, found = totals_seen.get, samples_seen.get
+        for i, name in enumerate(names):
+            if found[f"s{i}"]:
+                per_rule[name] = [r.asDict(recursive=True) for r in found[f"s{i}"]]
+        return totals, per_rule
+
     schema = source.select(*kept).schema.add(_RULE, T.IntegerType(), nullable=False)
     rows = (
-        observed.where(_any(F.col(f) for f in flag_columns))
-        .select(*kept, *[F.col(f) for f in flag_columns])
+        failing.select(*kept, *[F.col(f) for f in flag_columns])
         .mapInArrow(_first_rows_per_rule(flag_columns, list(wanted), list(order), sample_size, _RULE), schema)
         .collect()
     )
-    totals = observation.get
-    names = list(flags)
-    per_rule: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        data = row.asDict(recursive=True)
+    totals = totals_seen.get
+    for found_row in rows:
+        data = found_row.asDict(recursive=True)
         per_rule.setdefault(names[data.pop(_RULE)], []).append(data)
-    for name, found in per_rule.items():
-        per_rule[name] = _smallest(found, order, sample_size)
+    for name, found_rows in per_rule.items():
+        per_rule[name] = _smallest(found_rows, order, sample_size)
     return totals, per_rule
 
 
@@ -445,12 +465,12 @@ def evaluate(
         return found + [_metric(df, r).alias(f"m{i}") for i, r in enumerate(metrics)]
 
     sampled: dict[str, list[dict[str, Any]]] = {}
+    bottom_k = _spark_version(spark or df.sparkSession) >= (4, 2)  # min_by(x, ord, k)
     if one_scan:
         wanted, order = _sample_columns(df, [by_name[n] for n in conditions], key_columns)
         try:
-            totals, sampled = _scan_with_samples(
-                source, aggregates({n: F.col(flags[n]) for n in conditions}), flags, wanted, order, sample_size
-            )
+            totals, sampled = _scan_with_samples(source, aggregates({n: F.col(flags[n]) for n in conditions}),
+                                                 flags, wanted, order, sample_size, bottom_k)
         except Exception as exc:
             if not _pyarrow_missing(exc):
                 raise
@@ -470,7 +490,6 @@ def evaluate(
 
     # ---- 2. unique: one groupBy per distinct key set
     unique_counts: dict[tuple[str, ...], int] = {}
-    bottom_k = _spark_version(spark or df.sparkSession) >= (4, 2)
     unique_samples: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for rule in parsed:
         if not isinstance(rule, UniqueRule):

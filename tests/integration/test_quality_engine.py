@@ -256,11 +256,18 @@ def _oracle_samples(rules: list[dict[str, Any]], k: int) -> dict[str, list[int]]
     return {name: sorted(r[0] for r in ROWS if fails(r))[:k] for name, fails in failing.items()}
 
 
+@pytest.mark.parametrize("shape", ["4.2", "before-4.2"])
 @pytest.mark.parametrize("partitions", [1, 7])
-def test_samples_are_the_smallest_failing_keys_whatever_the_partitioning(data, partitions: int) -> None:  # type: ignore[no-untyped-def]
-    """Samples come out of the aggregation's scan, picked per partition and merged on the driver: the same
-    rows as a global ORDER BY key LIMIT k, on one partition or many; the counts are the same as without
-    samples, and the observed aggregates are those of the plain aggregation."""
+def test_samples_are_the_smallest_failing_keys_whatever_the_partitioning(data, partitions: int, shape: str,  # type: ignore[no-untyped-def]
+                                                                         monkeypatch) -> None:
+    """Samples come out of the aggregation's scan (observed min_by(k) on Spark 4.2+; before, a per-partition
+    mapInArrow merged on the driver): the same rows as a global ORDER BY key LIMIT k, on one partition or
+    many; the counts are the same as without samples, and the observed aggregates are those of the plain
+    aggregation."""
+    from airflow_etl_provider.hooks import quality
+
+    if shape != "4.2":
+        monkeypatch.setattr(quality, "_spark_version", lambda _spark: (3, 5))
     rules = [r for r in RULES if r.get("name") == "shipped_after_order" or r["type"] in ("not_null", "range")]
     df = data.repartition(partitions)
     report = evaluate(df, rules, sample_size=4, key_columns=["id"])
@@ -425,20 +432,27 @@ import os, sys
 from pyspark.sql import SparkSession
 spark = (SparkSession.builder.master("local[2]").config("spark.executorEnv.PYTHONPATH", sys.argv[1])
          .config("spark.ui.enabled", "false").getOrCreate())
-from airflow_etl_provider.hooks.quality import evaluate
+from airflow_etl_provider.hooks import quality
+if sys.argv[2] == "before-4.2":
+    quality._spark_version = lambda _spark: (3, 5)  # the pre-4.2 shape: mapInArrow on the executors
 df = spark.createDataFrame([(1, None), (2, "x"), (3, None)], "id int, name string")
-report = evaluate(df, [{"type": "not_null", "column": "name"}], key_columns=["id"])
+report = quality.evaluate(df, [{"type": "not_null", "column": "name"}], key_columns=["id"])
 print("RESULT", report.spark_queries, report["not_null(name)"].failing_rows, report.samples["not_null(name)"])
 spark.stop()
 '''
 
 
-@pytest.mark.parametrize("where", ["executors", "driver and executors"])
-def test_samples_fall_back_to_a_query_without_pyarrow(tmp_path, where: str) -> None:  # type: ignore[no-untyped-def]
-    """Python that cannot import pyarrow (a shadowing package raises ModuleNotFoundError): on the executors'
-    PYTHONPATH only, the one-scan samples fail in the Python workers; also on the driver's path (the
-    script's folder), mapInArrow refuses to plan. Either way evaluate() reruns with a plain aggregation
-    and a samples query and says why in a warning: same counts, same samples."""
+@pytest.mark.parametrize(("where", "spark_shape", "queries"), [
+    ("executors", "4.2", 1),  # min_by + noop: no Python worker at all
+    ("executors", "before-4.2", 2),
+    ("driver and executors", "before-4.2", 2),
+])
+def test_samples_without_pyarrow(tmp_path, where: str, spark_shape: str, queries: int) -> None:  # type: ignore[no-untyped-def]
+    """Python that cannot import pyarrow (a shadowing package raises ModuleNotFoundError). Spark 4.2's
+    one-scan samples run in the JVM: unaffected. The pre-4.2 shape (mapInArrow): with pyarrow missing on
+    the executors' PYTHONPATH the Python workers fail; on the driver's path too (the script's folder),
+    mapInArrow refuses to plan. Either way evaluate() reruns with a plain aggregation and a samples query
+    and says why in a warning: same counts, same samples."""
     import subprocess
     import sys
 
@@ -448,10 +462,13 @@ def test_samples_fall_back_to_a_query_without_pyarrow(tmp_path, where: str) -> N
         "raise ModuleNotFoundError(\"No module named 'pyarrow'\", name='pyarrow')\n")
     script = (shadow if where.startswith("driver") else tmp_path) / "no_pyarrow.py"
     script.write_text(_NO_PYARROW)
-    proc = subprocess.run([sys.executable, str(script), str(shadow)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYSPARK_PYTHON": sys.executable})
+    proc = subprocess.run([sys.executable, str(script), str(shadow), spark_shape], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYSPARK_PYTHON": sys.executable})
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    assert result == "RESULT 2 2 [{'id': 1, 'name': None}, {'id': 3, 'name': None}]"
+    assert result == f"RESULT {queries} 2 [{{'id': 1, 'name': None}}, {{'id': 3, 'name': None}}]"
     warning = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "take a second query" in ln]
-    assert warning and "pyarrow" in warning[0].lower(), proc.stdout[-2000:]
+    if queries == 1:
+        assert not warning
+    else:
+        assert warning and "pyarrow" in warning[0].lower(), proc.stdout[-2000:]
