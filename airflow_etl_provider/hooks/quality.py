@@ -6,7 +6,8 @@ Queries (Spark actions) per :func:`evaluate`, whatever the number of row-level r
   (``sum(when(failed, 1))``), the newest value of every ``freshness`` column and every
   ``column_metric`` aggregate, and picks every row-level rule's ``sample_size`` failing rows with the
   smallest keys (see :func:`_scan_with_samples`: the aggregates are observed on every row, the failing
-  rows go on to a per-partition top-k on the executors);
+  rows go on to an observed ``min_by(row, key, k)`` per rule on Spark 4.2+, else to a per-partition
+  top-k in ``mapInArrow``);
 * **one query per distinct key set** of the ``unique`` rules (identical key sets are evaluated once): the
   groupBy's duplicate-row count and ``sample_size`` duplicated keys (``min_by(..., k)`` in the same
   aggregation on Spark 4.2+; before, a union over the same, reused, shuffle);
