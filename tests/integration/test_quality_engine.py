@@ -8,9 +8,9 @@ in both Java and POSIX). The date format, whose parsing differs between the engi
 from __future__ import annotations
 
 import json
+import os
 import re
 import uuid
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
