@@ -37,8 +37,8 @@ aggregation, Deequ (``rows * (1 - metric)``) and GX (``unexpected_count``); a di
 ``MISMATCH`` and the run exits 1.
 
 Setup (not timed): the orders are generated once to ``.local/bench/quality_orders_<rows>.parquet`` (plus a
-20,000-row warm-up file); every side runs once on the warm-up file first (JIT, and one Python worker per core: the warm-up
-data is repartitioned to the number of cores).
+20,000-row warm-up file); every side runs once on the warm-up file first (JIT; the warm-up data is
+repartitioned to the number of cores, so every core runs a task).
 
 How to run (``make bench`` runs it with the others; the peers venv and the Deequ jar come from
 ``make bench-peers``)::
@@ -319,7 +319,7 @@ def main() -> int:
              "bare": run_bare}
     for label, fn in sides.items():
         t0 = time.perf_counter()
-        # as many partitions as cores, so every Python worker (our samples' mapInArrow) starts here
+        # as many partitions as cores, so every core's task runs (JIT) before the timed rounds
         fn(spark.read.parquet(str(warm)).repartition(sc.defaultParallelism))
         print(f"  warm-up {label}: {time.perf_counter() - t0:.2f} s")
     times: dict[str, list[float]] = {k: [] for k in sides}

@@ -242,7 +242,7 @@ def main() -> int:
     log(f"[{args.tool}] Spark {spark.version} {sc.master}; warm-up (not timed) ...")
     for label, fn in sides.items():
         t0 = time.perf_counter()
-        # as many partitions as cores, so every Python worker (our samples' mapInArrow) starts here
+        # as many partitions as cores, so every core's task runs (JIT) before the timed rounds
         fn(spark.read.parquet(args.warmup).repartition(sc.defaultParallelism))
         log(f"  warm-up {label}: {time.perf_counter() - t0:.2f} s")
 

@@ -4,17 +4,17 @@ Queries (Spark actions) per :func:`evaluate`, whatever the number of row-level r
 
 * **one scan** counts the row count, every row-level rule's failing rows
   (``sum(when(failed, 1))``), the newest value of every ``freshness`` column and every
-  ``column_metric`` aggregate, and picks every row-level rule's ``sample_size`` failing rows with the
-  smallest keys (see :func:`_scan_with_samples`: the aggregates are observed on every row, the failing
-  rows go on to an observed ``min_by(row, key, k)`` per rule on Spark 4.2+, else to a per-partition
-  top-k in ``mapInArrow``);
+  ``column_metric`` aggregate and, on Spark 4.2+, picks every row-level rule's ``sample_size`` failing
+  rows with the smallest keys (see :func:`_scan_with_samples`: the aggregates are observed on every row,
+  the failing rows go on to an observed ``min_by(row, key, k)`` per rule);
 * **one query per distinct key set** of the ``unique`` rules (identical key sets are evaluated once): the
   groupBy's duplicate-row count and ``sample_size`` duplicated keys (``min_by(..., k)`` in the same
-  aggregation on Spark 4.2+; before, a union over the same, reused, shuffle);
+  aggregation on Spark 4.2+; before, a window query);
 * **one query per** ``sql`` **rule**, against the DataFrame registered as a temporary view;
-* **one samples query** only when a ``column_metric`` needs a DISTINCT aggregate (those cannot be
-  observed): then the scan above is a plain aggregation, and the rows failing any rule are exploded per
-  failed rule and limited per rule with ``row_number() <= sample_size``;
+* **one samples query**, when some row-level rule failed, only before Spark 4.2, with a ``column_metric``
+  needing a DISTINCT aggregate (those cannot be observed) or with ``sample_size`` over 100,000: then the
+  scan above is a plain aggregation, and the rows failing any rule are exploded per failed rule and
+  limited per rule with ``row_number() <= sample_size``. Same rows either way;
 * ``schema`` rules read ``df.schema``: no query.
 
 With adaptive query execution a query with a shuffle runs as more than one Spark job; the counts
@@ -73,6 +73,7 @@ _RN = "_etl_rn"
 _COUNT = "_etl_count"
 _TOTAL = "_etl_total"
 _FLAG = "_etl_failed_"
+_MAX_BOTTOM_K = 100_000  # min_by(x, ord, k): k <= 100,000
 
 __all__ = ["ERROR_COLUMN", "FAILED_RULES_COLUMN", "evaluate", "failure_condition", "profile", "split_rows"]
 
@@ -261,7 +262,8 @@ def _record(row: Mapping[str, Any], columns: Sequence[str]) -> dict[str, Any]:
 
 def _sample_columns(df: DataFrame, rules: Sequence[Rule], key_columns: Sequence[str]) -> tuple[list[str], list[str]]:
     """The columns a sample row keeps (keys + the rules' columns; every column when a rule names none and
-    there are no keys) and the columns samples are ordered by (the keys, else the first kept column)."""
+    there are no keys) and the columns samples are ordered by (the keys, else the first kept column;
+    columns Spark cannot order, maps and variants, are left out: no order then means any rows)."""
     wanted: list[str] = list(dict.fromkeys(key_columns))
     everything = False
     for rule in rules:
@@ -270,7 +272,26 @@ def _sample_columns(df: DataFrame, rules: Sequence[Rule], key_columns: Sequence[
         wanted += [c for c in columns if c not in wanted]
     if everything:
         wanted = list(df.columns)
-    return wanted, list(dict.fromkeys(key_columns)) or wanted[:1]
+    order = list(dict.fromkeys(key_columns)) or wanted[:1]
+    return wanted, [c for c in order if _orderable(_field_type(df, c))]
+
+
+def _field_type(df: DataFrame, name: str) -> Any:
+    """The type of a top-level column or a nested path (``a.b``)."""
+    kind = _data_type(df, name)
+    return kind if kind is not None else df.select(_col(df, name)).schema.fields[0].dataType
+
+
+def _orderable(kind: Any) -> bool:
+    from pyspark.sql import types as T
+
+    if isinstance(kind, T.MapType) or type(kind).__name__ == "VariantType":
+        return False
+    if isinstance(kind, T.ArrayType):
+        return _orderable(kind.elementType)
+    if isinstance(kind, T.StructType):
+        return all(_orderable(f.dataType) for f in kind.fields)
+    return True
 
 
 def _scan_with_samples(
@@ -280,131 +301,55 @@ def _scan_with_samples(
     wanted: Sequence[str],
     order: Sequence[str],
     sample_size: int,
-    bottom_k: bool,
 ) -> tuple[Any, dict[str, list[dict[str, Any]]]]:
-    """One scan that returns the aggregates and, per row-level rule, the ``sample_size`` failing rows with the
-    smallest ``order`` values.
+    """One scan (Spark 4.2+) that returns the aggregates and, per row-level rule, the ``sample_size`` failing
+    rows with the smallest ``order`` values (NULLs first).
 
     ``source`` carries one boolean column per rule (``flags``: rule name -> column), computed once per row.
     The aggregates are observed (``DataFrame.observe``) on every row; behind that, only the rows failing
-    some rule go on:
-
-    * Spark 4.2+ (``bottom_k``): to a second observation holding one ``min_by(row, key, k)`` per rule, and
-      the rows end in Spark's ``noop`` sink. Pure JVM: no Python worker.
-    * before: to a ``mapInArrow`` keeping, per partition and rule, the first rows (executors need
-      ``pyarrow``), merged on the driver (at most ``sample_size`` x rules x partitions rows).
+    some rule go on, to a second observation holding one ``min_by(row, key, k)`` per rule, and end in
+    Spark's ``noop`` sink (only a constant column is written, so the scan still reads just the columns the
+    rules use). Pure JVM: no Python worker.
 
     Why this shape, measured on the P5 benchmark (1M rows, 18 row-level rules, ``local[2]``, warm): a
     second query for the samples re-evaluates every condition (regexes included) and costs as much as the
     aggregation itself (+2.3 s); ``min_by(..., k)`` inside the aggregation takes it out of code generation
-    (as slow); ``min_by`` observed on every row costs +0.8 s; the two shapes here cost +0.5 s. The
-    ``mapInArrow`` shape also starts Python workers: about +1.5 s on a session's first run, which the
-    ``noop`` shape does not pay. Both stay exact: the scan is the query's only stage, a result stage, and
-    Spark applies a result task's accumulator updates once (a re-executed or speculative copy of a shuffle
-    map task would have its observed metrics counted twice).
+    (as slow); ``min_by`` observed on every row costs +0.8 s; a ``mapInArrow`` top-k costs the same as this
+    shape warm, but +1.5 s more on a session's first run (Python workers start). This shape: +0.5 s.
+    The counts stay exact: the observations run in the query's result stage, and Spark applies a result
+    task's accumulator updates once (a re-executed or speculative copy of a shuffle map task would have
+    its observed metrics counted twice, which is why the aggregation is not observed behind a shuffle).
     """
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
-    from pyspark.sql import types as T
 
-    totals_seen = Observation()
-    observed = source.observe(totals_seen, *aggregates)
+    totals_seen, samples_seen = Observation(), Observation()
     flag_columns = list(flags.values())
-    failing = observed.where(_any(F.col(f) for f in flag_columns))
-    kept = [_col(source, c).alias(c) for c in wanted]
-    names = list(flags)
-    per_rule: dict[str, list[dict[str, Any]]] = {}
-    if bottom_k:
-        samples_seen = Observation()
-        row, key = F.struct(*kept), F.struct(*[_col(source, c) for c in order]) if order else F.struct(F.lit(0))
-        smallest = [
-            F.min_by(F.when(F.col(flag), row), F.when(F.col(flag), key), sample_size).alias(f"s{i}")
-            for i, flag in enumerate(flag_columns)
-        ]
-        failing.observe(samples_seen, *smallest).write.format("noop").mode("overwrite").save()
-        totals, found = totals_seen.get, samples_seen.get
-        for i, name in enumerate(names):
-            if found[f"s{i}"]:
-                per_rule[name] = [r.asDict(recursive=True) for r in found[f"s{i}"]]
-        return totals, per_rule
-
-    schema = source.select(*kept).schema.add(_RULE, T.IntegerType(), nullable=False)
-    rows = (
-        failing.select(*kept, *[F.col(f) for f in flag_columns])
-        .mapInArrow(_first_rows_per_rule(flag_columns, list(wanted), list(order), sample_size, _RULE), schema)
-        .collect()
+    row = F.struct(*[_col(source, c).alias(c) for c in wanted])
+    key = F.struct(*[_col(source, c) for c in order]) if order else F.struct(F.lit(0))
+    smallest = [
+        F.min_by(F.when(F.col(flag), row), F.when(F.col(flag), key), sample_size).alias(f"s{i}")
+        for i, flag in enumerate(flag_columns)
+    ]
+    (
+        source.observe(totals_seen, *aggregates)
+        .where(_any(F.col(f) for f in flag_columns))
+        .observe(samples_seen, *smallest)
+        .select(F.lit(0).alias("_"))
+        .write.format("noop").mode("overwrite").save()
     )
-    totals = totals_seen.get
-    for found_row in rows:
-        data = found_row.asDict(recursive=True)
-        per_rule.setdefault(names[data.pop(_RULE)], []).append(data)
-    for name, found_rows in per_rule.items():
-        per_rule[name] = _smallest(found_rows, order, sample_size)
+    totals, found = totals_seen.get, samples_seen.get
+    per_rule = {
+        name: [r.asDict(recursive=True) for r in found[f"s{i}"]]
+        for i, name in enumerate(flags) if found[f"s{i}"]
+    }
     return totals, per_rule
-
-
-def _pyarrow_missing(exc: BaseException) -> bool:
-    """Whether ``exc`` says pyarrow cannot be imported: on the driver (``ImportError`` from ``mapInArrow``)
-    or in an executor's Python worker (a Spark error carrying the worker's ``ModuleNotFoundError``)."""
-    text = str(exc)
-    if isinstance(exc, ImportError):
-        return "pyarrow" in text.lower() or getattr(exc, "name", None) == "pyarrow"
-    return "No module named 'pyarrow'" in text or "PyArrow >= " in text
 
 
 def _spark_version(spark: SparkSession) -> tuple[int, ...]:
     """The Spark version of the session's server (major, minor)."""
     parts = [int(p) for p in spark.version.split(".")[:2] if p.isdigit()]
     return tuple(parts)
-
-
-def _smallest(rows: list[dict[str, Any]], order: Sequence[str], k: int) -> list[dict[str, Any]]:
-    """The ``k`` rows with the smallest ``order`` values (NULLs last, as Arrow sorts); arrival order when the
-    values do not compare (mixed or unordered types)."""
-    try:
-        rows = sorted(rows, key=lambda r: tuple((r[c] is None, r[c]) for c in order))
-    except TypeError:
-        pass
-    return rows[:k]
-
-
-def _first_rows_per_rule(
-    flags: list[str], columns: list[str], order: list[str], k: int, rule_column: str
-) -> Any:
-    """The ``mapInArrow`` function of :func:`_scan_with_samples`: per partition and rule, the ``k`` failing
-    rows with the smallest ``order`` values, tagged with the rule's position in ``flags``.
-
-    A closure over its own arguments only, importing inside, so cloudpickle ships it by value: the
-    executors need ``pyarrow`` (as for every ``mapInArrow``), not this package.
-    """
-
-    def first_rows(batches: Iterator[Any]) -> Iterator[Any]:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        def smallest(table: Any) -> Any:
-            if table.num_rows <= k or not order:
-                return table.slice(0, k)
-            try:
-                return table.sort_by([(c, "ascending") for c in order]).slice(0, k)
-            except (pa.ArrowNotImplementedError, pa.ArrowTypeError):  # an unordered key type: arrival order
-                return table.slice(0, k)
-
-        best: list[Any] = [None] * len(flags)
-        for batch in batches:
-            table = pa.Table.from_batches([batch])
-            for i, flag in enumerate(flags):
-                mask = table.column(flag)
-                if not pc.any(mask).as_py():
-                    continue
-                failing = table.filter(mask).select(columns)
-                best[i] = smallest(failing if best[i] is None else pa.concat_tables([best[i], failing]))
-        for i, table in enumerate(best):
-            if table is not None and table.num_rows:
-                tagged = table.append_column(rule_column, pa.array([i] * table.num_rows, pa.int32()))
-                yield from tagged.to_batches()
-
-    return first_rows
 
 
 def evaluate(
@@ -449,12 +394,14 @@ def evaluate(
     conditions = {r.rule_name: failure_condition(df, r) for r in row_level}
     fresh = [r for r in parsed if isinstance(r, FreshnessRule)]
     metrics = [r for r in parsed if isinstance(r, ColumnMetricRule)]
-    # Observed metrics cannot hold DISTINCT aggregates: with one, samples take a query of their own.
-    one_scan = sample_size > 0 and bool(row_level) and not any(
+    # One scan for aggregates and samples needs min_by(x, ord, k) (Spark 4.2+; k <= 100,000), and no DISTINCT
+    # aggregate (observed metrics cannot hold one); otherwise the samples take a query of their own.
+    bottom_k = 0 < sample_size <= _MAX_BOTTOM_K and _spark_version(spark or df.sparkSession) >= (4, 2)
+    one_scan = bottom_k and bool(row_level) and not any(
         r.metric in ("distinct_count", "duplicate_count") for r in metrics
     )
-    flags = {name: f"{_FLAG}{i}" for i, name in enumerate(conditions)}
-    source = df.select("*", *[cond.alias(flags[name]) for name, cond in conditions.items()])
+    # the sample columns and their order come from every row-level rule, in both shapes: the same rows
+    wanted, order = _sample_columns(df, row_level, key_columns)
 
     def aggregates(failed_when: Mapping[str, Column]) -> list[Column]:
         found = [F.count(F.lit(1)).alias("n")]
@@ -466,20 +413,13 @@ def evaluate(
         return found + [_metric(df, r).alias(f"m{i}") for i, r in enumerate(metrics)]
 
     sampled: dict[str, list[dict[str, Any]]] = {}
-    bottom_k = _spark_version(spark or df.sparkSession) >= (4, 2)  # min_by(x, ord, k)
     if one_scan:
-        wanted, order = _sample_columns(df, [by_name[n] for n in conditions], key_columns)
-        try:
-            totals, sampled = _scan_with_samples(source, aggregates({n: F.col(flags[n]) for n in conditions}),
-                                                 flags, wanted, order, sample_size, bottom_k)
-        except Exception as exc:
-            if not _pyarrow_missing(exc):
-                raise
-            # no pyarrow on the driver or the executors for mapInArrow: samples get a query of their own
-            why = next((ln.strip() for ln in str(exc).splitlines() if "pyarrow" in ln.lower()), type(exc).__name__)
-            log.warning("Data quality: %s: the failing-row samples take a second query", why)
-            one_scan = False
-    if not one_scan:
+        flags = {name: f"{_FLAG}{i}" for i, name in enumerate(conditions)}
+        source = df.select("*", *[cond.alias(flags[name]) for name, cond in conditions.items()])
+        totals, sampled = _scan_with_samples(
+            source, aggregates({n: F.col(flags[n]) for n in conditions}), flags, wanted, order, sample_size
+        )
+    else:
         totals = df.agg(*aggregates(conditions)).collect()[0]
     queries += 1
     total = int(totals["n"])
@@ -504,9 +444,9 @@ def evaluate(
                 .agg(F.count(F.lit(1)).alias(_COUNT))
                 .where(F.col(_COUNT) > 1)
             )
-            key_cols = [F.col(k) for k in keys]
+            key_cols = [F.col("`" + k.replace("`", "``") + "`") for k in keys]  # groups' literal names
             records: list[dict[str, Any]]  # the sampled groups, then the total {_COUNT: n, _RULE: True}
-            if sample_size > 0 and bottom_k:
+            if bottom_k:
                 # Count and samples in one aggregation: min_by(..., k) (Spark 4.2+) keeps the k smallest keys
                 # per partition, so only k groups per partition reach the final aggregation.
                 smallest = F.min_by(F.struct(*key_cols, F.col(_COUNT)), F.struct(*key_cols), sample_size)
@@ -516,9 +456,10 @@ def evaluate(
                 records.append({_COUNT: row[_COUNT], _RULE: True})
             elif sample_size > 0:
                 # Before Spark 4.2 (no bottom-k min_by): one query, the duplicated keys moved to one partition
-                # (a window without PARTITION BY) for their total and the first keys.
+                # (a window without PARTITION BY: one task sorts every duplicated key) for their total and the
+                # first keys.
                 picked = (
-                    groups.select(*keys, _COUNT, F.sum(_COUNT).over(Window.partitionBy()).alias(_TOTAL),
+                    groups.select(*key_cols, _COUNT, F.sum(_COUNT).over(Window.partitionBy()).alias(_TOTAL),
                                   F.row_number().over(Window.orderBy(*key_cols)).alias(_RN))
                     .where(F.col(_RN) <= sample_size)
                     .collect()
@@ -557,7 +498,6 @@ def evaluate(
     # ---- 4. samples of the row-level rules that failed: part of the scan above, or one query
     failed_names = [name for name, n in failing.items() if n and name in conditions]
     if failed_names and sample_size > 0 and not one_scan:
-        wanted, order = _sample_columns(df, [by_name[n] for n in failed_names], key_columns)
         rule_names = F.filter(
             F.array(*[F.when(conditions[name], F.lit(name)) for name in failed_names]), lambda x: x.isNotNull()
         )

@@ -260,9 +260,9 @@ def _oracle_samples(rules: list[dict[str, Any]], k: int) -> dict[str, list[int]]
 @pytest.mark.parametrize("partitions", [1, 7])
 def test_samples_are_the_smallest_failing_keys_whatever_the_partitioning(data, partitions: int, shape: str,  # type: ignore[no-untyped-def]
                                                                          monkeypatch) -> None:
-    """Samples come out of the aggregation's scan (observed min_by(k) on Spark 4.2+; before, a per-partition
-    mapInArrow merged on the driver): the same rows as a global ORDER BY key LIMIT k, on one partition or
-    many; the counts are the same as without samples, and the observed aggregates are those of the plain
+    """Samples come out of the aggregation's scan (observed min_by(k), Spark 4.2+), or before 4.2 out of a
+    second query: the same rows as a global ORDER BY key LIMIT k either way, on one partition or many; the
+    counts are the same as without samples, and the observed aggregates are those of the plain
     aggregation."""
     from airflow_etl_provider.hooks import quality
 
@@ -273,14 +273,14 @@ def test_samples_are_the_smallest_failing_keys_whatever_the_partitioning(data, p
     report = evaluate(df, rules, sample_size=4, key_columns=["id"])
     plain = evaluate(df, rules, sample_size=0)
     assert [r.to_dict() for r in report.results] == [r.to_dict() for r in plain.results]
-    assert report.spark_queries == plain.spark_queries
+    assert report.spark_queries == plain.spark_queries + (0 if shape == "4.2" else 1)
     for name, ids in _oracle_samples(rules, 4).items():
         assert [s["id"] for s in report.samples[name]] == ids, name
 
 
 def test_samples_with_a_distinct_metric_take_their_own_query(data, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """DISTINCT aggregates cannot be observed: with a distinct_count metric the samples run as a second
-    query, and give the same rows; Spark < 4.2 (no bottom-k min_by) samples unique keys in a union query."""
+    query, and give the same rows; Spark < 4.2 (no bottom-k min_by) samples unique keys in a window query."""
     from airflow_etl_provider.hooks import quality
 
     rules = [r for r in RULES if r.get("name") == "shipped_after_order" or r["type"] in ("not_null", "range")]
@@ -433,8 +433,6 @@ from pyspark.sql import SparkSession
 spark = (SparkSession.builder.master("local[2]").config("spark.executorEnv.PYTHONPATH", sys.argv[1])
          .config("spark.ui.enabled", "false").getOrCreate())
 from airflow_etl_provider.hooks import quality
-if sys.argv[2] == "before-4.2":
-    quality._spark_version = lambda _spark: (3, 5)  # the pre-4.2 shape: mapInArrow on the executors
 df = spark.createDataFrame([(1, None), (2, "x"), (3, None)], "id int, name string")
 report = quality.evaluate(df, [{"type": "not_null", "column": "name"}], key_columns=["id"])
 print("RESULT", report.spark_queries, report["not_null(name)"].failing_rows, report.samples["not_null(name)"])
@@ -442,17 +440,10 @@ spark.stop()
 '''
 
 
-@pytest.mark.parametrize(("where", "spark_shape", "queries"), [
-    ("executors", "4.2", 1),  # min_by + noop: no Python worker at all
-    ("executors", "before-4.2", 2),
-    ("driver and executors", "before-4.2", 2),
-])
-def test_samples_without_pyarrow(tmp_path, where: str, spark_shape: str, queries: int) -> None:  # type: ignore[no-untyped-def]
-    """Python that cannot import pyarrow (a shadowing package raises ModuleNotFoundError). Spark 4.2's
-    one-scan samples run in the JVM: unaffected. The pre-4.2 shape (mapInArrow): with pyarrow missing on
-    the executors' PYTHONPATH the Python workers fail; on the driver's path too (the script's folder),
-    mapInArrow refuses to plan. Either way evaluate() reruns with a plain aggregation and a samples query
-    and says why in a warning: same counts, same samples."""
+def test_one_scan_samples_need_no_python_on_the_executors(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Executors whose Python cannot even import pyarrow (a shadowing package on their PYTHONPATH raises
+    ModuleNotFoundError): the one-scan samples run in the JVM (observed min_by, noop sink), so one query
+    gives the counts and the samples."""
     import subprocess
     import sys
 
@@ -460,15 +451,32 @@ def test_samples_without_pyarrow(tmp_path, where: str, spark_shape: str, queries
     (shadow / "pyarrow").mkdir(parents=True)
     (shadow / "pyarrow" / "__init__.py").write_text(
         "raise ModuleNotFoundError(\"No module named 'pyarrow'\", name='pyarrow')\n")
-    script = (shadow if where.startswith("driver") else tmp_path) / "no_pyarrow.py"
+    script = tmp_path / "no_pyarrow.py"
     script.write_text(_NO_PYARROW)
-    proc = subprocess.run([sys.executable, str(script), str(shadow), spark_shape], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, str(script), str(shadow)], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "PYSPARK_PYTHON": sys.executable})
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    assert result == f"RESULT {queries} 2 [{{'id': 1, 'name': None}}, {{'id': 3, 'name': None}}]"
-    warning = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "take a second query" in ln]
-    if queries == 1:
-        assert not warning
-    else:
-        assert warning and "pyarrow" in warning[0].lower(), proc.stdout[-2000:]
+    assert result == "RESULT 1 2 [{'id': 1, 'name': None}, {'id': 3, 'name': None}]"
+
+
+def test_samples_and_unique_on_dotted_and_nested_column_names(spark) -> None:  # type: ignore[no-untyped-def]
+    """A top-level column whose name holds a dot, and a nested field path: both shapes give the same
+    counts and samples, and unique rules group by them."""
+    from pyspark.sql import functions as F
+
+    df = spark.createDataFrame(
+        [(1, "a", 10), (2, None, 20), (3, "a", None), (4, "b", 20), (5, None, 30)], "id int, `cust.name` string, v int"
+    ).withColumn("info", F.struct(F.col("v").alias("amount")))
+    rules = [{"type": "not_null", "column": "cust.name"}, {"type": "not_null", "column": "info.amount"},
+             {"type": "unique", "column": "cust.name"}, {"type": "unique", "column": "info.amount"}]
+    report = evaluate(df, rules, sample_size=5, key_columns=["id"])
+    assert report.spark_queries == 1 + 2
+    assert [r.failing_rows for r in report.results] == [2, 1, 2, 2]
+    assert report.samples["not_null(cust.name)"] == [{"id": 2, "cust.name": None}, {"id": 5, "cust.name": None}]
+    assert report.samples["not_null(info.amount)"] == [{"id": 3, "info.amount": None}]
+    assert report.samples["unique(cust.name)"] == [{"cust.name": "a", "occurrences": 2}]
+    assert report.samples["unique(info.amount)"] == [{"info.amount": 20, "occurrences": 2}]
+    with_distinct = {"rules": rules, "column_mapping": {"id": {"distinct_check": {"geq_to": 1}}}}
+    two = evaluate(df, with_distinct, sample_size=5, key_columns=["id"])
+    assert {k: v for k, v in two.samples.items() if k in report.samples} == report.samples

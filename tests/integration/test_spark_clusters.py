@@ -113,7 +113,7 @@ def test_quality_operator_on_a_cluster(service: str, conn_id: str, tmp_path: Pat
     assert sorted(e["record"]["id"] for e in _dead_letters(tmp_path / "dlq")) == [3, 7, 41, 41]
     assert pq.read_table(out).num_rows == 96
     assert "Summary" in report.read_text()
-    # samples: picked on the executors (mapInArrow) beside the aggregation's scan, merged on the driver
+    # samples: observed (min_by) in the aggregation's scan, on the cluster's executors
     samples = {r["name"]: r["samples"] for r in result["report"]["rules"]}
     assert samples["not_null(name)"] == [{"id": 3, "name": None}]
     assert [s["id"] for s in samples["regex(name)"]] == [7]
