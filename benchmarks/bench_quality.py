@@ -61,6 +61,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -277,6 +278,36 @@ def run_peer(tool: str, data: Path, warm: Path, rounds: int, conf: dict[str, str
     return {"error": f"exit {proc.returncode}; last lines of {log}:\n{tail}"}
 
 
+def warm_and_time(spark: Any, sides: dict[str, Callable[[Any], dict[str, int]]], warm: str, data: str,
+                  rounds: int, log: Callable[[str], None]) -> tuple[dict[str, list[float]], dict[str, int],
+                                                                dict[str, dict[str, int]]]:
+    """Run every side once on ``warm`` (not timed), then ``rounds`` timed rounds on ``data``, rotating the
+    order per round; returns the seconds per side, its Spark jobs per run, and its last answer. Shared by
+    this file and ``quality_peers.py`` (which imports it in the peers venv: this module imports no pyspark
+    and no Airflow at the top)."""
+    sc = spark.sparkContext
+    for label, fn in sides.items():
+        t0 = time.perf_counter()
+        # as many partitions as cores, so every core's task runs (JIT) before the timed rounds
+        fn(spark.read.parquet(warm).repartition(sc.defaultParallelism))
+        log(f"  warm-up {label}: {time.perf_counter() - t0:.2f} s")
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    jobs: dict[str, int] = {}
+    counts: dict[str, dict[str, int]] = {}
+    order = list(sides)
+    for rnd in range(rounds):
+        for label in order[rnd % len(order):] + order[:rnd % len(order)]:  # rotate the order per round
+            group = f"{label}-{rnd}"
+            sc.setJobGroup(group, group)
+            t0 = time.perf_counter()
+            counts[label] = sides[label](spark.read.parquet(data))
+            times[label].append(time.perf_counter() - t0)
+            jobs[label] = len(sc.statusTracker().getJobIdsForGroup(group))
+            log(f"  round {rnd + 1} {label}: {times[label][-1]:.3f} s ({jobs[label]} Spark jobs)")
+    sc.setJobGroup("", "")
+    return times, jobs, counts
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -317,25 +348,7 @@ def main() -> int:
           f"{spark.read.parquet(str(data)).rdd.getNumPartitions()} input partitions; warm-up (not timed) ...")
     sides = {"ours": lambda df: run_ours(df, 10), "ours_nosamples": lambda df: run_ours(df, 0),
              "bare": run_bare}
-    for label, fn in sides.items():
-        t0 = time.perf_counter()
-        # as many partitions as cores, so every core's task runs (JIT) before the timed rounds
-        fn(spark.read.parquet(str(warm)).repartition(sc.defaultParallelism))
-        print(f"  warm-up {label}: {time.perf_counter() - t0:.2f} s")
-    times: dict[str, list[float]] = {k: [] for k in sides}
-    jobs: dict[str, int] = {}
-    counts: dict[str, dict[str, int]] = {}
-    order = list(sides)
-    for rnd in range(args.rounds):
-        for label in order[rnd % len(order):] + order[:rnd % len(order)]:  # rotate the order per round
-            group = f"{label}-{rnd}"
-            sc.setJobGroup(group, group)
-            t0 = time.perf_counter()
-            counts[label] = sides[label](spark.read.parquet(str(data)))
-            times[label].append(time.perf_counter() - t0)
-            jobs[label] = len(sc.statusTracker().getJobIdsForGroup(group))
-            print(f"  round {rnd + 1} {label}: {times[label][-1]:.3f} s ({jobs[label]} Spark jobs)")
-    sc.setJobGroup("", "")
+    times, jobs, counts = warm_and_time(spark, sides, str(warm), str(data), args.rounds, print)
     ok = True
     ours = counts["ours"]
     print(f"  ours: {describe(ours)}; ours_nosamples: {describe(counts['ours_nosamples'])}")

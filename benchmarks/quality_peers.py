@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import sys
-import time
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +35,7 @@ sys.path.insert(0, str(ROOT))  # our package from the work tree (not installed i
 
 from _common import proc_peak_rss_mb  # noqa: E402
 from _quality_spec import COUNTED, KEY_COLUMNS, RULES  # noqa: E402
-from bench_quality import run_bare  # noqa: E402  (imports pyspark inside: fine in the peers venv)
+from bench_quality import run_bare, warm_and_time  # noqa: E402  (no pyspark/Airflow at its top)
 
 DEEQU_JARS = ROOT / ".local" / "jars-deequ"
 
@@ -199,10 +198,6 @@ def spark_session(tool: str, conf: dict[str, str]) -> Any:
     return session
 
 
-def jobs_of(spark: Any, group: str) -> int:
-    return len(spark.sparkContext.statusTracker().getJobIdsForGroup(group))
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tool", choices=("deequ", "gx"), required=True)
@@ -240,27 +235,7 @@ def main() -> int:
     }
 
     log(f"[{args.tool}] Spark {spark.version} {sc.master}; warm-up (not timed) ...")
-    for label, fn in sides.items():
-        t0 = time.perf_counter()
-        # as many partitions as cores, so every core's task runs (JIT) before the timed rounds
-        fn(spark.read.parquet(args.warmup).repartition(sc.defaultParallelism))
-        log(f"  warm-up {label}: {time.perf_counter() - t0:.2f} s")
-
-    times: dict[str, list[float]] = {k: [] for k in sides}
-    jobs: dict[str, int] = {}
-    counts: dict[str, dict[str, int]] = {}
-    order = list(sides)
-    for rnd in range(args.rounds):
-        for label in order[rnd % len(order):] + order[:rnd % len(order)]:  # rotate the order per round
-            group = f"{label}-{rnd}"
-            sc.setJobGroup(group, group)
-            t0 = time.perf_counter()
-            counts[label] = sides[label](spark.read.parquet(args.parquet))
-            seconds = time.perf_counter() - t0
-            times[label].append(seconds)
-            jobs[label] = jobs_of(spark, group)
-            log(f"  round {rnd + 1} {label}: {seconds:.3f} s ({jobs[label]} Spark jobs)")
-    sc.setJobGroup("", "")
+    times, jobs, counts = warm_and_time(spark, sides, args.warmup, args.parquet, args.rounds, log)
 
     proc = getattr(getattr(sc, "_gateway", None), "proc", None)
     jvm_pid = getattr(proc, "pid", None)
