@@ -34,8 +34,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # our package from the work tree (not installed in the peers venv)
 
 from _common import proc_peak_rss_mb  # noqa: E402
-from _quality_spec import COUNTED, KEY_COLUMNS, RULES  # noqa: E402
-from bench_quality import run_bare, warm_and_time  # noqa: E402  (no pyspark/Airflow at its top)
+from _quality_spec import COUNTED, RULES  # noqa: E402
+from bench_quality import run_bare, run_ours, warm_and_time  # noqa: E402  (no pyspark/Airflow at its top)
 
 DEEQU_JARS = ROOT / ".local" / "jars-deequ"
 
@@ -54,15 +54,6 @@ def load_ours() -> Callable[..., Any]:
     from airflow_etl_provider.hooks.quality import evaluate
 
     return evaluate
-
-
-def run_ours(evaluate: Callable[..., Any], df: Any, sample_size: int) -> dict[str, int]:
-    report = evaluate(df, RULES, sample_size=sample_size, key_columns=KEY_COLUMNS)
-    counts = {r.name: int(r.failing_rows) for r in report.results if r.failing_rows is not None}
-    counts["_rows"] = int(report.row_count or 0)
-    counts["_samples"] = sum(len(v) for v in report.samples.values())
-    counts["_queries"] = report.spark_queries
-    return counts
 
 
 # ----------------------------------------------------------------------------------------------- deequ
@@ -210,7 +201,7 @@ def main() -> int:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
     spark = spark_session(args.tool, json.loads(args.conf))
-    evaluate = load_ours()
+    load_ours()  # bench_quality.run_ours imports the engine: the stub must be in place first
     sc = spark.sparkContext
     versions = {"spark": spark.version, "python": sys.version.split()[0]}
     if args.tool == "deequ":
@@ -227,8 +218,8 @@ def main() -> int:
         versions["great_expectations"] = gx.__version__
         peer = run_gx
     sides: dict[str, Callable[[Any], dict[str, int]]] = {
-        "ours": lambda df: run_ours(evaluate, df, 10),
-        "ours_nosamples": lambda df: run_ours(evaluate, df, 0),
+        "ours": lambda df: run_ours(df, 10),
+        "ours_nosamples": lambda df: run_ours(df, 0),
         "peer": peer,
         # the physical floor on this Spark: one bare aggregation + the unique groupBys (bench_quality's P5 peer)
         "bare": run_bare,

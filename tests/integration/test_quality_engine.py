@@ -256,33 +256,28 @@ def _oracle_samples(rules: list[dict[str, Any]], k: int) -> dict[str, list[int]]
     return {name: sorted(r[0] for r in ROWS if fails(r))[:k] for name, fails in failing.items()}
 
 
-@pytest.mark.parametrize("shape", ["4.2", "before-4.2"])
+# sample_size above min_by's 100,000 limit takes the second-query shape (also Spark < 4.2's), for real
+@pytest.mark.parametrize(("shape", "k"), [("one scan", 4), ("second query", 100_001)])
 @pytest.mark.parametrize("partitions", [1, 7])
 def test_samples_are_the_smallest_failing_keys_whatever_the_partitioning(data, partitions: int, shape: str,  # type: ignore[no-untyped-def]
-                                                                         monkeypatch) -> None:
-    """Samples come out of the aggregation's scan (observed min_by(k), Spark 4.2+), or before 4.2 out of a
-    second query: the same rows as a global ORDER BY key LIMIT k either way, on one partition or many; the
-    counts are the same as without samples, and the observed aggregates are those of the plain
-    aggregation."""
-    from airflow_etl_provider.hooks import quality
-
-    if shape != "4.2":
-        monkeypatch.setattr(quality, "_spark_version", lambda _spark: (3, 5))
+                                                                         k: int) -> None:
+    """Samples come out of the aggregation's scan (observed min_by(k), Spark 4.2+), or out of a second
+    query: the same rows as a global ORDER BY key LIMIT k either way, on one partition or many; the counts
+    are the same as without samples, and the observed aggregates are those of the plain aggregation."""
     rules = [r for r in RULES if r.get("name") == "shipped_after_order" or r["type"] in ("not_null", "range")]
     df = data.repartition(partitions)
-    report = evaluate(df, rules, sample_size=4, key_columns=["id"])
+    report = evaluate(df, rules, sample_size=k, key_columns=["id"])
     plain = evaluate(df, rules, sample_size=0)
     assert [r.to_dict() for r in report.results] == [r.to_dict() for r in plain.results]
-    assert report.spark_queries == plain.spark_queries + (0 if shape == "4.2" else 1)
-    for name, ids in _oracle_samples(rules, 4).items():
+    assert report.spark_queries == plain.spark_queries + (0 if shape == "one scan" else 1)
+    for name, ids in _oracle_samples(rules, k).items():
         assert [s["id"] for s in report.samples[name]] == ids, name
 
 
-def test_samples_with_a_distinct_metric_take_their_own_query(data, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_samples_with_a_distinct_metric_take_their_own_query(data) -> None:  # type: ignore[no-untyped-def]
     """DISTINCT aggregates cannot be observed: with a distinct_count metric the samples run as a second
-    query, and give the same rows; Spark < 4.2 (no bottom-k min_by) samples unique keys in a window query."""
-    from airflow_etl_provider.hooks import quality
-
+    query, and give the same rows; without bottom-k min_by (Spark < 4.2, or k over its 100,000 limit)
+    unique keys are sampled in a window query, giving the same keys."""
     rules = [r for r in RULES if r.get("name") == "shipped_after_order" or r["type"] in ("not_null", "range")]
     one_scan = evaluate(data, rules, sample_size=4, key_columns=["id"])
     with_distinct = {"rules": rules, "column_mapping": {"region": {"distinct_check": {"geq_to": 1}}}}
@@ -291,8 +286,7 @@ def test_samples_with_a_distinct_metric_take_their_own_query(data, monkeypatch) 
     assert {k: v for k, v in two.samples.items() if k in one_scan.samples} == one_scan.samples
     unique = [{"type": "unique", "columns": ["id"]}]
     new = evaluate(data, unique, sample_size=3)
-    monkeypatch.setattr(quality, "_spark_version", lambda _spark: (3, 5))
-    old = evaluate(data, unique, sample_size=3)
+    old = evaluate(data, unique, sample_size=100_001)  # the window shape; 3 duplicated keys in the data
     assert old["unique(id)"].failing_rows == new["unique(id)"].failing_rows == 6
     assert sorted(s["id"] for s in old.samples["unique(id)"]) == [s["id"] for s in new.samples["unique(id)"]]
 
