@@ -247,7 +247,8 @@ _POSTGRES_MESSAGES: tuple[tuple[re.Pattern[str], ErrorKind], ...] = tuple(
         (r"the connection attempt failed|an i/o error occurred while sending", ErrorKind.TRANSIENT),
         (r"this connection has been closed|connection timed out", ErrorKind.TRANSIENT),
         (r"deadlock detected|could not serialize access|canceling statement due to", ErrorKind.TRANSIENT),
-        (r"too many clients already|the database system is (starting up|shutting down)", ErrorKind.TRANSIENT),
+        (r"too many clients already|the database system is (starting up|shutting down|in recovery mode"
+         r"|not yet accepting connections)", ErrorKind.TRANSIENT),  # 57P03 at connect: no SQLSTATE in psycopg
         (r"violates (not-null|foreign key|unique|check|exclusion) constraint", ErrorKind.DATA),
         (r"duplicate key value|value too long for type|invalid input syntax for", ErrorKind.DATA),
         (r"numeric field overflow|out of range for type", ErrorKind.DATA),

@@ -182,6 +182,11 @@ def test_postgres_authentication_failure_at_connect_is_a_system_error() -> None:
     assert classify_postgres(OperationalError(message)) is S
     assert classify_postgres(OperationalError('FATAL:  database "nope" does not exist')) is S
     assert classify_postgres(OperationalError("FATAL:  the database system is starting up")) is T
+    # a restart after an immediate stop: crash recovery refuses connections for a moment (57P03)
+    recovering = ('connection failed: connection to server at "127.0.0.1", port 60523 failed: FATAL:  the database '
+                  "system is not yet accepting connections\nDETAIL:  Consistent recovery state has not been yet reached.")
+    assert classify_postgres(OperationalError(recovering)) is T
+    assert classify_postgres(OperationalError("FATAL:  the database system is in recovery mode")) is T
 
 
 def test_postgres_python_network_errors_and_unknowns() -> None:
