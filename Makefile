@@ -13,14 +13,14 @@ LOCAL := $(ROOT)/.local
 PYTHON ?= python3
 STACK := $(ROOT)/scripts/stack.sh
 
-.PHONY: help setup system-deps venv jars kafka-jars spark-jars services-up services-down services-status \
+.PHONY: help setup system-deps venv executor-venv jars kafka-jars spark-jars services-up services-down services-status \
         airflow-db test unit integration demo lint typecheck bench constraints clean distclean
 
 help:
 	@echo "make demo | make test | make services-up | make services-down | make services-status | make bench | make lint"
 
 # ------------------------------------------------------------------ set-up (idempotent, cached)
-setup: system-deps venv jars
+setup: system-deps venv executor-venv jars
 
 system-deps: $(LOCAL)/.system-deps
 $(LOCAL)/.system-deps: Makefile
@@ -44,6 +44,25 @@ $(VENV)/.installed: setup.cfg constraints.txt pyproject.toml
 	@$(PIP) check >/dev/null
 	@touch $@
 	@echo "[setup] virtualenv ready: $(VENV)"
+
+# The Python of the Spark executors: what requirements-executor.txt lists and this package with --no-deps,
+# no Airflow (as on a real cluster). The standalone cluster and the Spark Connect server of the local stack
+# run their Python workers here, so the tests prove the executor-side code needs no Airflow.
+EXEC_VENV := $(LOCAL)/executor-venv
+PKG_SOURCES := $(shell find $(ROOT)/airflow_etl_provider -name '*.py' 2>/dev/null) setup.cfg pyproject.toml
+executor-venv: $(EXEC_VENV)/.package
+$(EXEC_VENV)/.installed: requirements-executor.txt constraints.txt
+	@echo "[setup] creating the executors' virtualenv (no Airflow): $(EXEC_VENV)"
+	@test -x $(EXEC_VENV)/bin/python || $(PYTHON) -m venv $(EXEC_VENV)
+	@$(EXEC_VENV)/bin/pip install -q --upgrade "pip>=24"
+	@$(EXEC_VENV)/bin/pip install -q -c constraints.txt -r requirements-executor.txt
+	@touch $@
+$(EXEC_VENV)/.package: $(EXEC_VENV)/.installed $(PKG_SOURCES)
+	@rm -rf $(LOCAL)/executor-src && mkdir -p $(LOCAL)/executor-src
+	@cp -r setup.cfg pyproject.toml README.md airflow_etl_provider $(LOCAL)/executor-src/
+	@$(EXEC_VENV)/bin/pip install -q --no-deps --force-reinstall $(LOCAL)/executor-src
+	@! $(EXEC_VENV)/bin/python -c 'import airflow' 2>/dev/null || { echo "[setup] Airflow leaked into $(EXEC_VENV)"; exit 1; }
+	@touch $@
 
 jars: kafka-jars spark-jars
 

@@ -15,6 +15,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LOCAL="$ROOT/.local"
 VENV="${VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
+# The executors' Python: no Airflow (make executor-venv). Spark Connect and the standalone cluster run their
+# Python workers with it, as a real cluster would.
+EXEC_PY="${EXEC_PY:-$LOCAL/executor-venv/bin/python}"
 LOGS="$LOCAL/logs"
 RUN="$LOCAL/run"
 
@@ -222,8 +225,9 @@ up_spark-connect() {
   local sh jars
   sh=$(SPARK_HOME_PY)
   jars=$(ls "$LOCAL"/jars/*.jar | paste -sd, -)
-  say "spark-connect: starting on 127.0.0.1:$SPARK_CONNECT_PORT"
-  SPARK_HOME="$sh" SPARK_LOCAL_IP=127.0.0.1 PYSPARK_PYTHON="$PY" start_bg spark-connect "$sh/bin/spark-submit" \
+  [[ -x "$EXEC_PY" ]] || die "no executor Python at $EXEC_PY: run make executor-venv"
+  say "spark-connect: starting on 127.0.0.1:$SPARK_CONNECT_PORT (Python workers: $EXEC_PY)"
+  SPARK_HOME="$sh" SPARK_LOCAL_IP=127.0.0.1 PYSPARK_PYTHON="$EXEC_PY" start_bg spark-connect "$sh/bin/spark-submit" \
     --class org.apache.spark.sql.connect.service.SparkConnectServer \
     --master 'local[2]' --driver-memory 1g --jars "$jars" \
     --conf spark.connect.grpc.binding.address=127.0.0.1 \
@@ -244,7 +248,8 @@ up_spark-standalone() {
   SPARK_HOME="$sh" SPARK_LOCAL_IP=127.0.0.1 start_bg spark-master "$sh/bin/spark-class" org.apache.spark.deploy.master.Master \
     --host 127.0.0.1 --port "$SPARK_MASTER_PORT" --webui-port "$SPARK_MASTER_UI_PORT"
   wait_for 60 spark-master port_open "$SPARK_MASTER_PORT" || { tail -30 "$LOGS/spark-master.log"; die "spark master not up"; }
-  SPARK_HOME="$sh" SPARK_LOCAL_IP=127.0.0.1 PYSPARK_PYTHON="$PY" start_bg spark-worker "$sh/bin/spark-class" \
+  [[ -x "$EXEC_PY" ]] || die "no executor Python at $EXEC_PY: run make executor-venv"
+  SPARK_HOME="$sh" SPARK_LOCAL_IP=127.0.0.1 PYSPARK_PYTHON="$EXEC_PY" start_bg spark-worker "$sh/bin/spark-class" \
     org.apache.spark.deploy.worker.Worker --host 127.0.0.1 --cores 2 --memory 2g --webui-port 0 \
     "spark://127.0.0.1:$SPARK_MASTER_PORT"
   wait_for 60 spark-worker grep -q "Successfully registered with master" "$LOGS/spark-worker.log" \
@@ -273,7 +278,7 @@ export AIRFLOW_CONN_KAFKA_DEFAULT='{"conn_type": "kafka", "extra": {"bootstrap.s
 export AIRFLOW_CONN_AWS_DEFAULT='{"conn_type": "aws", "login": "testing", "password": "testing", "extra": {"endpoint_url": "http://127.0.0.1:$S3_PORT", "region_name": "us-east-1"}}'
 export AIRFLOW_CONN_SPARK_DEFAULT='{"conn_type": "spark", "host": "local[*]", "extra": {"spark.jars": "$jarlist", "spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "8"}}'
 export AIRFLOW_CONN_SPARK_CONNECT_DEFAULT='{"conn_type": "spark_connect", "host": "sc://127.0.0.1", "port": $SPARK_CONNECT_PORT}'
-export AIRFLOW_CONN_SPARK_STANDALONE='{"conn_type": "spark", "host": "spark://127.0.0.1", "port": $SPARK_MASTER_PORT, "extra": {"spark.jars": "$jarlist", "spark.ui.enabled": "false", "spark.executor.memory": "1g", "spark.cores.max": "2"}}'
+export AIRFLOW_CONN_SPARK_STANDALONE='{"conn_type": "spark", "host": "spark://127.0.0.1", "port": $SPARK_MASTER_PORT, "extra": {"spark.jars": "$jarlist", "spark.ui.enabled": "false", "spark.executor.memory": "1g", "spark.cores.max": "2", "spark.pyspark.python": "$EXEC_PY"}}'
 export AIRFLOW_ETL_PUSHGATEWAY_URL='http://127.0.0.1:$PUSHGATEWAY_PORT'
 export AIRFLOW_ETL_SPARK_JARS='$jarlist'
 export SPARK_LOCAL_IP='127.0.0.1'

@@ -109,6 +109,7 @@ from airflow_etl_provider.core import sql as S
 from airflow_etl_provider.core.errors import ConfigError, ErrorKind, RowAccountingError, classify_postgres
 from airflow_etl_provider.core.guard import Guard
 from airflow_etl_provider.core.identifiers import quote_table, validate_identifier
+from airflow_etl_provider.executor.postgres_copy import COPY_STATUS_SCHEMA, copy_writer
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -679,7 +680,7 @@ class PostgresLoader:
         to_utc = [i for i, f in enumerate(fields) if f.dataType.simpleString() == "timestamp"
                   and staging_types.get(f.name) == "timestamp with time zone"]
         binary = [i for i, f in enumerate(fields) if f.dataType.simpleString() == "binary"]
-        writer = _copy_writer(self.copy_conn_args(), S.copy_staging_sql(plan.staging, plan.columns), to_utc, binary)
+        writer = copy_writer(self.copy_conn_args(), S.copy_staging_sql(plan.staging, plan.columns), to_utc, binary)
         statuses = staged.mapInArrow(writer, COPY_STATUS_SCHEMA).collect()
         plan.staged_rows = sum(int(r["rows"]) for r in statuses)
         log.info("Staged %d row(s) into %s with COPY from %d partition(s)", plan.staged_rows, plan.staging_name,
@@ -1225,62 +1226,3 @@ class _StagingProgress:
             self.count_rows = False
             return None
         return rows
-
-
-#: The status row each COPY partition returns.
-COPY_STATUS_SCHEMA = "partition INT, attempt INT, rows BIGINT"
-
-
-def _copy_writer(
-    conn_args: dict[str, Any], copy_sql: str, to_utc: Sequence[int], binary: Sequence[int]
-) -> Callable[[Iterator[Any]], Iterator[Any]]:
-    """The ``mapInArrow`` function that COPYs one partition's Arrow batches into the staging table.
-
-    It is a closure that only refers to its own arguments and imports inside (``pyarrow``,
-    ``psycopg``, ``pyspark``), so cloudpickle ships it by value: the executors need neither Airflow nor
-    this package. One connection and one transaction per task attempt: an attempt that fails rolls
-    back, one that succeeds commits its rows (a re-executed partition writes the same row ids again,
-    which the merge deduplicates).
-
-    :param to_utc: column positions of session-time-zone timestamps going to ``timestamptz``: written
-        in UTC (``Z``), so no historic zone offset with seconds is ever rounded.
-    :param binary: column positions of binary columns: written as ``\\x`` hex (``bytea`` input).
-    """
-    conn_args = dict(conn_args)
-    to_utc, binary = list(to_utc), list(binary)
-
-    def write_partition(batches: Iterator[Any]) -> Iterator[Any]:
-        import psycopg
-        import pyarrow as pa
-        import pyarrow.csv as pacsv
-        from pyspark import TaskContext
-
-        ctx = TaskContext.get()
-        partition = ctx.partitionId() if ctx is not None else -1
-        attempt = ctx.attemptNumber() if ctx is not None else 0
-        options = pacsv.WriteOptions(include_header=False, batch_size=4096)
-        rows = 0
-        with psycopg.connect(**conn_args) as conn:  # commits on success, rolls back on error, closes
-            conn.execute("SET synchronous_commit = off")
-            with conn.cursor() as cur, cur.copy(copy_sql) as copy:
-                for batch in batches:
-                    if batch.num_rows == 0:
-                        continue
-                    if to_utc or binary:
-                        arrays = list(batch.columns)
-                        for i in to_utc:
-                            arrays[i] = arrays[i].cast(pa.timestamp(arrays[i].type.unit, tz="UTC"))
-                        for i in binary:
-                            arrays[i] = pa.array([None if v is None else "\\x" + v.hex()
-                                                  for v in arrays[i].to_pylist()], pa.string())
-                        batch = pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
-                    sink = pa.BufferOutputStream()
-                    pacsv.write_csv(batch, sink, options)
-                    copy.write(memoryview(sink.getvalue()))
-                    rows += batch.num_rows
-        yield pa.RecordBatch.from_pydict(
-            {"partition": [partition], "attempt": [attempt], "rows": [rows]},
-            schema=pa.schema([("partition", pa.int32()), ("attempt", pa.int32()), ("rows", pa.int64())]),
-        )
-
-    return write_partition

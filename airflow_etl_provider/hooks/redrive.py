@@ -8,13 +8,18 @@ by ``_dlq_*`` columns describing each dead letter, so fixed rows can be filtered
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_etl_provider.hooks.dead_letter import DeadLetterHook, KafkaSink, _BlobSink
+from airflow_etl_provider.executor.dead_letter import (
+    OBJECT_READER_SCHEMA,
+    KafkaSink,
+    _BlobSink,
+    object_reader,
+)
+from airflow_etl_provider.hooks.dead_letter import DeadLetterHook
 
 if TYPE_CHECKING:
-    import pyarrow as pa
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.types import StructType
 
@@ -72,19 +77,7 @@ def envelope_json_frame(
         return spark.createDataFrame([], "value STRING, _dlq_location STRING")
     keys_df = spark.createDataFrame([(k,) for k in keys], "key STRING").repartition(min(len(keys), 64))
 
-    def read_objects(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        import pyarrow as pa
-
-        for batch in batches:
-            values: list[str] = []
-            locations: list[str] = []
-            for key in batch.column("key").to_pylist():
-                for doc in sink.decode(key, sink.get(key)):
-                    values.append(doc)
-                    locations.append(sink.location(key))
-            yield pa.RecordBatch.from_pydict({"value": values, "_dlq_location": locations})
-
-    return keys_df.mapInArrow(read_objects, "value STRING, _dlq_location STRING")
+    return keys_df.mapInArrow(object_reader(sink), OBJECT_READER_SCHEMA)
 
 
 def read_dead_letters(

@@ -39,16 +39,27 @@ def kafka_bootstrap() -> str:
     return f"127.0.0.1:{os.environ['ETL_STACK_KAFKA_PORT']}"
 
 
+#: What the Task SDK supervisor of a real Airflow worker sets for the task process and everything it starts
+#: (``block_orm_access``): ``import airflow`` fails there. The shared session's Python workers get it too.
+BLOCKED_DB_ENV = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "airflow-db-not-allowed:///"}
+
+
 @pytest.fixture(scope="session")
 def spark() -> Iterator[SparkSession]:
     """One embedded SparkSession for the whole test session (first start ~8 s), built from the
-    ``spark_default`` connection exactly as operators build theirs."""
+    ``spark_default`` connection exactly as operators build theirs.
+
+    Its Python workers run with the environment of a real Airflow worker's task (:data:`BLOCKED_DB_ENV`), so
+    every test that ships code to the executors fails if that code needs Airflow
+    (``test_real_worker_env.py`` proves the workers really see it)."""
     from pyspark.sql import SparkSession
 
     from airflow_etl_provider.hooks.spark import SparkSessionHook
 
     conf = SparkSessionHook(spark_conn_id="spark_default", app_name="pytest").resolve_conf()
     conf["spark.master"] = "local[2]"
+    for key, value in BLOCKED_DB_ENV.items():
+        conf[f"spark.executorEnv.{key}"] = value
     builder = SparkSession.builder
     for key, value in conf.items():
         builder = builder.config(key, value)

@@ -228,7 +228,7 @@ def _chain_text(exc: BaseException) -> str:
 
 def test_wrong_password_is_not_echoed_by_any_error_or_log(spark, role, monkeypatch, tmp_path, jvm_output) -> None:
     from airflow_etl_provider.core import sql as S
-    from airflow_etl_provider.hooks.postgres_load import COPY_STATUS_SCHEMA, _copy_writer
+    from airflow_etl_provider.executor.postgres_copy import COPY_STATUS_SCHEMA, copy_writer
 
     wrong = "Wrong" + secrets.token_hex(16)
     monkeypatch.setenv(f"AIRFLOW_CONN_{role.conn_id.upper()}", role.conn_json(wrong))
@@ -254,7 +254,7 @@ def test_wrong_password_is_not_echoed_by_any_error_or_log(spark, role, monkeypat
         errors.append(jdbc.value)
         # 3. the COPY writer on an executor: a Python worker error travels back through the JVM
         loader = PostgresLoader(hook, role.table, "append")
-        writer = _copy_writer(loader.copy_conn_args(), S.copy_staging_sql(f"{role.schema}.x", []), [], [])
+        writer = copy_writer(loader.copy_conn_args(), S.copy_staging_sql(f"{role.schema}.x", []), [], [])
         with pytest.raises(Exception, match="password authentication failed") as copy:
             spark.range(1).mapInArrow(writer, COPY_STATUS_SCHEMA).collect()
         errors.append(copy.value)

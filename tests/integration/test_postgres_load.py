@@ -13,8 +13,9 @@ import pytest
 
 from airflow_etl_provider.core import sql as S
 from airflow_etl_provider.core.errors import ConfigError
+from airflow_etl_provider.executor.postgres_copy import copy_writer
 from airflow_etl_provider.hooks.postgres import SparkPostgresHook
-from airflow_etl_provider.hooks.postgres_load import PostgresLoader, _copy_writer
+from airflow_etl_provider.hooks.postgres_load import PostgresLoader
 
 pytestmark = pytest.mark.spark
 
@@ -486,7 +487,7 @@ def test_copy_partition_attempt_is_atomic_and_a_rerun_is_deduplicated(spark, hoo
     batches = [pa.RecordBatch.from_arrays([pa.array(range(k, k + 50), pa.int64()), pa.array(range(k, k + 50), pa.int32()),
                                            pa.array([f"v{j}" for j in range(k, k + 50)])], names=names)
                for k in (0, 50, 100)]
-    writer = _copy_writer(loader.copy_conn_args(), S.copy_staging_sql(plan.staging, plan.columns), [], [])
+    writer = copy_writer(loader.copy_conn_args(), S.copy_staging_sql(plan.staging, plan.columns), [], [])
 
     def dies_midway():
         yield batches[0]
