@@ -14,10 +14,11 @@ PYTHON ?= python3
 STACK := $(ROOT)/scripts/stack.sh
 
 .PHONY: help setup system-deps venv executor-venv jars kafka-jars spark-jars services-up services-down services-status \
+        airflow-up airflow-down \
         airflow-db test unit integration demo lint typecheck bench constraints clean distclean
 
 help:
-	@echo "make demo | make test | make services-up | make services-down | make services-status | make bench | make lint"
+	@echo "make demo | make test | make airflow-up | make airflow-down | make services-up | make services-down | make services-status | make bench | make lint"
 
 # ------------------------------------------------------------------ set-up (idempotent, cached)
 setup: system-deps venv executor-venv jars
@@ -88,6 +89,14 @@ services-up: setup
 
 services-down:
 	@$(STACK) down
+
+# Airflow 3 itself on 127.0.0.1 (api-server + UI on $$AIRFLOW_API_PORT, default 8080; scheduler with the
+# LocalExecutor; dag-processor; triggerer), from the project venv, metadata DB on the local PostgreSQL.
+airflow-up: services-up
+	@$(STACK) up airflow
+
+airflow-down:
+	@$(STACK) down airflow
 
 services-status:
 	@$(STACK) status

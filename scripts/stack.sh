@@ -7,8 +7,9 @@
 #   scripts/stack.sh status              one line per service
 #   scripts/stack.sh env                 (re)write .local/airflow.env
 #
-# Services: postgres kafka s3 pushgateway (the default set) and spark-connect, spark-standalone
-# (started on demand by the tests that need them).
+# Services: postgres kafka s3 pushgateway (the default set), spark-connect, spark-standalone (started on
+# demand by the tests that need them) and airflow (api-server + scheduler + dag-processor + triggerer, from
+# the project venv; make airflow-up / make demo).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,9 +31,12 @@ SPARK_CONNECT_PORT="${SPARK_CONNECT_PORT:-35002}"
 SPARK_MASTER_PORT="${SPARK_MASTER_PORT:-37077}"
 SPARK_MASTER_UI_PORT="${SPARK_MASTER_UI_PORT:-38080}"
 PG_PASSWORD="${PG_PASSWORD:-postgres}"
+AIRFLOW_API_PORT="${AIRFLOW_API_PORT:-8080}"
+# Where the connection postgres_outage points: nothing listens there (the pipeline DAG's inject_outage param).
+PG_OUTAGE_PORT="${PG_OUTAGE_PORT:-55439}"
 
 DEFAULT_SERVICES=(postgres kafka s3 pushgateway)
-ALL_SERVICES=(postgres kafka s3 pushgateway spark-connect spark-standalone)
+ALL_SERVICES=(postgres kafka s3 pushgateway spark-connect spark-standalone airflow)
 
 mkdir -p "$LOGS" "$RUN"
 
@@ -259,8 +263,64 @@ up_spark-standalone() {
 
 down_spark-standalone() { stop_pid spark-worker; stop_pid spark-master; }
 
+# ---------------------------------------------------------------- Airflow 3 (api-server, scheduler, dag-processor, triggerer)
+AIRFLOW_COMPONENTS=(api-server scheduler dag-processor triggerer)
+airflow_health() { curl -sf "http://127.0.0.1:$AIRFLOW_API_PORT/api/v2/monitor/health" 2>/dev/null; }
+airflow_healthy() {  # every component reports healthy
+  local h; h=$(airflow_health) || return 1
+  "$PY" -c 'import json, sys
+h = json.loads(sys.argv[1])
+sys.exit(0 if all(h.get(k, {}).get("status") == "healthy" for k in ("metadatabase", "scheduler", "triggerer", "dag_processor")) else 1)' "$h"
+}
+
+up_airflow() {
+  local c all_alive=1
+  for c in "${AIRFLOW_COMPONENTS[@]}"; do pid_alive "airflow-$c" || all_alive=0; done
+  if [[ $all_alive -eq 1 ]] && airflow_healthy; then say "airflow already up on http://127.0.0.1:$AIRFLOW_API_PORT"; return 0; fi
+  pg_healthy || up_postgres
+  for c in "${AIRFLOW_COMPONENTS[@]}"; do pid_alive "airflow-$c" && stop_pid "airflow-$c"; done
+  port_open "$AIRFLOW_API_PORT" && die "port $AIRFLOW_API_PORT is taken by another program: set AIRFLOW_API_PORT"
+  # shellcheck disable=SC1091
+  set -a; . "$LOCAL/airflow.env"; set +a
+  mkdir -p "$AIRFLOW_HOME"
+  say "airflow: migrating the metadata DB (PostgreSQL, database airflow)"
+  "$VENV/bin/airflow" db migrate >"$LOGS/airflow-db-migrate.log" 2>&1 || { tail -30 "$LOGS/airflow-db-migrate.log"; die "airflow db migrate failed"; }
+  say "airflow: starting api-server (http://127.0.0.1:$AIRFLOW_API_PORT), scheduler (LocalExecutor), dag-processor, triggerer"
+  start_bg airflow-api-server "$VENV/bin/airflow" api-server --host 127.0.0.1 --port "$AIRFLOW_API_PORT"
+  start_bg airflow-scheduler "$VENV/bin/airflow" scheduler
+  start_bg airflow-dag-processor "$VENV/bin/airflow" dag-processor
+  start_bg airflow-triggerer "$VENV/bin/airflow" triggerer
+  if ! wait_for 180 airflow airflow_healthy; then
+    for c in "${AIRFLOW_COMPONENTS[@]}"; do echo "--- $LOGS/airflow-$c.log"; tail -15 "$LOGS/airflow-$c.log"; done
+    die "airflow not healthy: $(airflow_health || echo 'no answer')"
+  fi
+  say "airflow up: http://127.0.0.1:$AIRFLOW_API_PORT (user admin, password in $AIRFLOW_PASSWORDS_FILE)"
+}
+
+down_airflow() {
+  local i
+  for ((i = ${#AIRFLOW_COMPONENTS[@]} - 1; i >= 0; i--)); do stop_pid "airflow-${AIRFLOW_COMPONENTS[i]}"; done
+}
+
 # ---------------------------------------------------------------- env file
+# Secrets of the local deployment, made once and kept (git-ignored): the JWT secret every Airflow component
+# must share, the api-server's session key and the admin password of Airflow's SimpleAuthManager.
+AIRFLOW_SECRETS="$LOCAL/airflow-secrets.env"
+AIRFLOW_PASSWORDS_FILE="$LOCAL/airflow/simple_auth_manager_passwords.json"
+ensure_airflow_secrets() {
+  if [[ ! -f "$AIRFLOW_SECRETS" ]]; then
+    ( umask 077; "$PY" -c 'import secrets
+print(f"AIRFLOW_JWT_SECRET={secrets.token_urlsafe(32)}")
+print(f"AIRFLOW_SESSION_KEY={secrets.token_urlsafe(32)}")
+print(f"AIRFLOW_ADMIN_PASSWORD={secrets.token_urlsafe(12)}")' >"$AIRFLOW_SECRETS" )
+  fi
+  # shellcheck disable=SC1090
+  . "$AIRFLOW_SECRETS"
+  mkdir -p "$LOCAL/airflow"
+  ( umask 077; printf '{"admin": "%s"}\n' "$AIRFLOW_ADMIN_PASSWORD" >"$AIRFLOW_PASSWORDS_FILE" )
+}
 write_env() {
+  ensure_airflow_secrets
   local jars="$LOCAL/jars/*"
   local jarlist
   jarlist=$(ls "$LOCAL"/jars/*.jar 2>/dev/null | paste -sd, - || true)
@@ -272,8 +332,25 @@ export AIRFLOW__CORE__DAGS_FOLDER='$ROOT/dags'
 export AIRFLOW__CORE__LOAD_EXAMPLES='False'
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN='postgresql+psycopg2://postgres:$PG_PASSWORD@127.0.0.1:$PG_PORT/airflow'
 export AIRFLOW__CORE__EXECUTOR='LocalExecutor'
-export AIRFLOW__API__BASE_URL='http://127.0.0.1:38081'
+export AIRFLOW__API__HOST='127.0.0.1'
+export AIRFLOW__API__PORT='$AIRFLOW_API_PORT'
+export AIRFLOW__API__BASE_URL='http://127.0.0.1:$AIRFLOW_API_PORT'
+export AIRFLOW__CORE__EXECUTION_API_SERVER_URL='http://127.0.0.1:$AIRFLOW_API_PORT/execution/'
+export AIRFLOW__CORE__AUTH_MANAGER='airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager'
+export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS='admin:admin'
+export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE='$AIRFLOW_PASSWORDS_FILE'
+export AIRFLOW__API_AUTH__JWT_SECRET='$AIRFLOW_JWT_SECRET'
+export AIRFLOW__API__SECRET_KEY='$AIRFLOW_SESSION_KEY'
+export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION='False'
+export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL='20'
+export AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT='900'
+export AIRFLOW_ETL_DEMO_DATA='$LOCAL/demo'
+export AIRFLOW_ETL_REPORT_DIR='$LOCAL/reports'
+export AIRFLOW_ETL_UI_URL='http://127.0.0.1:$AIRFLOW_API_PORT'
+export AIRFLOW_ETL_ADMIN_USER='admin'
+export AIRFLOW_ETL_ADMIN_PASSWORD='$AIRFLOW_ADMIN_PASSWORD'
 export AIRFLOW_CONN_POSTGRES_DEFAULT='{"conn_type": "postgres", "host": "127.0.0.1", "port": $PG_PORT, "login": "postgres", "password": "$PG_PASSWORD", "schema": "etl"}'
+export AIRFLOW_CONN_POSTGRES_OUTAGE='{"conn_type": "postgres", "host": "127.0.0.1", "port": $PG_OUTAGE_PORT, "login": "postgres", "password": "postgres", "schema": "postgres", "extra": {"connect_timeout": 5}}'
 export AIRFLOW_CONN_KAFKA_DEFAULT='{"conn_type": "kafka", "extra": {"bootstrap.servers": "127.0.0.1:$KAFKA_PORT", "group.id": "airflow-etl", "socket.timeout.ms": 10000}}'
 export AIRFLOW_CONN_AWS_DEFAULT='{"conn_type": "aws", "login": "testing", "password": "testing", "extra": {"endpoint_url": "http://127.0.0.1:$S3_PORT", "region_name": "us-east-1"}}'
 export AIRFLOW_CONN_SPARK_DEFAULT='{"conn_type": "spark", "host": "local[*]", "extra": {"spark.jars": "$jarlist", "spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "8"}}'
@@ -293,7 +370,10 @@ export ETL_STACK_S3_PORT='$S3_PORT'
 export ETL_STACK_PUSHGATEWAY_PORT='$PUSHGATEWAY_PORT'
 export ETL_STACK_SPARK_CONNECT_PORT='$SPARK_CONNECT_PORT'
 export ETL_STACK_SPARK_MASTER_PORT='$SPARK_MASTER_PORT'
+export ETL_STACK_AIRFLOW_API_PORT='$AIRFLOW_API_PORT'
+export ETL_STACK_PG_OUTAGE_PORT='$PG_OUTAGE_PORT'
 EOF
+  chmod 600 "$LOCAL/airflow.env"  # it holds the local deployment's secrets
   : "$jars"
 }
 
@@ -305,6 +385,7 @@ status() {
   pushgateway_healthy && s=up || s=down; printf '%-17s %-5s 127.0.0.1:%s\n' pushgateway "$s" "$PUSHGATEWAY_PORT"
   port_open "$SPARK_CONNECT_PORT" && s=up || s=down; printf '%-17s %-5s 127.0.0.1:%s\n' spark-connect "$s" "$SPARK_CONNECT_PORT"
   port_open "$SPARK_MASTER_PORT" && s=up || s=down; printf '%-17s %-5s 127.0.0.1:%s\n' spark-standalone "$s" "$SPARK_MASTER_PORT"
+  airflow_healthy && s=up || s=down; printf '%-17s %-5s 127.0.0.1:%s\n' airflow "$s" "$AIRFLOW_API_PORT"
 }
 
 cmd="${1:-status}"; shift || true

@@ -30,6 +30,28 @@ log = logging.getLogger(__name__)
 #: PostgreSQL JDBC driver into ``.local/jars`` and the env file points this variable at them.
 SPARK_JARS_ENV = "AIRFLOW_ETL_SPARK_JARS"
 
+#: Spark's setting for the executors' Python (documented for spark-submit). A Python driver ignores it: the
+#: SparkContext takes ``$PYSPARK_PYTHON`` when it starts. The hook honours it, so a connection to a cluster
+#: whose executors run another Python (no Airflow there: see ``requirements-executor.txt``) can say which.
+EXECUTOR_PYTHON_CONF = "spark.pyspark.python"
+
+
+@contextlib.contextmanager
+def _executor_python(python: str | None) -> Iterator[None]:
+    """``$PYSPARK_PYTHON`` set to ``python`` while a SparkContext starts (it keeps the value), then restored."""
+    if not python:
+        yield
+        return
+    before = os.environ.get("PYSPARK_PYTHON")
+    os.environ["PYSPARK_PYTHON"] = python
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PYSPARK_PYTHON", None)
+        else:
+            os.environ["PYSPARK_PYTHON"] = before
+
 
 class SparkSessionHook(BaseHook):
     """Build (and stop) a SparkSession described by an Airflow connection.
@@ -131,7 +153,8 @@ class SparkSessionHook(BaseHook):
             if key != "spark.remote":
                 builder = builder.config(key, value)
         log.info("Starting SparkSession (%s)", remote or conf.get("spark.master"))
-        spark = builder.getOrCreate()
+        with _executor_python(None if remote else conf.get(EXECUTOR_PYTHON_CONF)):
+            spark = builder.getOrCreate()
         try:
             yield spark
         finally:

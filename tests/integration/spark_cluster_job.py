@@ -1,6 +1,7 @@
 """A small job run by test_spark_clusters.py in its own process (one SparkContext per JVM): it reads
 Kafka with the Kafka source, applies a Python UDF, publishes failed rows to the file DLQ from the
-executors and prints a JSON summary. argv: spark_conn_id topic dlq_dir."""
+executors, reads them back (redrive, on the executors too), probes what Python the executors run and whether it
+has Airflow, and prints a JSON summary. argv: spark_conn_id topic dlq_dir."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pyspark.sql.types import IntegerType
 
 from airflow_etl_provider.core.envelope import RunContext
 from airflow_etl_provider.hooks.dead_letter import ERROR_COLUMN, DeadLetterHook
+from airflow_etl_provider.hooks.redrive import read_dead_letters
 from airflow_etl_provider.hooks.spark import SparkSessionHook
 
 
@@ -33,8 +35,18 @@ def main(conn_id: str, topic: str, dlq_dir: str) -> None:
         dlq = DeadLetterHook({"type": "file", "path": dlq_dir}, pipeline_id="cluster-test",
                              run_context=RunContext(pipeline_id="cluster-test", run_id=conn_id, try_number=1))
         res = dlq.publish_dataframe(bad, stage="load", key_columns=["order_id"])
+        redriven = read_dead_letters(spark, dlq.config, schema="order_id INT, qty INT").count()
+
+        @F.udf("string")
+        def probe(_: int) -> str:  # runs in the executors' Python
+            import importlib.util
+            import sys
+
+            return json.dumps({"python": sys.executable, "airflow": importlib.util.find_spec("airflow") is not None})
+
+        executor = json.loads(spark.range(1).select(probe("id")).first()[0])
         print("RESULT " + json.dumps({"master": master, "total": total, "qty3_sum": out.agg(F.sum("qty3")).first()[0],
-                          "dead_lettered": res.delivered}), flush=True)
+                          "dead_lettered": res.delivered, "redriven": redriven, "executor": executor}), flush=True)
 
 
 if __name__ == "__main__":

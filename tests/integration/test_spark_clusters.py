@@ -1,5 +1,10 @@
 """The same provider code on the ways users scale out: a Spark Connect server and a standalone cluster
-(master + worker), both started from the pyspark install by scripts/stack.sh."""
+(master + worker), both started from the pyspark install by scripts/stack.sh.
+
+Their Python workers run ``.local/executor-venv`` (``make executor-venv``): ``requirements-executor.txt`` and
+this package installed with ``--no-deps``, no Airflow, as on a real cluster. So these tests also prove that
+the dead-letter publisher, the COPY writer, the quality quarantine and the redrive need no Airflow on the
+executors (issue #10)."""
 
 from __future__ import annotations
 
@@ -57,6 +62,9 @@ def test_provider_code_runs_on_a_cluster(service: str, conn_id: str, orders_topi
     assert summary["dead_lettered"] == 10  # qty == 0 rows, published from the executors
     letters = _dead_letters(tmp_path / "dlq")
     assert sorted(e["record"]["order_id"] for e in letters) == [i for i in range(50) if i % 5 == 0]
+    assert summary["redriven"] == 10  # the dead letters read back by mapInArrow on the executors
+    # the executors ran the Python without Airflow
+    assert summary["executor"] == {"python": str(ROOT / ".local/executor-venv/bin/python"), "airflow": False}
     if service == "spark-standalone":
         assert summary["master"].startswith("spark://127.0.0.1:")
 
