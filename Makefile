@@ -14,7 +14,7 @@ PYTHON ?= python3
 STACK := $(ROOT)/scripts/stack.sh
 
 .PHONY: help setup system-deps venv executor-venv jars kafka-jars spark-jars services-up services-down services-status \
-        airflow-up airflow-down \
+        airflow-up airflow-down e2e \
         airflow-db test unit integration demo lint typecheck bench constraints clean distclean
 
 help:
@@ -115,6 +115,9 @@ unit: venv
 
 integration: airflow-db
 	@set -a; . $(LOCAL)/airflow.env; set +a; $(PY) -m pytest tests/integration -q
+
+e2e: airflow-up
+	@set -a; . $(LOCAL)/airflow.env; set +a; $(PY) -m pytest tests/e2e -q
 
 demo: setup
 	@$(ROOT)/scripts/demo.sh

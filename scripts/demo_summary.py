@@ -1,4 +1,7 @@
-"""Print what the demo's DAG runs did, from the Airflow metadata DB (the latest run of each DAG)."""
+"""Print what the demo's DAG runs did, from the Airflow metadata DB.
+
+Arguments: ``DAG_ID`` (its latest run) or ``DAG_ID=RUN_ID``.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +19,12 @@ def main(dag_ids: list[str]) -> int:
     ok = True
     print("\n================ airflow-etl-provider demo ================")
     with engine.connect() as db:
-        for dag_id in dag_ids:
+        for arg in dag_ids:
+            dag_id, _, run_id = arg.partition("=")
             run = db.execute(
-                text("select run_id, state from dag_run where dag_id=:d order by start_date desc limit 1"),
-                {"d": dag_id},
+                text("select run_id, state from dag_run where dag_id=:d and (:r = '' or run_id = :r) "
+                     "order by start_date desc limit 1"),
+                {"d": dag_id, "r": run_id},
             ).first()
             if run is None:
                 print(f"\nDAG {dag_id}: no run found")
@@ -65,7 +70,12 @@ def main(dag_ids: list[str]) -> int:
     print(f"\nStack: PostgreSQL 127.0.0.1:{env('ETL_STACK_PG_PORT')} (db etl)  "
           f"Kafka 127.0.0.1:{env('ETL_STACK_KAFKA_PORT')}  S3 http://127.0.0.1:{env('ETL_STACK_S3_PORT')}  "
           f"Pushgateway {env('AIRFLOW_ETL_PUSHGATEWAY_URL')}")
-    print("Logs: .local/logs/demo/<dag>.log   Stop the stack: make services-down")
+    if env("AIRFLOW_ETL_UI_URL"):
+        print(f"Airflow UI: {env('AIRFLOW_ETL_UI_URL')}  login: {env('AIRFLOW_ETL_ADMIN_USER', 'admin')} / "
+              f"{env('AIRFLOW_ETL_ADMIN_PASSWORD')}  (REST API: {env('AIRFLOW_ETL_UI_URL')}/api/v2, docs at /docs)")
+    print("Metrics: none emitted yet (the operators' metrics and traces are the observability issue's work)")
+    print("Logs: task logs in the UI (or .local/airflow/logs); Airflow's own in .local/logs/airflow-*.log")
+    print("Stop everything (Airflow included): make services-down")
     print("===========================================================")
     return 0 if ok else 1
 
