@@ -44,6 +44,7 @@ PLANTED = {
     start_date=datetime(2026, 1, 1),
     catchup=False,
     tags=["airflow-etl-provider", "example"],
+    default_args={"owner": "data-platform"},
     doc_md=__doc__,
 )
 def example_data_quality() -> None:

@@ -21,6 +21,7 @@ from airflow.sdk import dag, task
     start_date=datetime(2026, 1, 1),
     catchup=False,
     tags=["airflow-etl-provider", "example"],
+    default_args={"owner": "data-platform"},
     doc_md=__doc__,
 )
 def example_etl_hello() -> None:

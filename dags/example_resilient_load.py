@@ -26,6 +26,7 @@ TABLE = "public.demo_orders"
     start_date=datetime(2026, 1, 1),
     catchup=False,
     tags=["airflow-etl-provider", "example"],
+    default_args={"owner": "data-platform"},
     doc_md=__doc__,
 )
 def example_resilient_load() -> None:
