@@ -36,8 +36,22 @@ def test_compose_has_the_airflow_3_services_and_connections() -> None:
         assert name in services, name
     env = services["airflow-scheduler"]["environment"]
     assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
-    for conn in ("POSTGRES_DEFAULT", "KAFKA_DEFAULT", "AWS_DEFAULT", "SPARK_DEFAULT"):
+    for conn in ("POSTGRES_DEFAULT", "POSTGRES_OUTAGE", "KAFKA_DEFAULT", "AWS_DEFAULT", "SPARK_DEFAULT"):
         assert f"AIRFLOW_CONN_{conn}" in env
+
+
+def test_compose_airflow_settings_match_the_native_deployment() -> None:
+    """The settings scripts/stack.sh gives the native Airflow (auth, shared JWT secret, unpaused DAGs) are the
+    compose ones too."""
+    env = _compose()["services"]["airflow-apiserver"]["environment"]
+    native = (ROOT / "scripts/stack.sh").read_text()
+    for key in ("AIRFLOW__CORE__AUTH_MANAGER", "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS",
+                "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY", "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
+                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "AIRFLOW_ETL_DEMO_DATA", "AIRFLOW_ETL_REPORT_DIR"):
+        assert key in env, key
+        assert f"export {key}=" in native, key
+    assert env["AIRFLOW__CORE__AUTH_MANAGER"].endswith("SimpleAuthManager")
+    assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "False"
 
 
 def test_compose_uses_images_that_can_still_be_pulled() -> None:
