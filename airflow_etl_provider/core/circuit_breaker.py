@@ -581,6 +581,17 @@ class SharedCircuitBreaker:
         """Admit a call or raise :class:`CircuitOpenError` (with ``retry_at``) if the breaker refuses it."""
         self._admit()
 
+    def refusal(self) -> CircuitOpenError | None:
+        """The :class:`CircuitOpenError` a call made now would get, or ``None`` if it would be admitted.
+
+        Read-only: unlike :meth:`before_call` it never takes a half-open trial slot.
+        """
+        if not self.policy.enabled:
+            return None
+        snap = self._load()
+        retry_at = snap.refused_until(self.policy, self.clock())
+        return None if retry_at is None else self._refusal(retry_at, snap)
+
     def record_success(self) -> None:
         """Record that a call succeeded."""
         self._succeeded(None)

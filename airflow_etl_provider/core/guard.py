@@ -4,10 +4,16 @@ Each *attempt* passes through the breaker: a transient failure is counted by the
 retried by the policy; once the breaker opens (because of this task's failures or anyone else's), the
 next attempt is refused with :class:`~airflow_etl_provider.core.errors.CircuitOpenError`, which is never
 retried, so a task stops hammering a system that is down and the operator can reschedule it.
+
+The same holds when the failure that opens the breaker is the task's own last attempt: the guard then raises
+the breaker's :class:`~airflow_etl_provider.core.errors.CircuitOpenError`, chained to that failure, so the
+task waits for the half-open moment instead of failing (with the default policies, 5 attempts and a threshold
+of 5, a lone task facing a dead database would otherwise always fail).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +24,8 @@ from airflow_etl_provider.core.errors import CircuitOpenError, ErrorKind, classi
 from airflow_etl_provider.core.retry import Retrier, RetryEvent, RetryPolicy
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -64,6 +72,7 @@ class Guard:
         self.breaker = breaker
         self.stats = GuardStats()
         self._on_retry = on_retry
+        self._classifier = classifier
 
         def _classify(exc: BaseException) -> ErrorKind | None:
             if isinstance(exc, CircuitOpenError):
@@ -97,12 +106,32 @@ class Guard:
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call ``fn(*args, **kwargs)``: retried per policy, each attempt through the breaker.
 
-        :raises CircuitOpenError: when the breaker refuses an attempt (not retried).
-        :raises Exception: the last error of ``fn`` when it is not transient or attempts ran out.
+        :raises CircuitOpenError: when the breaker refuses an attempt (not retried), or when the attempts ran
+            out on a transient or system error and the breaker is open by then (chained to that error).
+        :raises Exception: the last error of ``fn`` when it is a data error, or attempts ran out while the
+            breaker still admits calls.
         """
         self.stats.calls += 1
         before = self.retrier.attempts
         try:
             return self.retrier.call(self._attempt, fn, *args, **kwargs)
+        except CircuitOpenError:
+            raise
+        except Exception as err:
+            refusal = self._open_breaker_refusal(err)
+            if refusal is not None:
+                raise refusal from err
+            raise
         finally:
             self.stats.retries += max(0, self.retrier.attempts - before - 1)
+
+    def _open_breaker_refusal(self, err: Exception) -> CircuitOpenError | None:
+        """The breaker's refusal if ``err`` is the kind of failure it counts and it is open now."""
+        if self.breaker is None or self._classifier(err) is ErrorKind.DATA:
+            return None  # a data error is not fixed by waiting for the system to come back
+        try:
+            return self.breaker.refusal()
+        except Exception:  # the store cannot be read: the task's own error is the one to report
+            log.exception("Circuit breaker %r: could not read its state after the last attempt failed",
+                          self.breaker.name)
+            return None
