@@ -5,7 +5,8 @@
    amount over 9,999.99 that the rules allow but the target table's ``CHECK`` refuses.
 2. ``check_orders`` (**DataQualityOperator**) evaluates the rules in one pass, quarantines the failing
    rows to the Kafka topic ``example.pipeline.quality.dlq`` (each with the rules it failed), writes the
-   rows that pass to Parquet and an HTML report, linked from the task as **Data quality report**.
+   rows that pass to Parquet and an HTML report to S3 (``s3://etl-reports``), linked from the task as
+   **Data quality report** (a pre-signed URL: the Airflow UI shows only http(s) links, not ``file://`` ones).
 3. ``load_orders`` (**ResilientSparkLoadOperator**) upserts the passing rows into ``public.pipeline_orders``
    in one transaction; rows PostgreSQL refuses go to ``example.pipeline.load.dlq`` with its error
    message. Its XCom accounts for every row: read = loaded + dead-lettered.
@@ -29,7 +30,7 @@ from airflow_etl_provider.operators.load import ResilientSparkLoadOperator
 from airflow_etl_provider.operators.quality import DataQualityOperator
 
 DATA_DIR = os.environ.get("AIRFLOW_ETL_DEMO_DATA", os.path.join(os.getcwd(), ".local", "demo"))
-REPORT_DIR = os.environ.get("AIRFLOW_ETL_REPORT_DIR", os.path.join(os.getcwd(), ".local", "reports"))
+REPORT_BUCKET = "etl-reports"
 TABLE = "public.pipeline_orders"
 RUN = "{{ run_id | replace(':', '') | replace('+', '') }}"
 #: The planted problems, in turn; the last one passes the rules and is refused by the table's CHECK.
@@ -85,6 +86,7 @@ def example_etl_pipeline() -> None:
 
         import pyarrow as pa
         import pyarrow.parquet as pq
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
         from airflow.providers.postgres.hooks.postgres import PostgresHook
 
         params = params or {}
@@ -106,6 +108,9 @@ def example_etl_pipeline() -> None:
         os.makedirs(path, exist_ok=True)
         pq.write_table(table, os.path.join(path, "part-0.parquet"))
         PostgresHook(postgres_conn_id="postgres_default").run(TABLE_DDL)
+        s3 = S3Hook(aws_conn_id="aws_default")
+        if not s3.check_for_bucket(REPORT_BUCKET):
+            s3.create_bucket(bucket_name=REPORT_BUCKET)
         expected = {p: sum(1 for v in bad.values() if v == p) for p in PROBLEMS}
         return {"path": path, "rows": rows, "planted": expected}
 
@@ -120,7 +125,7 @@ def example_etl_pipeline() -> None:
         output={"format": "parquet", "path": os.path.join(DATA_DIR, "pipeline", "clean", RUN)},
         key_columns=["order_id"],
         sample_size=5,
-        report_path=os.path.join(REPORT_DIR, "example_etl_pipeline", f"{RUN}.html"),
+        report_path=f"s3://{REPORT_BUCKET}/example_etl_pipeline/{RUN}.html",
     )
 
     load = ResilientSparkLoadOperator(
