@@ -38,6 +38,7 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_etl_provider.hooks.circuit_breaker",
                     "airflow_etl_provider.hooks.quality",
                     "airflow_etl_provider.hooks.quality_history",
+                    "airflow_etl_provider.hooks.streaming",
                 ],
             }
         ],
@@ -47,6 +48,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "airflow_etl_provider.operators.load",
                     "airflow_etl_provider.operators.quality",
+                    "airflow_etl_provider.operators.streaming",
                 ],
             }
         ],

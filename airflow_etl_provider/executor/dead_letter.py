@@ -24,7 +24,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from airflow_etl_provider.core.envelope import DeadLetterEnvelope, RunContext, build_envelope
+from airflow_etl_provider.core.envelope import (
+    DeadLetterEnvelope,
+    RunContext,
+    build_envelope,
+    run_independent_id,
+)
 from airflow_etl_provider.executor.sinks import (  # noqa: F401 - the sinks are part of this module's interface
     DeadLetterSink,
     FileSink,
@@ -164,6 +169,9 @@ def partition_publisher(
     target: str | None = None,
     default_error: str = "rejected",
     batch_size: int = DEFAULT_BATCH_SIZE,
+    location_columns: Sequence[str] = (),
+    context_columns: Sequence[str] = (),
+    run_independent_ids: bool = False,
 ) -> Callable[[Iterator[Any]], Iterator[Any]]:
     """The ``mapInArrow`` function that turns one partition's failed rows into envelopes and delivers them
     batch by batch (retries, then the local spool), returning one :data:`STATUS_SCHEMA` row.
@@ -171,8 +179,14 @@ def partition_publisher(
     The rows hold the original columns plus optional :data:`ERROR_COLUMN`, :data:`ERROR_CLASS_COLUMN` and
     :data:`FAILED_RULES_COLUMN`. The function refers only to this module and the pure core, so the
     executors need neither Airflow nor the hooks.
+
+    :param location_columns: columns that say where the row was read (``_etl_topic``, ``_etl_partition``,
+        ``_etl_offset``): moved from the record to the envelope's ``original_location`` (without ``_etl_``).
+    :param context_columns: columns moved from the record to the envelope's ``context`` (without ``_etl_``).
+    :param run_independent_ids: envelope ids without the Airflow run (:func:`run_independent_id`).
     """
     keys = tuple(key_columns)
+    locations, contexts = tuple(location_columns), tuple(context_columns)
 
     def publish_partition(batches: Iterator[Any]) -> Iterator[Any]:
         import pyarrow as pa
@@ -194,12 +208,17 @@ def partition_publisher(
                 error = row.pop(ERROR_COLUMN, None) or default_error
                 error_class = row.pop(ERROR_CLASS_COLUMN, None)
                 rules = row.pop(FAILED_RULES_COLUMN, None) or ()
+                location = {c.removeprefix("_etl_"): row.pop(c, None) for c in locations} or None
+                context = {c.removeprefix("_etl_"): row.pop(c, None) for c in contexts} or None
                 env = build_envelope(
                     row, error, stage=stage, pipeline_id=pipeline_id, run_context=run_context,
                     failed_rules=list(rules), key_columns=keys, source=source, target=target, now=now,
+                    original_location=location, context=context,
                 )
                 if error_class:
                     env = dataclasses.replace(env, error_class=error_class)
+                if run_independent_ids:
+                    env = dataclasses.replace(env, envelope_id=run_independent_id(env))
                 pending.append(env)
                 if len(pending) >= batch_size:
                     flush()

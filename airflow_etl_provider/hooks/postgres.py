@@ -16,6 +16,10 @@ from typing import Any
 from airflow.providers.postgres.hooks.postgres import PostgresHook
 
 JDBC_DRIVER = "org.postgresql.Driver"
+#: Connection extras that are settings of the hook, not libpq connection parameters.
+_NOT_CONN_ARGS = frozenset({"cursor", "iam", "redshift", "redshift-serverless", "cluster-identifier",
+                            "workgroup-name", "aws_conn_id", "sqlalchemy_scheme", "sqlalchemy_options",
+                            "sqlalchemy_query", "enable_log_db_messages", "azure_conn_id"})
 
 #: The loggers that print what crosses into Spark: py4j's protocol log (each command, its string arguments
 #: verbatim, bytes such as pickled closures in base64) and Spark Connect's plan log.
@@ -112,3 +116,30 @@ class SparkPostgresHook(PostgresHook):
         }
         options.update({k: str(v) for k, v in extra.items()})
         return options
+
+    def psycopg_conn_args(self, application_name: str = "airflow-etl") -> dict[str, Any]:
+        """psycopg connection parameters resolved on the driver from the Airflow connection, like
+        :meth:`PostgresHook.get_conn` does (IAM tokens included), for code that runs where there is no Airflow
+        (the executors' COPY writers, a stream's ``foreachBatch`` on a Spark Connect server). They hold the
+        password, which is registered with :func:`hide_from_spark_logs`: never log them.
+
+        :param application_name: shown in ``pg_stat_activity`` unless the connection sets one.
+        """
+        conn = self.connection
+        login, password, port = conn.login, conn.password, conn.port
+        extra = conn.extra_dejson or {}
+        if extra.get("iam", False):
+            login, password, port = self.get_iam_token(conn)
+        args: dict[str, Any] = {
+            "host": conn.host or "localhost", "port": port or 5432, "user": login, "password": password,
+            "dbname": self.database or conn.schema or "postgres",
+        }
+        options = getattr(self, "options", None)
+        if options:
+            args["options"] = options
+        for key, value in extra.items():
+            if key not in _NOT_CONN_ARGS:
+                args[key] = value
+        args.setdefault("application_name", application_name)
+        hide_from_spark_logs(password, *(str(v) for k, v in args.items() if "pass" in k and v))
+        return {k: v for k, v in args.items() if v is not None}

@@ -122,9 +122,6 @@ T = TypeVar("T")
 MODES = ("append", "overwrite", "upsert")
 STAGE_METHODS = ("copy", "jdbc")
 #: psycopg connection parameters the COPY writers never take from the connection's extras.
-_NOT_CONN_ARGS = frozenset({"cursor", "iam", "redshift", "redshift-serverless", "cluster-identifier",
-                            "workgroup-name", "aws_conn_id", "sqlalchemy_scheme", "sqlalchemy_options",
-                            "sqlalchemy_query", "enable_log_db_messages", "azure_conn_id"})
 WORK_TABLE = "_etl_work"
 #: The durable copy of every committed load's rejected rows until the dead-letter queue confirmed them.
 REJECT_STORE_TABLE = "etl_load_rejects"
@@ -649,29 +646,9 @@ class PostgresLoader:
         plan.staged_rows = None
 
     def copy_conn_args(self) -> dict[str, Any]:
-        """psycopg connection parameters for the executors' COPY writers, resolved on the driver from
-        the Airflow connection like :meth:`PostgresHook.get_conn` does (IAM tokens included). They hold
-        the password: never log them."""
-        conn = self.hook.connection
-        login, password, port = conn.login, conn.password, conn.port
-        extra = conn.extra_dejson or {}
-        if extra.get("iam", False):
-            login, password, port = self.hook.get_iam_token(conn)
-        args: dict[str, Any] = {
-            "host": conn.host or "localhost", "port": port or 5432, "user": login, "password": password,
-            "dbname": self.hook.database or conn.schema or "postgres",
-        }
-        options = getattr(self.hook, "options", None)
-        if options:
-            args["options"] = options
-        for key, value in extra.items():
-            if key not in _NOT_CONN_ARGS:
-                args[key] = value
-        args.setdefault("application_name", "airflow-etl-copy")
-        from airflow_etl_provider.hooks.postgres import hide_from_spark_logs
-
-        hide_from_spark_logs(password, *(str(v) for k, v in args.items() if "pass" in k and v))
-        return {k: v for k, v in args.items() if v is not None}
+        """psycopg connection parameters for the executors' COPY writers (:meth:`SparkPostgresHook.psycopg_conn_args`).
+        They hold the password: never log them."""
+        return self.hook.psycopg_conn_args(application_name="airflow-etl-copy")
 
     def _stage_copy(self, df: DataFrame, plan: _Plan) -> None:
         staged = self._staged_df(df, plan).coalesce(self._default_partitions(df))  # never more than that

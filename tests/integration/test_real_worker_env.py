@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -42,8 +41,7 @@ def test_the_python_workers_run_with_the_blocked_metadata_db(spark) -> None:
     it did in the crash the issue reports (``Could not parse SQLAlchemy URL``)."""
     from pyspark.sql import functions as F
 
-    @F.udf("string")
-    def probe(_: Any) -> str:
+    def probe(_):  # type: ignore[no-untyped-def]  # no hints: PySpark would try to infer a pandas UDF from them
         import os
 
         try:
@@ -54,7 +52,7 @@ def test_the_python_workers_run_with_the_blocked_metadata_db(spark) -> None:
             outcome = "imported"
         return json.dumps({"env": os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"), "import": outcome})
 
-    seen = json.loads(spark.range(1).select(probe("id")).first()[0])
+    seen = json.loads(spark.range(1).select(F.udf(probe, "string")("id")).first()[0])
     assert seen["env"] == BLOCKED_DB_ENV["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
     assert "Could not parse SQLAlchemy URL" in seen["import"]
 

@@ -165,3 +165,33 @@ def test_bad_config_fails_naming_the_field(change: dict[str, Any], message: str)
     with pytest.raises(ConfigError) as caught:
         validate_streaming(**{**GOOD, **change})
     assert message in str(caught.value)
+
+
+def test_the_operator_validates_at_parse_time_and_refuses_what_this_version_cannot_run() -> None:
+    from airflow_etl_provider.operators.streaming import StreamingWatermarkOperator
+
+    args = {k: v for k, v in GOOD.items()}
+    op = StreamingWatermarkOperator(task_id="s", **args)
+    assert op.sink["table"] == "public.orders_5min"
+    with pytest.raises(ConfigError, match="window.type: is part of the interface but not supported by this version"):
+        StreamingWatermarkOperator(task_id="s", **{**args, "window": {"type": "session", "gap": "10 minutes"}})
+    with pytest.raises(ConfigError, match="sink.type: is part of the interface but not supported"):
+        StreamingWatermarkOperator(task_id="s", **{**args, "sink": {"type": "parquet", "path": "/out"}})
+    with pytest.raises(ConfigError, match="late_data: is required"):
+        StreamingWatermarkOperator(task_id="s", **{**args, "late_data": None})
+    with pytest.raises(ConfigError, match="window.slide: must not be longer"):
+        StreamingWatermarkOperator(task_id="s", **{**args, "window": {"type": "sliding", "duration": "5 minutes",
+                                                                       "slide": "6 minutes"}})
+    templated = StreamingWatermarkOperator(task_id="s", **{**args, "checkpoint_location": "/c/{{ ds }}"})
+    assert templated.checkpoint_location == "/c/{{ ds }}"  # validated at run time, once rendered
+
+
+def test_window_state_values_round_trip_through_json() -> None:
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from airflow_etl_provider.executor.streaming import _decode, _encode
+
+    for value in (None, 3, True, Decimal("12.50"), 1.25, datetime(2026, 1, 1, 12, tzinfo=UTC), b"\x00\x01sketch", "x"):
+        assert _decode(_encode(value)) == value
+        assert type(_decode(_encode(value))) is type(value)

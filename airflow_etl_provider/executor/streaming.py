@@ -1,0 +1,452 @@
+"""The micro-batch function of the StreamingWatermarkOperator (``foreachBatch``), and the PostgreSQL tables
+it keeps: the window state, the sink, and the ledger that makes each batch count exactly once.
+
+Executor-side code (see :mod:`airflow_etl_provider.executor`): on Spark Connect the ``foreachBatch``
+function runs in a Python process of the server, where there is no Airflow. Everything it needs arrives as
+plain settings resolved on the driver.
+
+What one batch does, in one PostgreSQL transaction (a replayed batch finds its ledger row and changes
+nothing):
+
+1. reads the watermark the ledger recorded after the previous batch, ``W(N-1)``;
+2. assigns each row its windows (Spark's ``window``) and splits the (row, window) pairs: **late** when the
+   window ends at or before ``W(N-1)`` (Spark's own drop rule), on time otherwise. Spark itself runs no
+   stateful operator here, so it drops nothing: every row is either aggregated or dead-lettered;
+3. sends the late pairs to the dead-letter queue (before the commit: at-least-once, with envelope ids that
+   depend only on the row's Kafka position and window, so a replay re-sends the same ids);
+4. merges the on-time partial aggregates into the window state (``count``, ``sum``, ``min``, ``max``, the
+   parts of ``avg``, and HLL sketches for ``approx_count_distinct``);
+5. moves the watermark to ``max(W(N-1), max event time - delay)``; in ``append`` mode writes every window
+   the watermark has passed to the sink, once, and drops its state; in ``update`` mode upserts the windows
+   this batch changed;
+6. checks ``input pairs = aggregated pairs + late pairs`` and records the batch in the ledger.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from airflow_etl_provider.core.errors import RowAccountingError
+from airflow_etl_provider.core.identifiers import quote_identifier
+from airflow_etl_provider.core.streaming import Aggregate, WindowSpec, advance_watermark
+from airflow_etl_provider.executor.dead_letter import (
+    ERROR_COLUMN,
+    STATUS_SCHEMA,
+    partition_publisher,
+    result_from_statuses,
+)
+from airflow_etl_provider.executor.sinks import DeadLetterSink
+
+log = logging.getLogger(__name__)
+
+#: Columns the source adds to every row: where it was read (they never reach the sink).
+TOPIC, PARTITION, OFFSET = "_etl_topic", "_etl_partition", "_etl_offset"
+LOCATION_COLUMNS = (TOPIC, PARTITION, OFFSET)
+WINDOW_START, WINDOW_END = "window_start", "window_end"
+
+LEDGER_DDL = """
+CREATE TABLE IF NOT EXISTS {ledger} (
+    pipeline text NOT NULL,
+    epoch text NOT NULL,
+    batch_id bigint NOT NULL,
+    watermark_before_us bigint NOT NULL,
+    watermark_after_us bigint NOT NULL,
+    max_event_time_us bigint,
+    input_rows bigint NOT NULL,
+    input_pairs bigint NOT NULL,
+    aggregated_pairs bigint NOT NULL,
+    late_pairs bigint NOT NULL,
+    invalid_rows bigint NOT NULL,
+    output_rows bigint NOT NULL,
+    offsets jsonb,
+    dead_letter_location text,
+    duration_s double precision,
+    committed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (pipeline, epoch, batch_id)
+)"""
+
+STATE_DDL = """
+CREATE TABLE IF NOT EXISTS {state} (
+    pipeline text NOT NULL,
+    epoch text NOT NULL,
+    group_key text NOT NULL,
+    window_start_us bigint NOT NULL,
+    window_end_us bigint NOT NULL,
+    partials jsonb NOT NULL,
+    PRIMARY KEY (pipeline, epoch, group_key, window_start_us, window_end_us)
+)"""
+
+
+# ------------------------------------------------------------------------------------------ partials
+def partial_parts(agg: Aggregate) -> list[str]:
+    """The partial aggregates one output needs (merged across batches): ``n``, ``s``, ``min``, ``max``, ``hll``."""
+    return {"count": ["n"], "sum": ["s"], "avg": ["s", "n"], "min": ["min"], "max": ["max"],
+            "approx_count_distinct": ["hll"]}[agg.func]
+
+
+def _encode(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return {"t": "bool", "v": value}
+    if isinstance(value, int):
+        return {"t": "int", "v": value}
+    if isinstance(value, Decimal):
+        return {"t": "dec", "v": str(value)}
+    if isinstance(value, float):
+        return {"t": "float", "v": repr(value)}
+    if isinstance(value, datetime):
+        return {"t": "ts", "v": value.isoformat()}
+    if isinstance(value, bytes | bytearray):
+        return {"t": "bytes", "v": base64.b64encode(bytes(value)).decode()}
+    return {"t": "str", "v": str(value)}
+
+
+def _decode(doc: Any) -> Any:
+    if doc is None:
+        return None
+    kind, v = doc["t"], doc["v"]
+    return {"bool": lambda: v, "int": lambda: int(v), "dec": lambda: Decimal(v), "float": lambda: float(v),
+            "ts": lambda: datetime.fromisoformat(v), "bytes": lambda: base64.b64decode(v),
+            "str": lambda: v}[kind]()
+
+
+def _add(a: Any, b: Any) -> Any:
+    return b if a is None else a if b is None else a + b
+
+
+def _least(a: Any, b: Any) -> Any:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _greatest(a: Any, b: Any) -> Any:
+    return b if a is None else a if b is None else max(a, b)
+
+
+@dataclass
+class BatchResult:
+    """What one micro-batch did (one ledger row)."""
+
+    batch_id: int
+    watermark_before_us: int
+    watermark_after_us: int
+    max_event_time_us: int | None
+    input_rows: int
+    input_pairs: int
+    aggregated_pairs: int
+    late_pairs: int
+    output_rows: int
+    invalid_rows: int = 0
+    offsets: dict[str, dict[str, int]] = field(default_factory=dict)
+    duration_s: float = 0.0
+    replayed: bool = False
+
+
+@dataclass
+class StreamBatchProcessor:
+    """The ``foreachBatch`` function: ``processor(batch_df, batch_id)``. Picklable, no Airflow.
+
+    :param pipeline_id: the stream's name (ledger, state and envelopes).
+    :param epoch: identifies the checkpoint: batch ids restart at 0 with a new checkpoint, the epoch changes.
+    :param conn_args: psycopg connection parameters (resolved on the driver).
+    :param sink_table: quoted ``"schema"."table"`` the windows go to.
+    :param state_table: quoted table of the open windows' partial aggregates.
+    :param ledger_table: quoted ledger table.
+    :param event_time_column: the event-time column.
+    :param watermark_us: the allowed lateness.
+    :param window: the window spec (tumbling or sliding).
+    :param group_by: the grouping columns.
+    :param aggregates: the outputs.
+    :param output_mode: ``append`` (a window written once, when final) or ``update``.
+    :param dead_letter: where late pairs go (``None``: counted and dropped, ``late_data="drop"``).
+    :param spool_dir: the dead-letter spool.
+    :param run_context: dag/task/run/try for the envelopes (a ``RunContext``).
+    """
+
+    pipeline_id: str
+    epoch: str
+    conn_args: dict[str, Any]
+    sink_table: str
+    state_table: str
+    ledger_table: str
+    event_time_column: str
+    watermark_us: int
+    window: WindowSpec
+    group_by: tuple[str, ...]
+    aggregates: tuple[Aggregate, ...]
+    output_mode: str
+    dead_letter: DeadLetterSink | None
+    spool_dir: str
+    run_context: Any
+    column_types: dict[str, str] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------------------------ SQL
+    def ensure_tables(self, cur: Any) -> None:
+        """Create the ledger, state and sink tables if missing (idempotent)."""
+        cur.execute(LEDGER_DDL.format(ledger=self.ledger_table))
+        cur.execute(STATE_DDL.format(state=self.state_table))
+        cols = [f"{quote_identifier(c, 'group_by')} {self.column_types.get(c, 'text')}" for c in self.group_by]
+        cols += [f"{WINDOW_START} timestamptz NOT NULL", f"{WINDOW_END} timestamptz NOT NULL"]
+        cols += [f"{quote_identifier(a.name, 'aggregations')} {self._output_type(a)}" for a in self.aggregates]
+        key = ", ".join([*(quote_identifier(c) for c in self.group_by), WINDOW_START, WINDOW_END])
+        cur.execute(f"CREATE TABLE IF NOT EXISTS {self.sink_table} ({', '.join(cols)}, PRIMARY KEY ({key}))")
+
+    def _output_type(self, agg: Aggregate) -> str:
+        if agg.func in ("count", "approx_count_distinct"):
+            return "bigint"
+        source = self.column_types.get(agg.column, "numeric")
+        if agg.func in ("min", "max"):
+            return source
+        return "double precision" if source in ("double precision", "real") else "numeric"
+
+    # ------------------------------------------------------------------------------ the batch
+    def __call__(self, df: Any, batch_id: int) -> None:
+        self.process(df, batch_id)
+
+    def process(self, df: Any, batch_id: int) -> BatchResult:
+        import psycopg
+
+        started = time.monotonic()
+        with psycopg.connect(**self.conn_args) as conn:  # one transaction: commits on success
+            cur = conn.cursor()
+            self.ensure_tables(cur)
+            cur.execute(f"SELECT 1 FROM {self.ledger_table} WHERE pipeline = %s AND epoch = %s AND batch_id = %s",
+                        (self.pipeline_id, self.epoch, batch_id))
+            if cur.fetchone() is not None:
+                log.info("Stream %s: batch %d is in the ledger already (a replay): nothing to do",
+                         self.pipeline_id, batch_id)
+                return BatchResult(batch_id, 0, 0, None, 0, 0, 0, 0, 0, replayed=True)
+            cur.execute(f"SELECT watermark_after_us FROM {self.ledger_table} WHERE pipeline = %s AND epoch = %s "
+                        "ORDER BY batch_id DESC LIMIT 1", (self.pipeline_id, self.epoch))
+            row = cur.fetchone()
+            watermark_before = int(row[0]) if row else 0
+            try:
+                result = self._process(df.persist(), batch_id, watermark_before, cur)
+            finally:
+                df.unpersist()
+            result.duration_s = time.monotonic() - started
+            cur.execute(
+                f"INSERT INTO {self.ledger_table} (pipeline, epoch, batch_id, watermark_before_us, watermark_after_us, "
+                "max_event_time_us, input_rows, input_pairs, aggregated_pairs, late_pairs, invalid_rows, output_rows, "
+                "offsets, dead_letter_location, duration_s) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                "%s, %s)",
+                (self.pipeline_id, self.epoch, batch_id, result.watermark_before_us, result.watermark_after_us,
+                 result.max_event_time_us, result.input_rows, result.input_pairs, result.aggregated_pairs,
+                 result.late_pairs, result.invalid_rows, result.output_rows, json.dumps(result.offsets),
+                 self.dead_letter.description if self.dead_letter is not None else None, result.duration_s))
+        log.info("Stream %s batch %d: %d rows in (%d window pairs), %d late, %d aggregated, %d windows written, "
+                 "watermark %s -> %s, %.1f s", self.pipeline_id, batch_id, result.input_rows, result.input_pairs,
+                 result.late_pairs, result.aggregated_pairs, result.output_rows,
+                 _iso(result.watermark_before_us), _iso(result.watermark_after_us), result.duration_s)
+        return result
+
+    def _process(self, df: Any, batch_id: int, watermark_before: int, cur: Any) -> BatchResult:
+        from pyspark.sql import functions as F
+
+        et = F.col(self.event_time_column)
+        stats = df.agg(F.count(F.lit(1)).alias("n"), F.max(F.unix_micros(et)).alias("max_t")).first()
+        input_rows, max_t = int(stats["n"]), stats["max_t"]
+        offsets: dict[str, dict[str, int]] = {}
+        if PARTITION in df.columns:
+            for r in df.groupBy(TOPIC, PARTITION).agg(F.min(OFFSET).alias("lo"), F.max(OFFSET).alias("hi")).collect():
+                offsets[f"{r[TOPIC]}:{r[PARTITION]}"] = {"from": int(r["lo"]), "to": int(r["hi"])}
+        duration = f"{self.window.duration_us} microseconds"
+        slide = f"{self.window.slide_us} microseconds"
+        pairs = (df.withColumn("_w", F.window(et, duration, slide))
+                 .withColumn("_ws", F.unix_micros(F.col("_w.start"))).withColumn("_we", F.unix_micros(F.col("_w.end")))
+                 .drop("_w"))
+        invalid_cond = F.col("_we").isNull()  # no event time: the message did not parse with the schema
+        late_cond = ~invalid_cond & (F.col("_we") <= F.lit(watermark_before))  # Spark's rule, with W(N-1)
+        counts = pairs.agg(F.count(F.lit(1)).alias("pairs"), F.count(F.when(late_cond, 1)).alias("late"),
+                           F.count(F.when(invalid_cond, 1)).alias("invalid")).first()
+        input_pairs, late_pairs, invalid = int(counts["pairs"]), int(counts["late"]), int(counts["invalid"])
+        if late_pairs and self.dead_letter is not None:
+            self._dead_letter(pairs.where(late_cond), batch_id, watermark_before, late=True)
+        if invalid and self.dead_letter is not None:
+            self._dead_letter(pairs.where(invalid_cond), batch_id, watermark_before, late=False)
+        on_time = pairs.where(~late_cond & ~invalid_cond)
+        partials = self._partials(on_time)
+        aggregated_pairs = sum(int(p["_pairs"]) for p in partials)
+        if input_pairs != aggregated_pairs + late_pairs + invalid:
+            raise RowAccountingError(f"stream {self.pipeline_id} batch {batch_id}: {input_pairs} (row, window) pairs "
+                                     f"in, {aggregated_pairs} aggregated + {late_pairs} late + {invalid} without an "
+                                     "event time")
+        watermark_after = advance_watermark(watermark_before, int(max_t) if max_t is not None else None,
+                                            self.watermark_us)
+        output_rows = self._merge_and_write(cur, partials, watermark_after, df)
+        return BatchResult(batch_id, watermark_before, watermark_after, int(max_t) if max_t is not None else None,
+                           input_rows, input_pairs, aggregated_pairs, late_pairs, output_rows, invalid, offsets)
+
+    def _dead_letter(self, rows: Any, batch_id: int, watermark_us: int, *, late: bool) -> None:
+        """Publish late (row, window) pairs (stage ``late_data``) or rows without an event time (stage ``parse``)."""
+        from pyspark.sql import functions as F
+
+        from airflow_etl_provider.core.errors import DeadLetterUnavailableError
+
+        assert self.dead_letter is not None
+        wm = _iso(watermark_us)
+        if late:
+            message = F.format_string(
+                "late: its window [%s, %s) ended at or before the watermark " + wm + " (the event is %s s behind it)",
+                F.timestamp_micros(F.col("_ws")).cast("string"), F.timestamp_micros(F.col("_we")).cast("string"),
+                ((F.lit(watermark_us) - F.unix_micros(F.col(self.event_time_column))) / F.lit(1e6)).cast("string"))
+            window = F.concat_ws("/", F.timestamp_micros(F.col("_ws")).cast("string"),
+                                 F.timestamp_micros(F.col("_we")).cast("string"))
+        else:
+            message = F.lit(f"no event time: the message has no {self.event_time_column!r} or does not parse with "
+                            "source.schema")
+            window = F.lit(None).cast("string")
+        frame = (rows.withColumn(ERROR_COLUMN, message).withColumn("_etl_window", window)
+                 .withColumn("_etl_watermark", F.lit(wm)).drop("_ws", "_we"))
+        if PARTITION not in rows.columns:
+            frame = frame.withColumn(TOPIC, F.lit(None).cast("string")).withColumn(
+                PARTITION, F.lit(None).cast("int")).withColumn(OFFSET, F.lit(None).cast("long"))
+        writer = partition_publisher(
+            self.dead_letter, spool_dir=self.spool_dir, batch_prefix=f"{self.epoch[:8]}-b{batch_id}",
+            pipeline_id=self.pipeline_id, run_context=self.run_context, stage="late_data" if late else "parse",
+            location_columns=LOCATION_COLUMNS, context_columns=("_etl_window", "_etl_watermark"),
+            run_independent_ids=True,
+        )
+        result = result_from_statuses(frame.mapInArrow(writer, STATUS_SCHEMA).collect())
+        if result.spooled:
+            raise DeadLetterUnavailableError(
+                spool_path=", ".join(result.spool_paths), rows=result.spooled,
+                replay_command="airflow-etl dlq replay-spool " + " ".join(result.spool_paths),
+                reason=f"{self.dead_letter.description}: {result.errors[0] if result.errors else 'unknown error'}")
+
+    def _partials(self, on_time: Any) -> list[Any]:
+        from pyspark.sql import functions as F
+
+        exprs = [F.count(F.lit(1)).alias("_pairs")]
+        for agg in self.aggregates:
+            col = F.col(agg.column) if agg.column != "*" else F.lit(1)
+            for part in partial_parts(agg):
+                name = f"{agg.name}__{part}"
+                exprs.append({"n": F.count(col), "s": F.sum(col), "min": F.min(col), "max": F.max(col),
+                              "hll": F.hll_sketch_agg(col) if agg.column != "*" else F.lit(None)}[part].alias(name))
+        return on_time.groupBy(*self.group_by, "_ws", "_we").agg(*exprs).collect()
+
+    def _merge_and_write(self, cur: Any, partials: Sequence[Any], watermark_after: int, df: Any) -> int:
+        touched: dict[tuple[str, int, int], dict[str, Any]] = {}
+        groups: dict[str, tuple[Any, ...]] = {}
+        for p in partials:
+            values = tuple(p[c] for c in self.group_by)
+            key = json.dumps([_encode(v) for v in values], sort_keys=True)
+            groups[key] = values
+            touched[(key, int(p["_ws"]), int(p["_we"]))] = {
+                f"{a.name}__{part}": p[f"{a.name}__{part}"] for a in self.aggregates for part in partial_parts(a)}
+        if touched:
+            cur.execute(
+                f"SELECT group_key, window_start_us, window_end_us, partials FROM {self.state_table} WHERE pipeline = %s "
+                "AND epoch = %s AND (group_key, window_start_us, window_end_us) IN "
+                f"(SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[])) FOR UPDATE",
+                (self.pipeline_id, self.epoch, [k[0] for k in touched], [k[1] for k in touched],
+                 [k[2] for k in touched]))
+            stored = {(r[0], int(r[1]), int(r[2])): {k: _decode(v) for k, v in r[3].items()} for r in cur.fetchall()}
+            sketches: list[tuple[int, str, bytes, bytes]] = []
+            merged: dict[tuple[str, int, int], dict[str, Any]] = {}
+            for i, (k, new) in enumerate(touched.items()):
+                old = stored.get(k, {})
+                out: dict[str, Any] = {}
+                for name, value in new.items():
+                    prev = old.get(name)
+                    if name.endswith("__n") or name.endswith("__s"):
+                        out[name] = _add(prev, value)
+                    elif name.endswith("__min"):
+                        out[name] = _least(prev, value)
+                    elif name.endswith("__max"):
+                        out[name] = _greatest(prev, value)
+                    else:  # an HLL sketch: union them in Spark below
+                        out[name] = value if prev is None else prev if value is None else None
+                        if prev is not None and value is not None:
+                            sketches.append((i, name, bytes(prev), bytes(value)))
+                merged[k] = out
+            if sketches:
+                keys = list(touched)
+                for i, name, union in self._union_sketches(df, sketches):
+                    merged[keys[i]][name] = union
+            cur.executemany(
+                f"INSERT INTO {self.state_table} (pipeline, epoch, group_key, window_start_us, window_end_us, partials) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (pipeline, epoch, group_key, window_start_us, window_end_us) "
+                "DO UPDATE SET partials = excluded.partials",
+                [(self.pipeline_id, self.epoch, k[0], k[1], k[2],
+                  json.dumps({n: _encode(v) for n, v in parts.items()})) for k, parts in merged.items()])
+        if self.output_mode == "update":
+            written = self._write(cur, [(k, v, groups[k[0]]) for k, v in merged.items()] if touched else [], df,
+                                  upsert=True)
+            cur.execute(f"DELETE FROM {self.state_table} WHERE pipeline = %s AND epoch = %s AND window_end_us <= %s",
+                        (self.pipeline_id, self.epoch, watermark_after))
+            return written
+        cur.execute(f"DELETE FROM {self.state_table} WHERE pipeline = %s AND epoch = %s AND window_end_us <= %s "
+                    "RETURNING group_key, window_start_us, window_end_us, partials",
+                    (self.pipeline_id, self.epoch, watermark_after))
+        final = [((r[0], int(r[1]), int(r[2])), {k: _decode(v) for k, v in r[3].items()},
+                  tuple(_decode(v) for v in json.loads(r[0]))) for r in cur.fetchall()]
+        return self._write(cur, final, df, upsert=False)
+
+    def _union_sketches(self, df: Any, sketches: list[tuple[int, str, bytes, bytes]]) -> Iterator[tuple[int, str, bytes]]:
+        from pyspark.sql import functions as F
+
+        frame = df.sparkSession.createDataFrame([(i, n, a, b) for i, n, a, b in sketches],
+                                                "i INT, name STRING, a BINARY, b BINARY")
+        for r in frame.select("i", "name", F.hll_union("a", "b").alias("u")).collect():
+            yield int(r["i"]), r["name"], bytes(r["u"])
+
+    def _write(self, cur: Any, windows: Sequence[tuple[tuple[str, int, int], Mapping[str, Any], tuple[Any, ...]]],
+               df: Any, *, upsert: bool) -> int:
+        if not windows:
+            return 0
+        estimates = self._estimates(df, [parts for _k, parts, _g in windows])
+        rows = []
+        for i, ((_gk, start, end), parts, group) in enumerate(windows):
+            values: list[Any] = [*group, _ts(start), _ts(end)]
+            for agg in self.aggregates:
+                if agg.func == "count":
+                    values.append(parts.get(f"{agg.name}__n") or 0)
+                elif agg.func == "sum":
+                    values.append(parts.get(f"{agg.name}__s"))
+                elif agg.func == "avg":
+                    s, n = parts.get(f"{agg.name}__s"), parts.get(f"{agg.name}__n")
+                    values.append(None if not n or s is None else (Decimal(s) / n if isinstance(s, Decimal | int)
+                                                                   else s / n))
+                elif agg.func in ("min", "max"):
+                    values.append(parts.get(f"{agg.name}__{agg.func}"))
+                else:
+                    values.append(estimates.get((i, agg.name), 0))
+            rows.append(values)
+        cols = [*(quote_identifier(c) for c in self.group_by), WINDOW_START, WINDOW_END,
+                *(quote_identifier(a.name) for a in self.aggregates)]
+        key = [*(quote_identifier(c) for c in self.group_by), WINDOW_START, WINDOW_END]
+        conflict = (f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET "
+                    + ", ".join(f"{c} = excluded.{c}" for c in cols[len(key):])) if upsert else ""
+        cur.executemany(f"INSERT INTO {self.sink_table} ({', '.join(cols)}) VALUES "
+                        f"({', '.join(['%s'] * len(cols))}){conflict}", rows)
+        return len(rows)
+
+    def _estimates(self, df: Any, windows: Sequence[Mapping[str, Any]]) -> dict[tuple[int, str], int]:
+        from pyspark.sql import functions as F
+
+        wanted = [(i, a.name, bytes(sketch)) for i, parts in enumerate(windows)
+                  for a in self.aggregates if a.func == "approx_count_distinct"
+                  if (sketch := parts.get(f"{a.name}__hll")) is not None]
+        if not wanted:
+            return {}
+        frame = df.sparkSession.createDataFrame(wanted, "i INT, name STRING, s BINARY")
+        return {(int(r["i"]), r["name"]): int(r["e"])
+                for r in frame.select("i", "name", F.hll_sketch_estimate("s").alias("e")).collect()}
+
+
+def _ts(us: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
+
+
+def _iso(us: int) -> str:
+    return _ts(us).isoformat()

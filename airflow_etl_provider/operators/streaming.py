@@ -1,0 +1,152 @@
+"""StreamingWatermarkOperator: a Structured Streaming aggregation from Kafka with event-time windows, run the
+way Airflow runs tasks: it processes what arrived since the last run and stops, every late row is captured to
+the dead-letter queue, and each micro-batch counts exactly once in PostgreSQL.
+
+The operator is thin: the rules are in :mod:`airflow_etl_provider.core.streaming` (validated at DAG parse
+time), the micro-batch in :mod:`airflow_etl_provider.executor.streaming` (no Airflow: on Spark Connect it runs on
+the server), the query's life in :mod:`airflow_etl_provider.hooks.streaming`.
+
+Status: this version supports the ``kafka`` source, the ``postgres`` sink and tumbling and sliding windows;
+session windows, the ``files`` source and the ``parquet``/``kafka`` sinks are refused at parse time with a
+message saying so.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from airflow_etl_provider.core.config import is_templated as _templated
+from airflow_etl_provider.core.errors import ConfigError
+from airflow_etl_provider.core.identifiers import quote_table
+from airflow_etl_provider.core.streaming import StreamingConfig, validate_streaming
+
+#: What this version runs; the rest of the interface is validated but refused, naming the field.
+SUPPORTED = {"source.type": ("kafka",), "sink.type": ("postgres",), "window.type": ("tumbling", "sliding")}
+
+
+class StreamingWatermarkOperator(BaseOperator):
+    """Aggregate a Kafka stream by event-time windows into PostgreSQL; capture every late row.
+
+    :param source: ``{"type": "kafka", "conn_id": "kafka_default", "topic": ..., "starting_offsets": "earliest",
+        "format": "json", "schema": "<DDL>", "max_offsets_per_trigger": None}`` (templated).
+    :param event_time_column: the event-time column of ``source.schema``.
+    :param watermark: the allowed lateness, e.g. ``"10 minutes"``.
+    :param window: ``{"type": "tumbling", "duration": "5 minutes"}`` or ``{"type": "sliding", "duration": ...,
+        "slide": ...}``.
+    :param group_by: grouping columns.
+    :param aggregations: ``{"amount": ["sum", "avg", "min", "max"], "*": ["count"], "order_id":
+        ["approx_count_distinct"]}``; output columns ``amount_sum`` ..., ``count``.
+    :param sink: ``{"type": "postgres", "conn_id": "postgres_default", "table": "public.orders_5min"}``
+        (templated); the table is created if missing, keyed by the group columns and the window.
+    :param output_mode: ``append`` (a window is written once, when the watermark passes its end) or ``update``
+        (upserted as it changes).
+    :param checkpoint_location: the stream's checkpoint (required; templated).
+    :param trigger: ``"available_now"`` (default: what arrived since the last run, then stop) or
+        ``{"processing_time": "30 seconds", "max_runtime": "15 minutes"}``.
+    :param late_data: ``{"dead_letter": <a DLQ config>}`` (late rows there, stage ``late_data``) or ``"drop"``
+        (counted only). Templated.
+    :param pipeline_id: the stream's name (default ``<dag_id>.<task_id>``): ledger, lock and envelopes.
+    :param spark_conn_id: ``spark`` or ``spark_connect`` connection.
+    :param spark_conf: Spark conf overriding the connection's extras.
+    """
+
+    template_fields: Sequence[str] = ("source", "sink", "checkpoint_location", "late_data")
+    template_fields_renderers = {"source": "json", "sink": "json", "late_data": "json"}
+    ui_color = "#e8f4fd"
+
+    def __init__(
+        self,
+        *,
+        source: Mapping[str, Any],
+        event_time_column: str,
+        watermark: str,
+        window: Mapping[str, Any],
+        aggregations: Mapping[str, Any],
+        sink: Mapping[str, Any],
+        checkpoint_location: str,
+        group_by: Sequence[str] = (),
+        output_mode: str = "append",
+        trigger: str | Mapping[str, Any] = "available_now",
+        late_data: Mapping[str, Any] | str | None = None,
+        pipeline_id: str | None = None,
+        spark_conn_id: str = "spark_default",
+        spark_conf: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.source, self.sink = dict(source), dict(sink)
+        self.event_time_column, self.watermark, self.window = event_time_column, watermark, dict(window)
+        self.group_by, self.aggregations = list(group_by), dict(aggregations)
+        self.output_mode, self.trigger = output_mode, trigger
+        self.checkpoint_location = checkpoint_location
+        self.late_data = late_data
+        self.pipeline_id = pipeline_id
+        self.spark_conn_id, self.spark_conf = spark_conn_id, dict(spark_conf or {})
+        self._runner: Any = None
+        if late_data is None:
+            raise ConfigError("late_data", "is required: {'dead_letter': <a DLQ config>} to keep every late row, or "
+                              "'drop' to only count them")
+        if not any(_templated(v) for v in (source, sink, checkpoint_location, late_data)):
+            self._validate()
+
+    def _validate(self) -> StreamingConfig:
+        cfg = validate_streaming(
+            source=self.source, event_time_column=self.event_time_column, watermark=self.watermark,
+            window=self.window, group_by=self.group_by, aggregations=self.aggregations, sink=self.sink,
+            output_mode=self.output_mode, checkpoint_location=self.checkpoint_location, trigger=self.trigger,
+            late_data=self.late_data,
+        )
+        for path, allowed in SUPPORTED.items():
+            kind = {"source.type": cfg.source_type, "sink.type": cfg.sink_type, "window.type": cfg.window.type}[path]
+            if kind not in allowed:
+                raise ConfigError(path, "is part of the interface but not supported by this version yet", value=kind,
+                                  allowed=allowed)
+        quote_table(self.sink["table"], "sink.table")
+        return cfg
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_etl_provider.hooks.dead_letter import DeadLetterHook
+        from airflow_etl_provider.hooks.postgres import SparkPostgresHook
+        from airflow_etl_provider.hooks.spark import SparkSessionHook
+        from airflow_etl_provider.hooks.streaming import StreamRunner
+        from airflow_etl_provider.operators.resilience import run_context
+
+        cfg = self._validate()
+        pipeline = self.pipeline_id or f"{self.dag_id}.{self.task_id}"
+        rc = run_context(context, pipeline)
+        dlq = DeadLetterHook(self.late_data["dead_letter"], pipeline_id=pipeline, run_context=rc) \
+            if isinstance(self.late_data, Mapping) else None
+        conn_args = SparkPostgresHook(postgres_conn_id=self.sink.get("conn_id") or "postgres_default") \
+            .psycopg_conn_args(application_name=f"airflow-etl stream {pipeline}")
+        self._runner = StreamRunner(
+            cfg, source=self.source, sink=self.sink, checkpoint_location=self.checkpoint_location,
+            pipeline_id=pipeline, conn_args=conn_args, kafka_options=_kafka_options(self.source),
+            dead_letter_sink=dlq.sink if dlq is not None else None,
+            spool_dir=dlq.spool_dir if dlq is not None else os.path.abspath("."), run_context=rc,
+            holder=f"airflow-etl stream {pipeline} {rc.dag_id}.{rc.task_id} {rc.run_id}",
+        )
+        with SparkSessionHook(self.spark_conn_id, self.spark_conf, app_name=f"stream.{pipeline}").session() as spark:
+            result = self._runner.run(spark)
+        self.log.info("Stream %s: %d batch(es), %d rows in, %d aggregated, %d late, %d window(s) written, watermark "
+                      "%s -> %s", pipeline, result["batches"], result["input_rows"], result["aggregated_rows"],
+                      result["late_rows"], result["output_rows"], result["watermark"]["before"],
+                      result["watermark"]["after"])
+        return result
+
+    def on_kill(self) -> None:
+        if self._runner is not None:
+            self._runner.stop()
+            self._runner.unlock()
+
+
+def _kafka_options(source: Mapping[str, Any]) -> dict[str, str]:
+    """``kafka.*`` reader options from the source's Airflow connection (resolved on the driver)."""
+    from airflow.providers.apache.kafka.hooks.base import KafkaBaseHook
+
+    config = KafkaBaseHook(kafka_config_id=source.get("conn_id") or "kafka_default")._build_config()
+    drop = {"group.id", "auto.offset.reset", "enable.auto.commit", "socket.timeout.ms"}  # Spark manages them
+    return {f"kafka.{k}": str(v) for k, v in config.items() if k not in drop}

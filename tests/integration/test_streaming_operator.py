@@ -1,0 +1,175 @@
+"""StreamingWatermarkOperator against real Kafka, PostgreSQL and Spark: the sink equals an aggregation computed
+independently from the on-time rows, the DLQ holds exactly the late rows (by Kafka partition and offset),
+consecutive runs pick up only new data, a replayed batch changes nothing, one run per stream at a time, and a
+changed window on an existing checkpoint is refused."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_etl_provider.core.errors import ConfigError
+from airflow_etl_provider.core.streaming import WindowSpec, advance_watermark, is_late
+
+pytestmark = [pytest.mark.integration, pytest.mark.spark]
+
+T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+MIN_US = 60_000_000
+WATERMARK_US = 10 * MIN_US
+SCHEMA = "order_id STRING, customer STRING, amount DECIMAL(12,2), event_time TIMESTAMP"
+
+
+def _us(ts: datetime) -> int:
+    return (ts - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+def _produce(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> list[tuple[int, int, dict[str, Any]]]:
+    """Send events round-robin over the topic's 3 partitions; return (partition, offset, event) of each."""
+    from confluent_kafka import Producer
+
+    placed: list[tuple[int, int, dict[str, Any]]] = []
+    producer = Producer({"bootstrap.servers": bootstrap})
+
+    for i, event in enumerate(events):
+        def done(err: Any, msg: Any, event: dict[str, Any] = event) -> None:
+            assert err is None, err
+            placed.append((msg.partition(), msg.offset(), event))
+
+        producer.produce(topic, value=json.dumps(event).encode(), partition=i % 3, on_delivery=done)
+    assert producer.flush(30) == 0
+    assert len(placed) == len(events)
+    return placed
+
+
+def _event(i: int, customer: str, minutes: float, amount: str) -> dict[str, Any]:
+    ts = T0 + timedelta(minutes=minutes)
+    return {"order_id": f"o{i}", "customer": customer, "amount": amount,
+            "event_time": ts.strftime("%Y-%m-%dT%H:%M:%S.%f")}
+
+
+def _reference(batches: list[list[tuple[int, int, dict[str, Any]]]], window: WindowSpec) -> tuple[dict, set, int]:
+    """The pure model: per batch, judge each (row, window) with the previous batch's watermark; aggregate the
+    on-time pairs; the windows the final watermark has passed are the ones append mode has written."""
+    wm, state, late = 0, defaultdict(list), set()
+    for batch in batches:
+        newest = None
+        for partition, offset, ev in batch:
+            t = _us(datetime.fromisoformat(ev["event_time"]).replace(tzinfo=UTC))
+            newest = t if newest is None else max(newest, t)
+            for start, end in window.windows_of(t):
+                if is_late(end, wm):
+                    late.add((partition, offset, start))
+                else:
+                    state[(ev["customer"], start, end)].append(ev)
+        wm = advance_watermark(wm, newest, WATERMARK_US)
+    final = {k: v for k, v in state.items() if k[2] <= wm}
+    return final, late, wm
+
+
+def _operator(topic: str, tmp_path: Path, table: str, window: dict[str, Any], **kw: Any) -> Any:
+    from airflow_etl_provider.operators.streaming import StreamingWatermarkOperator
+
+    return StreamingWatermarkOperator(
+        task_id="orders_per_5min",
+        source={"type": "kafka", "conn_id": "kafka_default", "topic": topic, "starting_offsets": "earliest",
+                "format": "json", "schema": SCHEMA},
+        event_time_column="event_time", watermark="10 minutes", window=window, group_by=["customer"],
+        aggregations={"amount": ["sum", "avg", "min", "max"], "*": ["count"], "order_id": ["approx_count_distinct"]},
+        sink={"type": "postgres", "conn_id": "postgres_default", "table": table},
+        checkpoint_location=str(tmp_path / "checkpoint"),
+        late_data={"dead_letter": {"type": "file", "path": str(tmp_path / "dlq")}},
+        pipeline_id=f"test.{table}", **kw,
+    )
+
+
+def _sink(table: str) -> dict[tuple[str, int, int], tuple[Any, ...]]:
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    rows = PostgresHook(postgres_conn_id="postgres_default").get_records(
+        f"select customer, window_start, window_end, amount_sum, amount_avg, amount_min, amount_max, \"count\", "
+        f"order_id_approx_count_distinct from {table}")
+    return {(r[0], _us(r[1]), _us(r[2])): tuple(r[3:]) for r in rows}
+
+
+def _late_letters(tmp_path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for f in (tmp_path / "dlq").rglob("*.jsonl.gz") for x in gzip.decompress(f.read_bytes()).splitlines()]
+
+
+@pytest.mark.parametrize("window", [{"type": "tumbling", "duration": "5 minutes"},
+                                    {"type": "sliding", "duration": "10 minutes", "slide": "5 minutes"}])
+def test_two_runs_equal_the_reference_and_capture_every_late_row(spark, kafka_bootstrap, unique, tmp_path,
+                                                                 window: dict[str, Any]) -> None:
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    topic, table = f"stream-{unique}", f"public.stream_{unique}"
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})  # kept alive until the topic exists
+    admin.create_topics([NewTopic(topic, 3, 1)])[topic].result(30)
+    # run 1: 0..24 minutes, out of order within the 10-minute lateness
+    first = [_event(i, "ab"[i % 2], m, f"{i}.50") for i, m in enumerate([3, 1, 7, 12, 9, 16, 14, 22, 19, 24])]
+    # run 2: after run 1 the watermark is 24 - 10 = 14 minutes: events in windows ending at or before it are late
+    second = [_event(100 + i, "ab"[i % 2], m, f"{i}.25") for i, m in enumerate([2, 8, 13, 16, 27, 31, 26, 40])]
+    placed1 = _produce(kafka_bootstrap, topic, first)
+    op = _operator(topic, tmp_path, table, window)
+    r1 = op.execute(context={})
+    placed2 = _produce(kafka_bootstrap, topic, second)
+    r2 = _operator(topic, tmp_path, table, window).execute(context={})
+    spec = WindowSpec.from_config(window)
+    final, late, wm = _reference([placed1, placed2], spec)
+
+    assert (r1["input_rows"], r2["input_rows"]) == (10, 8)  # the second run read only the new data
+    assert r1["late_rows"] == 0 and r2["late_rows"] == len(late) > 0
+    assert r2["watermark"]["after"] == datetime.fromtimestamp(wm / 1e6, tz=UTC).isoformat()
+    assert r1["window_pairs"] + r2["window_pairs"] == r1["aggregated_rows"] + r2["aggregated_rows"] + len(late)
+    sink = _sink(table)
+    assert set(sink) == set(final)
+    for key, events in final.items():
+        amounts = [Decimal(e["amount"]) for e in events]
+        s_sum, s_avg, s_min, s_max, s_count, s_distinct = sink[key]
+        assert (s_sum, s_min, s_max, s_count) == (sum(amounts), min(amounts), max(amounts), len(events)), key
+        assert abs(Decimal(s_avg) - sum(amounts) / len(amounts)) < Decimal("1e-6"), key
+        assert s_distinct == len({e["order_id"] for e in events}), key  # HLL is exact at this size
+    letters = _late_letters(tmp_path)
+    by_position = {(e["original_location"]["partition"], e["original_location"]["offset"],
+                    _us(datetime.fromisoformat(e["context"]["window"].split("/")[0]).replace(tzinfo=UTC)))
+                   for e in letters}
+    assert by_position == late and len(letters) == len(late)  # exactly the late pairs, each once
+    assert {e["stage"] for e in letters} == {"late_data"}
+    pg = PostgresHook(postgres_conn_id="postgres_default")
+    # a replayed batch (Spark committed nothing after the PostgreSQL commit) changes nothing
+    commits = sorted((tmp_path / "checkpoint" / "commits").glob("[0-9]*"), key=lambda f: int(f.name))
+    commits[-1].unlink()  # as if the task died between the PostgreSQL commit and Spark's commit log
+    commits[-1].with_name(f".{commits[-1].name}.crc").unlink(missing_ok=True)
+    r3 = _operator(topic, tmp_path, table, window).execute(context={})
+    assert commits[-1].exists()  # Spark ran that batch again and committed it this time ...
+    assert (r3["batches"], r3["input_rows"]) == (0, 0)  # ... and the ledger made the replay a no-op
+    assert _sink(table) == sink and len(_late_letters(tmp_path)) == len(letters)
+    pg.run(f"drop table {table}; drop table {table}__etl_state")
+
+
+def test_one_run_per_stream_and_a_changed_window_is_refused(spark, kafka_bootstrap, unique, tmp_path) -> None:
+    import psycopg
+
+    from airflow_etl_provider.hooks.postgres import SparkPostgresHook
+    from airflow_etl_provider.hooks.streaming import LOCK_CLASS
+
+    topic, table = f"stream-lock-{unique}", f"public.stream_lock_{unique}"
+    _produce(kafka_bootstrap, topic, [_event(1, "a", 1, "1.00")])
+    tumbling = {"type": "tumbling", "duration": "5 minutes"}
+    args = SparkPostgresHook(postgres_conn_id="postgres_default").psycopg_conn_args(
+        application_name="another airflow-etl stream task")
+    with psycopg.connect(**args, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (LOCK_CLASS, f"airflow-etl stream test.{table}"))
+        with pytest.raises(RuntimeError, match=r"is already running: another airflow-etl stream task"):
+            _operator(topic, tmp_path, table, tumbling).execute(context={})
+    assert _operator(topic, tmp_path, table, tumbling).execute(context={})["input_rows"] == 1
+    with pytest.raises(ConfigError, match="Start a new checkpoint_location"):
+        _operator(topic, tmp_path, table, {"type": "tumbling", "duration": "10 minutes"}).execute(context={})
