@@ -1,7 +1,8 @@
 """StreamingWatermarkOperator: orders from Kafka, 5-minute windows per customer into PostgreSQL, late rows to a DLQ.
 
 ``produce_orders`` sends ``events`` order events to the Kafka topic ``example.orders.events``, event times
-spread over the last 30 minutes and out of order; ``late_share`` of them are two hours old. ``orders_per_5min``
+spread over the last 5 minutes and out of order (within the 10-minute lateness); ``late_share`` of them are two
+hours old. ``orders_per_5min``
 then processes everything that arrived since its last run (``trigger="available_now"``) and stops:
 
 * each (order, 5-minute window) is judged with the watermark recorded after the previous micro-batch (the
@@ -62,7 +63,7 @@ def example_streaming() -> None:
         for i in range(n):
             old = rng.random() < late_share
             late += old
-            at = now - (timedelta(hours=2) if old else timedelta(seconds=rng.uniform(0, 1800)))
+            at = now - (timedelta(hours=2) if old else timedelta(seconds=rng.uniform(0, 300)))
             event = {"order_id": f"{now:%H%M%S}-{i}", "customer": f"c{rng.randrange(20)}",
                      "amount": f"{rng.uniform(1, 500):.2f}", "event_time": at.strftime("%Y-%m-%dT%H:%M:%S.%f")}
             producer.produce(TOPIC, value=json.dumps(event).encode())

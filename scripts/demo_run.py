@@ -1,7 +1,8 @@
 """``make demo``: trigger DAGs on the running Airflow through its REST API (the official client), wait for them
 and print what they did. Airflow is left running.
 
-Usage: demo_run.py [DAG_ID ...]   (default: example_etl_pipeline; conf from $DEMO_CONF, a JSON object)
+Usage: demo_run.py [DAG_ID ...]   (default: example_etl_pipeline; conf from $DEMO_CONF, a JSON object given to
+every DAG: each takes the params it knows)
 """
 
 from __future__ import annotations

@@ -63,6 +63,12 @@ def main(dag_ids: list[str]) -> int:
                             if rule.get("status") != "pass":
                                 print(f"      {rule['name']:<44} {rule['status']:<5} {rule.get('failing_rows') or '':>6}"
                                       f"  {rule.get('action_taken') or ''}")
+                    if "late_rows" in value:
+                        print(f"    stream: batches={value.get('batches')}  rows in={value.get('input_rows')}  "
+                              f"aggregated={value.get('aggregated_rows')}  late={value.get('late_rows')}  "
+                              f"windows written={value.get('output_rows')}")
+                        print(f"    watermark: {value['watermark']['before']} -> {value['watermark']['after']}  "
+                              f"(newest event {value.get('max_event_time')})")
                     for key in ("target", "output", "dead_letter_location", "metrics_location", "report_path"):
                         if value.get(key):
                             print(f"    {key}: {value[key]}")

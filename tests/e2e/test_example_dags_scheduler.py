@@ -44,3 +44,30 @@ def test_every_example_dag_succeeds_under_the_scheduler(airflow_api: AirflowRest
     finally:
         for dag_id, run_id in runs.items():
             airflow_api.fail_run_if_unfinished(dag_id, run_id)
+
+
+@pytest.mark.timeout(1500)
+def test_the_streaming_example_captures_exactly_the_late_orders_under_the_scheduler(airflow_api: AirflowRestApi) -> None:
+    """Two runs of example_streaming: the second reads only what the second produced, and exactly its
+    two-hour-old orders are late (the first run's watermark is then ~10 minutes behind its newest order)."""
+    dag_id = "example_streaming"
+    airflow_api.ensure_unpaused(dag_id)
+    results = []
+    for conf in ({"events": 1000, "late_share": 0.0}, {"events": 2000, "late_share": 0.05}):
+        run_id = airflow_api.trigger(dag_id, conf)
+        try:
+            state = wait_for(lambda r=run_id: (s if (s := airflow_api.run_state(dag_id, r)) in ("success", "failed")
+                                               else None),
+                             timeout=900, interval=3, what=f"{dag_id} run {run_id} to finish",
+                             last=lambda r=run_id: str(airflow_api.task_states(dag_id, r)))
+        finally:
+            airflow_api.fail_run_if_unfinished(dag_id, run_id)
+        assert state == "success", airflow_api.task_states(dag_id, run_id)
+        results.append((airflow_api.xcom(dag_id, run_id, "produce_orders"),
+                        airflow_api.xcom(dag_id, run_id, "orders_per_5min")))
+    (_, _), (produced, stream) = results
+    assert stream["input_rows"] == produced["produced"] == 2000  # only the new orders
+    assert produced["two_hours_old"] > 0
+    assert stream["late_rows"] == produced["two_hours_old"]
+    assert stream["window_pairs"] == stream["aggregated_rows"] + stream["late_rows"]
+    assert stream["dead_letter_location"].startswith("kafka topic example.orders.late")
