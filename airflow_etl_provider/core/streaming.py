@@ -137,6 +137,24 @@ class WindowSpec:
         return out
 
 
+def session_clusters(sessions: Sequence[tuple[int, int]]) -> list[list[int]]:
+    """Which sessions merge, as Spark merges them: sorted by start, a session joins the one before it when it
+    starts at or before that one's end (touching sessions merge). Returns clusters of indexes into ``sessions``.
+    """
+    order = sorted(range(len(sessions)), key=lambda i: (sessions[i][0], sessions[i][1]))
+    clusters: list[list[int]] = []
+    end = None
+    for i in order:
+        start, stop = sessions[i]
+        if end is not None and start <= end:
+            clusters[-1].append(i)
+            end = max(end, stop)
+        else:
+            clusters.append([i])
+            end = stop
+    return clusters
+
+
 def is_late(window_end_us: int, watermark_us: int) -> bool:
     """Spark's drop rule: a (row, window) pair is late when the window ends at or before the watermark."""
     return window_end_us <= watermark_us

@@ -28,6 +28,7 @@ import base64
 import json
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -36,7 +37,7 @@ from typing import Any
 
 from airflow_etl_provider.core.errors import RowAccountingError
 from airflow_etl_provider.core.identifiers import quote_identifier
-from airflow_etl_provider.core.streaming import Aggregate, WindowSpec, advance_watermark
+from airflow_etl_provider.core.streaming import Aggregate, WindowSpec, advance_watermark, session_clusters
 from airflow_etl_provider.executor.dead_letter import (
     ERROR_COLUMN,
     STATUS_SCHEMA,
@@ -258,11 +259,14 @@ class StreamBatchProcessor:
         if PARTITION in df.columns:
             for r in df.groupBy(TOPIC, PARTITION).agg(F.min(OFFSET).alias("lo"), F.max(OFFSET).alias("hi")).collect():
                 offsets[f"{r[TOPIC]}:{r[PARTITION]}"] = {"from": int(r["lo"]), "to": int(r["hi"])}
-        duration = f"{self.window.duration_us} microseconds"
-        slide = f"{self.window.slide_us} microseconds"
-        pairs = (df.withColumn("_w", F.window(et, duration, slide))
-                 .withColumn("_ws", F.unix_micros(F.col("_w.start"))).withColumn("_we", F.unix_micros(F.col("_w.end")))
-                 .drop("_w"))
+        if self.window.type == "session":  # judged by the row's own session [t, t + gap), as Spark does
+            pairs = df.withColumn("_ws", F.unix_micros(et)).withColumn("_we", F.col("_ws") + F.lit(self.window.gap_us))
+        else:
+            duration = f"{self.window.duration_us} microseconds"
+            slide = f"{self.window.slide_us} microseconds"
+            pairs = (df.withColumn("_w", F.window(et, duration, slide))
+                     .withColumn("_ws", F.unix_micros(F.col("_w.start")))
+                     .withColumn("_we", F.unix_micros(F.col("_w.end"))).drop("_w"))
         invalid_cond = F.col("_we").isNull()  # no event time: the message did not parse with the schema
         late_cond = ~invalid_cond & (F.col("_we") <= F.lit(watermark_before))  # Spark's rule, with W(N-1)
         counts = pairs.agg(F.count(F.lit(1)).alias("pairs"), F.count(F.when(late_cond, 1)).alias("late"),
@@ -332,47 +336,32 @@ class StreamBatchProcessor:
                 name = f"{agg.name}__{part}"
                 exprs.append({"n": F.count(col), "s": F.sum(col), "min": F.min(col), "max": F.max(col),
                               "hll": F.hll_sketch_agg(col) if agg.column != "*" else F.lit(None)}[part].alias(name))
+        if self.window.type == "session":  # the batch's own sessions; merged with the stored ones in _merge
+            session = F.session_window(F.col(self.event_time_column), f"{self.window.gap_us} microseconds")
+            return (on_time.groupBy(*self.group_by, session.alias("_s")).agg(*exprs)
+                    .withColumn("_ws", F.unix_micros(F.col("_s.start")))
+                    .withColumn("_we", F.unix_micros(F.col("_s.end"))).drop("_s").collect())
         return on_time.groupBy(*self.group_by, "_ws", "_we").agg(*exprs).collect()
 
     def _merge_and_write(self, cur: Any, partials: Sequence[Any], watermark_after: int, df: Any) -> int:
-        touched: dict[tuple[str, int, int], dict[str, Any]] = {}
+        """Merge this batch's partial aggregates into the window state; write what the output mode says."""
+        batch: dict[str, list[tuple[int, int, dict[str, Any]]]] = defaultdict(list)
         groups: dict[str, tuple[Any, ...]] = {}
         for p in partials:
             values = tuple(p[c] for c in self.group_by)
             key = json.dumps([_encode(v) for v in values], sort_keys=True)
             groups[key] = values
-            touched[(key, int(p["_ws"]), int(p["_we"]))] = {
-                f"{a.name}__{part}": p[f"{a.name}__{part}"] for a in self.aggregates for part in partial_parts(a)}
-        if touched:
-            cur.execute(
-                f"SELECT group_key, window_start_us, window_end_us, partials FROM {self.state_table} WHERE pipeline = %s "
-                "AND epoch = %s AND (group_key, window_start_us, window_end_us) IN "
-                f"(SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[])) FOR UPDATE",
-                (self.pipeline_id, self.epoch, [k[0] for k in touched], [k[1] for k in touched],
-                 [k[2] for k in touched]))
-            stored = {(r[0], int(r[1]), int(r[2])): {k: _decode(v) for k, v in r[3].items()} for r in cur.fetchall()}
-            sketches: list[tuple[int, str, bytes, bytes]] = []
-            merged: dict[tuple[str, int, int], dict[str, Any]] = {}
-            for i, (k, new) in enumerate(touched.items()):
-                old = stored.get(k, {})
-                out: dict[str, Any] = {}
-                for name, value in new.items():
-                    prev = old.get(name)
-                    if name.endswith("__n") or name.endswith("__s"):
-                        out[name] = _add(prev, value)
-                    elif name.endswith("__min"):
-                        out[name] = _least(prev, value)
-                    elif name.endswith("__max"):
-                        out[name] = _greatest(prev, value)
-                    else:  # an HLL sketch: union them in Spark below
-                        out[name] = value if prev is None else prev if value is None else None
-                        if prev is not None and value is not None:
-                            sketches.append((i, name, bytes(prev), bytes(value)))
-                merged[k] = out
-            if sketches:
-                keys = list(touched)
-                for i, name, union in self._union_sketches(df, sketches):
-                    merged[keys[i]][name] = union
+            batch[key].append((int(p["_ws"]), int(p["_we"]), {
+                f"{a.name}__{part}": p[f"{a.name}__{part}"] for a in self.aggregates for part in partial_parts(a)}))
+        merged: dict[tuple[str, int, int], dict[str, Any]] = {}
+        superseded: list[tuple[str, int, int]] = []
+        if batch:
+            merged, superseded = self._merge(cur, batch, df)
+        if superseded:
+            cur.execute(f"DELETE FROM {self.state_table} WHERE pipeline = %s AND epoch = %s AND (group_key, "
+                        "window_start_us, window_end_us) IN (SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[]))",
+                        (self.pipeline_id, self.epoch, *map(list, zip(*superseded, strict=True))))
+        if merged:
             cur.executemany(
                 f"INSERT INTO {self.state_table} (pipeline, epoch, group_key, window_start_us, window_end_us, partials) "
                 "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (pipeline, epoch, group_key, window_start_us, window_end_us) "
@@ -380,25 +369,91 @@ class StreamBatchProcessor:
                 [(self.pipeline_id, self.epoch, k[0], k[1], k[2],
                   json.dumps({n: _encode(v) for n, v in parts.items()})) for k, parts in merged.items()])
         if self.output_mode == "update":
-            written = self._write(cur, [(k, v, groups[k[0]]) for k, v in merged.items()] if touched else [], df,
-                                  upsert=True)
+            if superseded:  # sessions that merged into a longer one: their earlier rows are no longer windows
+                self._delete_windows(cur, [(k, groups.get(k[0]) or _group_of(k[0])) for k in superseded])
+            written = self._write(cur, [(k, v, groups[k[0]]) for k, v in merged.items()], df, upsert=True)
             cur.execute(f"DELETE FROM {self.state_table} WHERE pipeline = %s AND epoch = %s AND window_end_us <= %s",
                         (self.pipeline_id, self.epoch, watermark_after))
             return written
         cur.execute(f"DELETE FROM {self.state_table} WHERE pipeline = %s AND epoch = %s AND window_end_us <= %s "
                     "RETURNING group_key, window_start_us, window_end_us, partials",
                     (self.pipeline_id, self.epoch, watermark_after))
-        final = [((r[0], int(r[1]), int(r[2])), {k: _decode(v) for k, v in r[3].items()},
-                  tuple(_decode(v) for v in json.loads(r[0]))) for r in cur.fetchall()]
+        final = [((r[0], int(r[1]), int(r[2])), {k: _decode(v) for k, v in r[3].items()}, _group_of(r[0]))
+                 for r in cur.fetchall()]
         return self._write(cur, final, df, upsert=False)
 
-    def _union_sketches(self, df: Any, sketches: list[tuple[int, str, bytes, bytes]]) -> Iterator[tuple[int, str, bytes]]:
+    def _merge(self, cur: Any, batch: Mapping[str, list[tuple[int, int, dict[str, Any]]]], df: Any,
+               ) -> tuple[dict[tuple[str, int, int], dict[str, Any]], list[tuple[str, int, int]]]:
+        """Combine the batch's partials with the stored state: the same window (tumbling, sliding), or every
+        session they overlap or touch (session windows). Returns the merged windows and the stored windows a
+        longer session replaced."""
+        session = self.window.type == "session"
+        if session:  # every open session of the groups this batch touched
+            cur.execute(f"SELECT group_key, window_start_us, window_end_us, partials FROM {self.state_table} "
+                        "WHERE pipeline = %s AND epoch = %s AND group_key = ANY(%s) FOR UPDATE",
+                        (self.pipeline_id, self.epoch, list(batch)))
+        else:
+            keys = [(g, s, e) for g, items in batch.items() for s, e, _p in items]
+            cur.execute(
+                f"SELECT group_key, window_start_us, window_end_us, partials FROM {self.state_table} WHERE pipeline = %s "
+                "AND epoch = %s AND (group_key, window_start_us, window_end_us) IN "
+                "(SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[])) FOR UPDATE",
+                (self.pipeline_id, self.epoch, *map(list, zip(*keys, strict=True))))
+        stored: dict[str, list[tuple[int, int, dict[str, Any]]]] = defaultdict(list)
+        for r in cur.fetchall():
+            stored[r[0]].append((int(r[1]), int(r[2]), {k: _decode(v) for k, v in r[3].items()}))
+        merged: dict[tuple[str, int, int], dict[str, Any]] = {}
+        superseded: list[tuple[str, int, int]] = []
+        sketches: list[tuple[int, str, bytes]] = []
+        order: list[tuple[str, int, int]] = []
+        for group, items in batch.items():
+            # (start, end, partials, stored?) for the batch's windows and the stored ones they meet
+            fresh = [(st, en, parts, False) for st, en, parts in items]
+            old = [(st, en, parts, True) for st, en, parts in stored.get(group, [])]
+            if session:
+                everything = [*old, *fresh]
+                clusters = [[everything[i] for i in c] for c in session_clusters([(m[0], m[1]) for m in everything])]
+                clusters = [c for c in clusters if not all(m[3] for m in c)]  # untouched sessions stay as they are
+            else:
+                by_key: dict[tuple[int, int], list[tuple[int, int, dict[str, Any], bool]]] = defaultdict(list)
+                for m in [*fresh, *old]:
+                    by_key[(m[0], m[1])].append(m)
+                clusters = list(by_key.values())
+            for cluster in clusters:
+                start, end = min(m[0] for m in cluster), max(m[1] for m in cluster)
+                key = (group, start, end)
+                superseded += [(group, m[0], m[1]) for m in cluster if m[3] and (m[0], m[1]) != (start, end)]
+                combined: dict[str, Any] = {}
+                for _s, _e, parts, _stored in cluster:
+                    for name, value in parts.items():
+                        prev = combined.get(name)
+                        if name.endswith("__n") or name.endswith("__s"):
+                            combined[name] = _add(prev, value)
+                        elif name.endswith("__min"):
+                            combined[name] = _least(prev, value)
+                        elif name.endswith("__max"):
+                            combined[name] = _greatest(prev, value)
+                        elif value is not None:  # an HLL sketch: unioned in Spark below
+                            sketches.append((len(order), name, bytes(value)))
+                            combined.setdefault(name, None)
+                merged[key] = combined
+                order.append(key)
+        if sketches:
+            for i, name, union in self._union_sketches(df, sketches):
+                merged[order[i]][name] = union
+        return merged, superseded
+
+    def _union_sketches(self, df: Any, sketches: list[tuple[int, str, bytes]]) -> Iterator[tuple[int, str, bytes]]:
         from pyspark.sql import functions as F
 
-        frame = df.sparkSession.createDataFrame([(i, n, a, b) for i, n, a, b in sketches],
-                                                "i INT, name STRING, a BINARY, b BINARY")
-        for r in frame.select("i", "name", F.hll_union("a", "b").alias("u")).collect():
+        frame = df.sparkSession.createDataFrame(sketches, "i INT, name STRING, s BINARY")
+        for r in frame.groupBy("i", "name").agg(F.hll_union_agg("s").alias("u")).collect():
             yield int(r["i"]), r["name"], bytes(r["u"])
+
+    def _delete_windows(self, cur: Any, windows: Sequence[tuple[tuple[str, int, int], tuple[Any, ...]]]) -> None:
+        cols = [*(quote_identifier(c) for c in self.group_by), WINDOW_START, WINDOW_END]
+        cur.executemany(f"DELETE FROM {self.sink_table} WHERE ({', '.join(cols)}) = ({', '.join(['%s'] * len(cols))})",
+                        [(*group, _ts(k[1]), _ts(k[2])) for k, group in windows])
 
     def _write(self, cur: Any, windows: Sequence[tuple[tuple[str, int, int], Mapping[str, Any], tuple[Any, ...]]],
                df: Any, *, upsert: bool) -> int:
@@ -442,6 +497,10 @@ class StreamBatchProcessor:
         frame = df.sparkSession.createDataFrame(wanted, "i INT, name STRING, s BINARY")
         return {(int(r["i"]), r["name"]): int(r["e"])
                 for r in frame.select("i", "name", F.hll_sketch_estimate("s").alias("e")).collect()}
+
+
+def _group_of(group_key: str) -> tuple[Any, ...]:
+    return tuple(_decode(v) for v in json.loads(group_key))
 
 
 def _ts(us: int) -> datetime:

@@ -6,9 +6,9 @@ The operator is thin: the rules are in :mod:`airflow_etl_provider.core.streaming
 time), the micro-batch in :mod:`airflow_etl_provider.executor.streaming` (no Airflow: on Spark Connect it runs on
 the server), the query's life in :mod:`airflow_etl_provider.hooks.streaming`.
 
-Status: this version supports the ``kafka`` source, the ``postgres`` sink and tumbling and sliding windows;
-session windows, the ``files`` source and the ``parquet``/``kafka`` sinks are refused at parse time with a
-message saying so.
+Status: this version supports the ``kafka`` source, the ``postgres`` sink and tumbling, sliding and session
+windows; the ``files`` source and the ``parquet``/``kafka`` sinks are refused at parse time with a message
+saying so.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from airflow_etl_provider.core.identifiers import quote_table
 from airflow_etl_provider.core.streaming import StreamingConfig, validate_streaming
 
 #: What this version runs; the rest of the interface is validated but refused, naming the field.
-SUPPORTED = {"source.type": ("kafka",), "sink.type": ("postgres",), "window.type": ("tumbling", "sliding")}
+SUPPORTED = {"source.type": ("kafka",), "sink.type": ("postgres",), "window.type": ("tumbling", "sliding", "session")}
 
 
 class StreamingWatermarkOperator(BaseOperator):
@@ -35,8 +35,9 @@ class StreamingWatermarkOperator(BaseOperator):
         "format": "json", "schema": "<DDL>", "max_offsets_per_trigger": None}`` (templated).
     :param event_time_column: the event-time column of ``source.schema``.
     :param watermark: the allowed lateness, e.g. ``"10 minutes"``.
-    :param window: ``{"type": "tumbling", "duration": "5 minutes"}`` or ``{"type": "sliding", "duration": ...,
-        "slide": ...}``.
+    :param window: ``{"type": "tumbling", "duration": "5 minutes"}``, ``{"type": "sliding", "duration": ...,
+        "slide": ...}`` or ``{"type": "session", "gap": "10 minutes"}`` (a row is late when its own session
+        ``[t, t + gap)`` ends at or before the watermark; sessions that overlap or touch merge, as in Spark).
     :param group_by: grouping columns.
     :param aggregations: ``{"amount": ["sum", "avg", "min", "max"], "*": ["count"], "order_id":
         ["approx_count_distinct"]}``; output columns ``amount_sum`` ..., ``count``.

@@ -173,8 +173,10 @@ def test_the_operator_validates_at_parse_time_and_refuses_what_this_version_cann
     args = {k: v for k, v in GOOD.items()}
     op = StreamingWatermarkOperator(task_id="s", **args)
     assert op.sink["table"] == "public.orders_5min"
-    with pytest.raises(ConfigError, match="window.type: is part of the interface but not supported by this version"):
-        StreamingWatermarkOperator(task_id="s", **{**args, "window": {"type": "session", "gap": "10 minutes"}})
+    assert StreamingWatermarkOperator(task_id="s", **{**args, "window": {"type": "session", "gap": "10 minutes"}})
+    with pytest.raises(ConfigError, match="source.type: is part of the interface but not supported by this version"):
+        StreamingWatermarkOperator(task_id="s", **{**args, "source": {"type": "files", "path": "/in", "format": "json",
+                                                                       "schema": GOOD["source"]["schema"]}})
     with pytest.raises(ConfigError, match="sink.type: is part of the interface but not supported"):
         StreamingWatermarkOperator(task_id="s", **{**args, "sink": {"type": "parquet", "path": "/out"}})
     with pytest.raises(ConfigError, match="late_data: is required"):
@@ -195,3 +197,21 @@ def test_window_state_values_round_trip_through_json() -> None:
     for value in (None, 3, True, Decimal("12.50"), 1.25, datetime(2026, 1, 1, 12, tzinfo=UTC), b"\x00\x01sketch", "x"):
         assert _decode(_encode(value)) == value
         assert type(_decode(_encode(value))) is type(value)
+
+
+@given(st.lists(st.tuples(st.integers(0, 100), st.integers(1, 30)), max_size=12))
+def test_session_clusters_merge_what_overlaps_or_touches(raw: list[tuple[int, int]]) -> None:
+    from airflow_etl_provider.core.streaming import session_clusters
+
+    sessions = [(s, s + length) for s, length in raw]
+    clusters = session_clusters(sessions)
+    assert sorted(i for c in clusters for i in c) == list(range(len(sessions)))
+    spans = sorted((min(sessions[i][0] for i in c), max(sessions[i][1] for i in c)) for c in clusters)
+    for (_s1, e1), (s2, _e2) in zip(spans, spans[1:], strict=False):
+        assert s2 > e1  # clusters neither overlap nor touch
+    for c in clusters:  # within a cluster, the sessions chain without a gap
+        chain = sorted(sessions[i] for i in c)
+        reach = chain[0][1]
+        for s, e in chain[1:]:
+            assert s <= reach
+            reach = max(reach, e)
