@@ -36,7 +36,6 @@ from decimal import Decimal
 from typing import Any
 
 from airflow_etl_provider.core.errors import RowAccountingError
-from airflow_etl_provider.core.identifiers import quote_identifier
 from airflow_etl_provider.core.streaming import Aggregate, WindowSpec, advance_watermark, session_clusters
 from airflow_etl_provider.executor.dead_letter import (
     ERROR_COLUMN,
@@ -45,13 +44,13 @@ from airflow_etl_provider.executor.dead_letter import (
     result_from_statuses,
 )
 from airflow_etl_provider.executor.sinks import DeadLetterSink
+from airflow_etl_provider.executor.stream_sinks import WINDOW_END, WINDOW_START, WindowSink
 
 log = logging.getLogger(__name__)
 
 #: Columns the source adds to every row: where it was read (they never reach the sink).
 TOPIC, PARTITION, OFFSET = "_etl_topic", "_etl_partition", "_etl_offset"
 LOCATION_COLUMNS = (TOPIC, PARTITION, OFFSET)
-WINDOW_START, WINDOW_END = "window_start", "window_end"
 
 LEDGER_DDL = """
 CREATE TABLE IF NOT EXISTS {ledger} (
@@ -158,7 +157,7 @@ class StreamBatchProcessor:
     :param pipeline_id: the stream's name (ledger, state and envelopes).
     :param epoch: identifies the checkpoint: batch ids restart at 0 with a new checkpoint, the epoch changes.
     :param conn_args: psycopg connection parameters (resolved on the driver).
-    :param sink_table: quoted ``"schema"."table"`` the windows go to.
+    :param sink: where the windows go (:mod:`airflow_etl_provider.executor.stream_sinks`).
     :param state_table: quoted table of the open windows' partial aggregates.
     :param ledger_table: quoted ledger table.
     :param event_time_column: the event-time column.
@@ -175,7 +174,7 @@ class StreamBatchProcessor:
     pipeline_id: str
     epoch: str
     conn_args: dict[str, Any]
-    sink_table: str
+    sink: WindowSink
     state_table: str
     ledger_table: str
     event_time_column: str
@@ -188,25 +187,15 @@ class StreamBatchProcessor:
     spool_dir: str
     run_context: Any
     column_types: dict[str, str] = field(default_factory=dict)
+    location_columns: tuple[str, ...] = LOCATION_COLUMNS
+    _batch_id: int = field(default=-1, repr=False)
 
     # ------------------------------------------------------------------------------------ SQL
     def ensure_tables(self, cur: Any) -> None:
-        """Create the ledger, state and sink tables if missing (idempotent)."""
+        """Create the ledger, the state and (PostgreSQL sink) the sink table if missing (idempotent)."""
         cur.execute(LEDGER_DDL.format(ledger=self.ledger_table))
         cur.execute(STATE_DDL.format(state=self.state_table))
-        cols = [f"{quote_identifier(c, 'group_by')} {self.column_types.get(c, 'text')}" for c in self.group_by]
-        cols += [f"{WINDOW_START} timestamptz NOT NULL", f"{WINDOW_END} timestamptz NOT NULL"]
-        cols += [f"{quote_identifier(a.name, 'aggregations')} {self._output_type(a)}" for a in self.aggregates]
-        key = ", ".join([*(quote_identifier(c) for c in self.group_by), WINDOW_START, WINDOW_END])
-        cur.execute(f"CREATE TABLE IF NOT EXISTS {self.sink_table} ({', '.join(cols)}, PRIMARY KEY ({key}))")
-
-    def _output_type(self, agg: Aggregate) -> str:
-        if agg.func in ("count", "approx_count_distinct"):
-            return "bigint"
-        source = self.column_types.get(agg.column, "numeric")
-        if agg.func in ("min", "max"):
-            return source
-        return "double precision" if source in ("double precision", "real") else "numeric"
+        self.sink.ensure(cur, self.group_by, self.aggregates, self.column_types)
 
     # ------------------------------------------------------------------------------ the batch
     def __call__(self, df: Any, batch_id: int) -> None:
@@ -252,6 +241,7 @@ class StreamBatchProcessor:
     def _process(self, df: Any, batch_id: int, watermark_before: int, cur: Any) -> BatchResult:
         from pyspark.sql import functions as F
 
+        self._batch_id = batch_id
         et = F.col(self.event_time_column)
         stats = df.agg(F.count(F.lit(1)).alias("n"), F.max(F.unix_micros(et)).alias("max_t")).first()
         input_rows, max_t = int(stats["n"]), stats["max_t"]
@@ -310,13 +300,11 @@ class StreamBatchProcessor:
             window = F.lit(None).cast("string")
         frame = (rows.withColumn(ERROR_COLUMN, message).withColumn("_etl_window", window)
                  .withColumn("_etl_watermark", F.lit(wm)).drop("_ws", "_we"))
-        if PARTITION not in rows.columns:
-            frame = frame.withColumn(TOPIC, F.lit(None).cast("string")).withColumn(
-                PARTITION, F.lit(None).cast("int")).withColumn(OFFSET, F.lit(None).cast("long"))
+        locations = tuple(c for c in self.location_columns if c in rows.columns)
         writer = partition_publisher(
             self.dead_letter, spool_dir=self.spool_dir, batch_prefix=f"{self.epoch[:8]}-b{batch_id}",
             pipeline_id=self.pipeline_id, run_context=self.run_context, stage="late_data" if late else "parse",
-            location_columns=LOCATION_COLUMNS, context_columns=("_etl_window", "_etl_watermark"),
+            location_columns=locations, context_columns=("_etl_window", "_etl_watermark"),
             run_independent_ids=True,
         )
         result = result_from_statuses(frame.mapInArrow(writer, STATUS_SCHEMA).collect())
@@ -451,9 +439,8 @@ class StreamBatchProcessor:
             yield int(r["i"]), r["name"], bytes(r["u"])
 
     def _delete_windows(self, cur: Any, windows: Sequence[tuple[tuple[str, int, int], tuple[Any, ...]]]) -> None:
-        cols = [*(quote_identifier(c) for c in self.group_by), WINDOW_START, WINDOW_END]
-        cur.executemany(f"DELETE FROM {self.sink_table} WHERE ({', '.join(cols)}) = ({', '.join(['%s'] * len(cols))})",
-                        [(*group, _ts(k[1]), _ts(k[2])) for k, group in windows])
+        self.sink.delete(cur, [*self.group_by, WINDOW_START, WINDOW_END],
+                         [(*group, _ts(k[1]), _ts(k[2])) for k, group in windows])
 
     def _write(self, cur: Any, windows: Sequence[tuple[tuple[str, int, int], Mapping[str, Any], tuple[Any, ...]]],
                df: Any, *, upsert: bool) -> int:
@@ -477,13 +464,9 @@ class StreamBatchProcessor:
                 else:
                     values.append(estimates.get((i, agg.name), 0))
             rows.append(values)
-        cols = [*(quote_identifier(c) for c in self.group_by), WINDOW_START, WINDOW_END,
-                *(quote_identifier(a.name) for a in self.aggregates)]
-        key = [*(quote_identifier(c) for c in self.group_by), WINDOW_START, WINDOW_END]
-        conflict = (f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET "
-                    + ", ".join(f"{c} = excluded.{c}" for c in cols[len(key):])) if upsert else ""
-        cur.executemany(f"INSERT INTO {self.sink_table} ({', '.join(cols)}) VALUES "
-                        f"({', '.join(['%s'] * len(cols))}){conflict}", rows)
+        columns = [*self.group_by, WINDOW_START, WINDOW_END, *(a.name for a in self.aggregates)]
+        self.sink.write(cur, df.sparkSession, columns, len(self.group_by) + 2, rows, upsert=upsert,
+                        batch_tag=f"{self.epoch}-{self._batch_id:010d}")
         return len(rows)
 
     def _estimates(self, df: Any, windows: Sequence[Mapping[str, Any]]) -> dict[tuple[int, str], int]:

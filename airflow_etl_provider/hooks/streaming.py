@@ -26,7 +26,16 @@ from typing import TYPE_CHECKING, Any
 from airflow_etl_provider.core.errors import ConfigError
 from airflow_etl_provider.core.identifiers import quote_table
 from airflow_etl_provider.core.streaming import StreamingConfig
+from airflow_etl_provider.executor.stream_sinks import (
+    KafkaWindowSink,
+    ParquetWindowSink,
+    PostgresWindowSink,
+    WindowSink,
+)
 from airflow_etl_provider.executor.streaming import LOCATION_COLUMNS, StreamBatchProcessor
+
+#: Where a files source says each row came from (the envelope's ``original_location``).
+FILE_COLUMN = "_etl_file"
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -59,6 +68,32 @@ def pg_type(spark_type: str) -> str:
     return _PG_TYPES.get(spark_type, "text")
 
 
+def build_window_sink(sink: Mapping[str, Any]) -> WindowSink:
+    """The sink's writer, connections resolved here on the driver (the Kafka producer settings)."""
+    if sink["type"] == "postgres":
+        return PostgresWindowSink(table=quote_table(sink["table"], "sink.table"))
+    if sink["type"] == "parquet":
+        return ParquetWindowSink(path=sink["path"])
+    from airflow.providers.apache.kafka.hooks.base import KafkaBaseHook
+
+    config = KafkaBaseHook(kafka_config_id=sink.get("conn_id") or "kafka_default")._build_config()
+    return KafkaWindowSink(topic=sink["topic"], producer_config={**config, **(sink.get("config") or {})})
+
+
+def state_tables(sink: Mapping[str, Any], pipeline_id: str) -> tuple[str, str, str]:
+    """The quoted state, ledger and epochs tables: next to a PostgreSQL sink's table, else in the schema
+    ``sink.state_schema`` (default ``public``) of the ``sink.state_conn_id`` database."""
+    if sink["type"] == "postgres":
+        schema, _, name = sink["table"].rpartition(".")
+    else:
+        schema = sink.get("state_schema") or "public"
+        name = "stream_" + "".join(ch if ch.isalnum() else "_" for ch in pipeline_id.lower())[:40]
+    prefix = f"{schema}." if schema else ""
+    return (quote_table(f"{prefix}{name[:54]}__etl_state", "sink.table"),
+            quote_table(f"{prefix}etl_stream_ledger", "sink.table"),
+            quote_table(f"{prefix}etl_stream_epochs", "sink.table"))
+
+
 def config_hash(cfg: StreamingConfig) -> str:
     """What a checkpoint's state depends on: a change needs a new checkpoint."""
     doc = {"event_time": cfg.event_time_column, "watermark_us": cfg.watermark_us, "window": asdict(cfg.window),
@@ -71,7 +106,8 @@ class StreamRunner:
 
     :param cfg: the validated config.
     :param source: the source config (kafka).
-    :param sink: the sink config (postgres).
+    :param sink: the sink config.
+    :param window_sink: the sink's writer (:func:`build_window_sink`).
     :param checkpoint_location: the checkpoint.
     :param pipeline_id: the stream's name.
     :param conn_args: psycopg parameters of the sink's database (resolved on the driver).
@@ -83,10 +119,10 @@ class StreamRunner:
     """
 
     def __init__(self, cfg: StreamingConfig, *, source: Mapping[str, Any], sink: Mapping[str, Any],
-                 checkpoint_location: str, pipeline_id: str, conn_args: dict[str, Any],
+                 window_sink: WindowSink, checkpoint_location: str, pipeline_id: str, conn_args: dict[str, Any],
                  kafka_options: dict[str, str], dead_letter_sink: Any, spool_dir: str, run_context: Any,
                  holder: str) -> None:
-        self.cfg, self.source, self.sink = cfg, source, sink
+        self.cfg, self.source, self.sink, self.window_sink = cfg, source, sink, window_sink
         self.checkpoint = checkpoint_location
         self.pipeline_id = pipeline_id
         self.conn_args = conn_args
@@ -95,13 +131,7 @@ class StreamRunner:
         self.spool_dir = spool_dir
         self.run_context = run_context
         self.holder = holder[:63]
-        table = sink["table"]
-        schema, _, name = table.rpartition(".")
-        prefix = f"{schema}." if schema else ""
-        self.sink_table = quote_table(table, "sink.table")
-        self.state_table = quote_table(f"{prefix}{name}__etl_state"[:63 + len(prefix)], "sink.table")
-        self.ledger_table = quote_table(f"{prefix}etl_stream_ledger", "sink.table")
-        self.epochs_table = quote_table(f"{prefix}etl_stream_epochs", "sink.table")
+        self.state_table, self.ledger_table, self.epochs_table = state_tables(sink, pipeline_id)
         self.query: Any = None
         self._lock_conn: Any = None
 
@@ -178,6 +208,11 @@ class StreamRunner:
         from pyspark.sql import functions as F
 
         src = self.source
+        if src["type"] == "files":
+            files = spark.readStream.format(src["format"]).schema(src["schema"])
+            for key, value in (src.get("options") or {}).items():
+                files = files.option(key, str(value))
+            return files.load(src["path"]).select("*", F.col("_metadata.file_path").alias(FILE_COLUMN))
         reader = spark.readStream.format("kafka").option("subscribe", src["topic"]).option(
             "startingOffsets", src.get("starting_offsets", "earliest"))
         for key, value in self.kafka_options.items():
@@ -206,12 +241,12 @@ class StreamRunner:
         stream = self.read(spark)
         types = {f.name: pg_type(f.dataType.simpleString()) for f in stream.schema.fields}
         processor = StreamBatchProcessor(
-            pipeline_id=self.pipeline_id, epoch=epoch, conn_args=self.conn_args, sink_table=self.sink_table,
+            pipeline_id=self.pipeline_id, epoch=epoch, conn_args=self.conn_args, sink=self.window_sink,
             state_table=self.state_table, ledger_table=self.ledger_table,
             event_time_column=self.cfg.event_time_column, watermark_us=self.cfg.watermark_us, window=self.cfg.window,
             group_by=self.cfg.group_by, aggregates=self.cfg.aggregates, output_mode=self.cfg.output_mode,
             dead_letter=self.dead_letter_sink, spool_dir=self.spool_dir, run_context=self.run_context,
-            column_types=types,
+            column_types=types, location_columns=(FILE_COLUMN,) if self.source["type"] == "files" else LOCATION_COLUMNS,
         )
         before = self._last_batch(epoch)
         writer = (stream.writeStream.queryName(f"etl_{self.pipeline_id}"[:60]).foreachBatch(processor)
@@ -291,7 +326,7 @@ class StreamRunner:
             "max_event_time": _iso(max_event) if max_event is not None else None,
             "watermark_lag_s": round((max_event - wm_after) / 1e6, 3) if max_event is not None else None,
             "offsets": offsets, "batch_durations_s": [round(float(r[10] or 0), 3) for r in rows],
-            "dead_letter_location": rows[-1][11] if rows else None, "target": f"postgres:{self.sink['table']}",
+            "dead_letter_location": rows[-1][11] if rows else None, "target": self.window_sink.description,
             "elapsed_s": round(elapsed_s, 3),
         }
 

@@ -6,9 +6,10 @@ The operator is thin: the rules are in :mod:`airflow_etl_provider.core.streaming
 time), the micro-batch in :mod:`airflow_etl_provider.executor.streaming` (no Airflow: on Spark Connect it runs on
 the server), the query's life in :mod:`airflow_etl_provider.hooks.streaming`.
 
-Status: this version supports the ``kafka`` source, the ``postgres`` sink and tumbling, sliding and session
-windows; the ``files`` source and the ``parquet``/``kafka`` sinks are refused at parse time with a message
-saying so.
+Sources: Kafka (the Kafka position of each row goes with its dead letter) and files (json, csv, parquet; the
+file path goes with it). Sinks (:mod:`airflow_etl_provider.executor.stream_sinks`): PostgreSQL (exactly once),
+Parquet (one directory per batch, exactly once for committed batches), Kafka (at-least-once with stable keys).
+The window state and the ledger always live in PostgreSQL: the sink's database, or ``sink.state_conn_id``.
 """
 
 from __future__ import annotations
@@ -24,9 +25,6 @@ from airflow_etl_provider.core.errors import ConfigError
 from airflow_etl_provider.core.identifiers import quote_table
 from airflow_etl_provider.core.streaming import StreamingConfig, validate_streaming
 
-#: What this version runs; the rest of the interface is validated but refused, naming the field.
-SUPPORTED = {"source.type": ("kafka",), "sink.type": ("postgres",), "window.type": ("tumbling", "sliding", "session")}
-
 
 class StreamingWatermarkOperator(BaseOperator):
     """Aggregate a Kafka stream by event-time windows into PostgreSQL; capture every late row.
@@ -41,8 +39,10 @@ class StreamingWatermarkOperator(BaseOperator):
     :param group_by: grouping columns.
     :param aggregations: ``{"amount": ["sum", "avg", "min", "max"], "*": ["count"], "order_id":
         ["approx_count_distinct"]}``; output columns ``amount_sum`` ..., ``count``.
-    :param sink: ``{"type": "postgres", "conn_id": "postgres_default", "table": "public.orders_5min"}``
-        (templated); the table is created if missing, keyed by the group columns and the window.
+    :param sink: ``{"type": "postgres", "conn_id": "postgres_default", "table": "public.orders_5min"}`` (the
+        table is created if missing, keyed by the group columns and the window), ``{"type": "parquet", "path":
+        ...}`` or ``{"type": "kafka", "conn_id": "kafka_default", "topic": ...}``; the last two keep their state
+        in ``state_conn_id`` (default ``postgres_default``). Templated.
     :param output_mode: ``append`` (a window is written once, when the watermark passes its end) or ``update``
         (upserted as it changes).
     :param checkpoint_location: the stream's checkpoint (required; templated).
@@ -101,19 +101,15 @@ class StreamingWatermarkOperator(BaseOperator):
             output_mode=self.output_mode, checkpoint_location=self.checkpoint_location, trigger=self.trigger,
             late_data=self.late_data,
         )
-        for path, allowed in SUPPORTED.items():
-            kind = {"source.type": cfg.source_type, "sink.type": cfg.sink_type, "window.type": cfg.window.type}[path]
-            if kind not in allowed:
-                raise ConfigError(path, "is part of the interface but not supported by this version yet", value=kind,
-                                  allowed=allowed)
-        quote_table(self.sink["table"], "sink.table")
+        if cfg.sink_type == "postgres":
+            quote_table(self.sink["table"], "sink.table")
         return cfg
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_etl_provider.hooks.dead_letter import DeadLetterHook
         from airflow_etl_provider.hooks.postgres import SparkPostgresHook
         from airflow_etl_provider.hooks.spark import SparkSessionHook
-        from airflow_etl_provider.hooks.streaming import StreamRunner
+        from airflow_etl_provider.hooks.streaming import StreamRunner, build_window_sink
         from airflow_etl_provider.operators.resilience import run_context
 
         cfg = self._validate()
@@ -121,11 +117,13 @@ class StreamingWatermarkOperator(BaseOperator):
         rc = run_context(context, pipeline)
         dlq = DeadLetterHook(self.late_data["dead_letter"], pipeline_id=pipeline, run_context=rc) \
             if isinstance(self.late_data, Mapping) else None
-        conn_args = SparkPostgresHook(postgres_conn_id=self.sink.get("conn_id") or "postgres_default") \
+        state_conn = (self.sink.get("conn_id") if self.sink["type"] == "postgres" else self.sink.get("state_conn_id"))
+        conn_args = SparkPostgresHook(postgres_conn_id=state_conn or "postgres_default") \
             .psycopg_conn_args(application_name=f"airflow-etl stream {pipeline}")
         self._runner = StreamRunner(
-            cfg, source=self.source, sink=self.sink, checkpoint_location=self.checkpoint_location,
-            pipeline_id=pipeline, conn_args=conn_args, kafka_options=_kafka_options(self.source),
+            cfg, source=self.source, sink=self.sink, window_sink=build_window_sink(self.sink),
+            checkpoint_location=self.checkpoint_location, pipeline_id=pipeline, conn_args=conn_args,
+            kafka_options=_kafka_options(self.source) if self.source["type"] == "kafka" else {},
             dead_letter_sink=dlq.sink if dlq is not None else None,
             spool_dir=dlq.spool_dir if dlq is not None else os.path.abspath("."), run_context=rc,
             holder=f"airflow-etl stream {pipeline} {rc.dag_id}.{rc.task_id} {rc.run_id}",

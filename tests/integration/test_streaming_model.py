@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from airflow_etl_provider.core.envelope import RunContext
 from airflow_etl_provider.core.streaming import WindowSpec, advance_watermark, is_late, parse_aggregations
 from airflow_etl_provider.executor.sinks import FileSink
+from airflow_etl_provider.executor.stream_sinks import PostgresWindowSink
 from airflow_etl_provider.executor.streaming import StreamBatchProcessor
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
@@ -110,7 +111,7 @@ def test_the_batch_function_equals_the_model(spark, tmp_path: Path, window: dict
     processor = StreamBatchProcessor(
         pipeline_id=f"model.{unique}", epoch="e1",
         conn_args=SparkPostgresHook(postgres_conn_id="postgres_default").psycopg_conn_args(),
-        sink_table=f'"public"."model_{unique}"', state_table=f'"public"."model_{unique}__etl_state"',
+        sink=PostgresWindowSink(table=f'"public"."model_{unique}"'), state_table=f'"public"."model_{unique}__etl_state"',
         ledger_table='"public"."etl_stream_ledger"', event_time_column="event_time", watermark_us=lateness * MIN,
         window=spec, group_by=("customer",),
         aggregates=tuple(parse_aggregations({"amount": ["sum", "min", "max"], "*": ["count"]}, None)),

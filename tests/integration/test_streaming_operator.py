@@ -54,7 +54,8 @@ def _event(i: int, customer: str, minutes: float, amount: str) -> dict[str, Any]
             "event_time": ts.strftime("%Y-%m-%dT%H:%M:%S.%f")}
 
 
-def _reference(batches: list[list[tuple[int, int, dict[str, Any]]]], window: WindowSpec) -> tuple[dict, set, int]:
+def _reference(batches: list[list[tuple[int, int, dict[str, Any]]]], window: WindowSpec,
+               only_final: bool = True) -> tuple[dict, set, int]:
     """The pure model: per batch, judge each (row, window) with the previous batch's watermark; aggregate the
     on-time pairs; the windows the final watermark has passed are the ones append mode has written."""
     wm, state, late = 0, defaultdict(list), set()
@@ -69,7 +70,7 @@ def _reference(batches: list[list[tuple[int, int, dict[str, Any]]]], window: Win
                 else:
                     state[(ev["customer"], start, end)].append(ev)
         wm = advance_watermark(wm, newest, WATERMARK_US)
-    final = {k: v for k, v in state.items() if k[2] <= wm}
+    final = {k: v for k, v in state.items() if k[2] <= wm or not only_final}
     return final, late, wm
 
 
@@ -173,3 +174,88 @@ def test_one_run_per_stream_and_a_changed_window_is_refused(spark, kafka_bootstr
     assert _operator(topic, tmp_path, table, tumbling).execute(context={})["input_rows"] == 1
     with pytest.raises(ConfigError, match="Start a new checkpoint_location"):
         _operator(topic, tmp_path, table, {"type": "tumbling", "duration": "10 minutes"}).execute(context={})
+
+
+def _expected_row(events: list[dict[str, Any]]) -> tuple[Any, ...]:
+    amounts = [Decimal(e["amount"]) for e in events]
+    return (sum(amounts), min(amounts), max(amounts), len(events))
+
+
+def test_files_source_into_a_parquet_sink(spark, unique, tmp_path) -> None:
+    """json files in, Parquet out (one directory per batch); late rows dead-lettered with their file."""
+    source_dir, out = tmp_path / "in", tmp_path / "out"
+    source_dir.mkdir()
+    window = {"type": "tumbling", "duration": "5 minutes"}
+    first = [_event(i, "ab"[i % 2], m, f"{i}.50") for i, m in enumerate([3, 1, 7, 12, 9, 16, 14, 22, 19, 24])]
+    second = [_event(100 + i, "ab"[i % 2], m, f"{i}.25") for i, m in enumerate([2, 8, 13, 16, 27, 31, 26, 40])]
+
+    def run(events: list[dict[str, Any]], name: str) -> dict[str, Any]:
+        (source_dir / name).write_text("".join(json.dumps(e) + "\n" for e in events))
+        from airflow_etl_provider.operators.streaming import StreamingWatermarkOperator
+
+        return StreamingWatermarkOperator(
+            task_id="files_to_parquet",
+            source={"type": "files", "path": str(source_dir), "format": "json", "schema": SCHEMA},
+            event_time_column="event_time", watermark="10 minutes", window=window, group_by=["customer"],
+            aggregations={"amount": ["sum", "min", "max"], "*": ["count"]},
+            sink={"type": "parquet", "path": str(out)}, checkpoint_location=str(tmp_path / "checkpoint"),
+            late_data={"dead_letter": {"type": "file", "path": str(tmp_path / "dlq")}}, pipeline_id=f"files.{unique}",
+        ).execute(context={})
+
+    r1, r2 = run(first, "part-1.json"), run(second, "part-2.json")
+    final, late, _wm = _reference([[(0, i, e) for i, e in enumerate(first)], [(0, i, e) for i, e in enumerate(second)]],
+                                  WindowSpec.from_config(window))
+    assert (r1["input_rows"], r2["input_rows"]) == (10, 8)
+    assert r2["late_rows"] == len(late) == 2
+    got = {(r["customer"], _us(r["window_start"].replace(tzinfo=UTC)), _us(r["window_end"].replace(tzinfo=UTC))):
+           (r["amount_sum"], r["amount_min"], r["amount_max"], r["count"]) for r in spark.read.parquet(str(out)).collect()}
+    assert got == {k: _expected_row(v) for k, v in final.items()}
+    letters = _late_letters(tmp_path)
+    assert sorted(e["record"]["order_id"] for e in letters) == ["o100", "o101"]  # the events at 2 and 8 minutes
+    assert {e["original_location"]["file"].rsplit("/", 1)[-1] for e in letters} == {"part-2.json"}
+
+
+def test_kafka_sink_in_update_mode(spark, kafka_bootstrap, unique, tmp_path) -> None:
+    """update: every window a batch changes is written again; the latest message per key is the window's value."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from airflow_etl_provider.operators.streaming import StreamingWatermarkOperator
+
+    topic, out_topic = f"stream-in-{unique}", f"stream-out-{unique}"
+    window = {"type": "tumbling", "duration": "5 minutes"}
+    first = [_event(i, "ab"[i % 2], m, f"{i}.50") for i, m in enumerate([3, 1, 7, 12, 9, 16])]
+    second = [_event(100 + i, "ab"[i % 2], m, f"{i}.25") for i, m in enumerate([2, 13, 16, 17])]
+
+    def run() -> dict[str, Any]:
+        return StreamingWatermarkOperator(
+            task_id="to_kafka",
+            source={"type": "kafka", "conn_id": "kafka_default", "topic": topic, "schema": SCHEMA},
+            event_time_column="event_time", watermark="10 minutes", window=window, group_by=["customer"],
+            aggregations={"amount": ["sum", "min", "max"], "*": ["count"]}, output_mode="update",
+            sink={"type": "kafka", "conn_id": "kafka_default", "topic": out_topic},
+            checkpoint_location=str(tmp_path / "checkpoint"), late_data="drop", pipeline_id=f"kafka.{unique}",
+        ).execute(context={})
+
+    placed1 = _produce(kafka_bootstrap, topic, first)
+    r1 = run()
+    placed2 = _produce(kafka_bootstrap, topic, second)
+    r2 = run()
+    every, late, _wm = _reference([placed1, placed2], WindowSpec.from_config(window), only_final=False)
+    assert r2["late_rows"] == len(late) == 1  # the event at 2 minutes: its window ended before the watermark (6)
+    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"verify-{unique}",
+                         "auto.offset.reset": "earliest"})
+    partitions = consumer.list_topics(out_topic, timeout=10).topics[out_topic].partitions
+    consumer.assign([TopicPartition(out_topic, p, 0) for p in partitions])
+    latest: dict[tuple[str, int, int], dict[str, Any]] = {}
+    written = 0
+    while written < r1["output_rows"] + r2["output_rows"]:
+        msg = consumer.poll(10)
+        assert msg is not None and msg.error() is None, msg and msg.error()
+        value = json.loads(msg.value())
+        key = (value["customer"], _us(datetime.fromisoformat(value["window_start"])),
+               _us(datetime.fromisoformat(value["window_end"])))
+        latest[key] = value
+        written += 1
+    consumer.close()
+    assert {k: (Decimal(v["amount_sum"]), Decimal(v["amount_min"]), Decimal(v["amount_max"]), v["count"])
+            for k, v in latest.items()} == {k: _expected_row(v) for k, v in every.items()}

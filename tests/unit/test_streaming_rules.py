@@ -167,18 +167,20 @@ def test_bad_config_fails_naming_the_field(change: dict[str, Any], message: str)
     assert message in str(caught.value)
 
 
-def test_the_operator_validates_at_parse_time_and_refuses_what_this_version_cannot_run() -> None:
+def test_the_operator_validates_at_parse_time() -> None:
     from airflow_etl_provider.operators.streaming import StreamingWatermarkOperator
 
     args = {k: v for k, v in GOOD.items()}
     op = StreamingWatermarkOperator(task_id="s", **args)
     assert op.sink["table"] == "public.orders_5min"
     assert StreamingWatermarkOperator(task_id="s", **{**args, "window": {"type": "session", "gap": "10 minutes"}})
-    with pytest.raises(ConfigError, match="source.type: is part of the interface but not supported by this version"):
-        StreamingWatermarkOperator(task_id="s", **{**args, "source": {"type": "files", "path": "/in", "format": "json",
-                                                                       "schema": GOOD["source"]["schema"]}})
-    with pytest.raises(ConfigError, match="sink.type: is part of the interface but not supported"):
-        StreamingWatermarkOperator(task_id="s", **{**args, "sink": {"type": "parquet", "path": "/out"}})
+    files = {"type": "files", "path": "/in", "format": "json", "schema": GOOD["source"]["schema"]}
+    assert StreamingWatermarkOperator(task_id="s", **{**args, "source": files, "sink": {"type": "parquet", "path": "/o"}})
+    with pytest.raises(ConfigError, match="output_mode: 'update' rewrites windows as they change; a parquet sink"):
+        StreamingWatermarkOperator(task_id="s", **{**args, "sink": {"type": "parquet", "path": "/o"},
+                                                   "output_mode": "update"})
+    with pytest.raises(ConfigError, match="sink.table: 'orders;drop' is not a valid SQL identifier"):
+        StreamingWatermarkOperator(task_id="s", **{**args, "sink": {"type": "postgres", "table": "public.orders;drop"}})
     with pytest.raises(ConfigError, match="late_data: is required"):
         StreamingWatermarkOperator(task_id="s", **{**args, "late_data": None})
     with pytest.raises(ConfigError, match="window.slide: must not be longer"):
