@@ -152,9 +152,16 @@ class SparkSessionHook(BaseHook):
         for key, value in conf.items():
             if key != "spark.remote":
                 builder = builder.config(key, value)
+        # getOrCreate() also returns a session that exists but is not this thread's active one (a session made
+        # in another thread): that one is not ours to stop.
+        existing = None if remote else SparkSession._instantiatedSession
         log.info("Starting SparkSession (%s)", remote or conf.get("spark.master"))
         with _executor_python(None if remote else conf.get(EXECUTOR_PYTHON_CONF)):
             spark = builder.getOrCreate()
+        if existing is not None and spark is existing:
+            log.info("Reusing the SparkSession of another thread (master=%s)", spark.sparkContext.master)
+            yield spark
+            return
         try:
             yield spark
         finally:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -259,3 +260,73 @@ def test_kafka_sink_in_update_mode(spark, kafka_bootstrap, unique, tmp_path) -> 
     consumer.close()
     assert {k: (Decimal(v["amount_sum"]), Decimal(v["amount_min"]), Decimal(v["amount_max"]), v["count"])
             for k, v in latest.items()} == {k: _expected_row(v) for k, v in every.items()}
+
+
+def test_processing_time_runs_until_max_runtime_and_on_kill_stops_the_query(spark, kafka_bootstrap, unique,
+                                                                             tmp_path) -> None:
+    """A processing-time stream keeps reading what arrives until max_runtime, then stops between batches; on_kill
+    stops a running query and frees the stream's lock. Spark drops nothing behind the watermark."""
+    import threading
+
+    from airflow_etl_provider.operators.streaming import StreamingWatermarkOperator
+
+    topic = f"stream-pt-{unique}"
+    window = {"type": "tumbling", "duration": "5 minutes"}
+
+    def op(max_runtime: str) -> StreamingWatermarkOperator:
+        return StreamingWatermarkOperator(
+            task_id="pt", source={"type": "kafka", "conn_id": "kafka_default", "topic": topic, "schema": SCHEMA},
+            event_time_column="event_time", watermark="10 minutes", window=window, group_by=["customer"],
+            aggregations={"*": ["count"]}, sink={"type": "postgres", "table": f"public.stream_pt_{unique}"},
+            checkpoint_location=str(tmp_path / "checkpoint"), trigger={"processing_time": "1 second",
+                                                                       "max_runtime": max_runtime},
+            late_data={"dead_letter": {"type": "file", "path": str(tmp_path / "dlq")}}, pipeline_id=f"pt.{unique}")
+
+    _produce(kafka_bootstrap, topic, [_event(i, "a", i, "1.00") for i in range(5)])
+    running = op("20 seconds")
+    outcome: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: outcome.update(running.execute(context={})))
+    thread.start()
+    first_done = threading.Event()
+
+    def produce_more() -> None:  # once the first batch committed: picked up by a later batch of the same run
+        from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+        pg, deadline = PostgresHook(postgres_conn_id="postgres_default"), time.monotonic() + 120
+        while not pg.get_first("select count(*) from public.etl_stream_ledger where pipeline = %s",
+                               parameters=(f"pt.{unique}",))[0]:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.5)
+        _produce(kafka_bootstrap, topic, [_event(10 + i, "b", 30 + i, "2.00") for i in range(3)])
+        first_done.set()
+
+    threading.Thread(target=produce_more).start()
+    thread.join(180)
+    assert not thread.is_alive()
+    assert first_done.is_set()
+    assert outcome["input_rows"] == 8 and outcome["batches"] >= 2
+    assert outcome["spark_rows_dropped_by_watermark"] == 0
+    assert spark.streams.active == []
+
+    killed = op("10 minutes")
+    errors: list[BaseException] = []
+
+    def run_killed() -> None:
+        try:
+            killed.execute(context={})
+        except BaseException as err:  # kept for the assertion below: a kill must not fail the run
+            errors.append(err)
+
+    thread = threading.Thread(target=run_killed)
+    thread.start()
+    deadline = time.monotonic() + 180
+    while not spark.streams.active:
+        assert not errors, errors
+        assert time.monotonic() < deadline, "the query never started"
+        time.sleep(0.5)
+    killed.on_kill()
+    thread.join(60)
+    assert not thread.is_alive() and spark.streams.active == []
+    assert not errors, errors
+    assert op("5 seconds").execute(context={})["batches"] >= 0  # the lock was released: a new run starts
