@@ -79,8 +79,13 @@ class PostgresWindowSink(WindowSink):
     def write(self, cur: Any, spark: Any, columns: Sequence[str], key_len: int, rows: Sequence[Sequence[Any]], *,
               upsert: bool, batch_tag: str) -> None:
         cols = [quote_identifier(c) for c in columns]
+        if not upsert:  # append: each window once, with COPY (a duplicate key would fail the batch, loudly)
+            with cur.copy(f"COPY {self.table} ({', '.join(cols)}) FROM STDIN") as copy:
+                for r in rows:
+                    copy.write_row(r)
+            return
         conflict = (f" ON CONFLICT ({', '.join(cols[:key_len])}) DO UPDATE SET "
-                    + ", ".join(f"{c} = excluded.{c}" for c in cols[key_len:])) if upsert else ""
+                    + ", ".join(f"{c} = excluded.{c}" for c in cols[key_len:]))
         cur.executemany(f"INSERT INTO {self.table} ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})"
                         f"{conflict}", [list(r) for r in rows])
 

@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 #: Columns the source adds to every row: where it was read (they never reach the sink).
 TOPIC, PARTITION, OFFSET = "_etl_topic", "_etl_partition", "_etl_offset"
 LOCATION_COLUMNS = (TOPIC, PARTITION, OFFSET)
+#: Up to this many dead letters in a batch are published by one Spark task (one producer) rather than one per
+#: partition (benchmarks/bench_streaming.py: ~0.5 s per extra producer)
+FEW_DEAD_LETTERS = 50_000
 
 LEDGER_DDL = """
 CREATE TABLE IF NOT EXISTS {ledger} (
@@ -263,9 +266,11 @@ class StreamBatchProcessor:
                            F.count(F.when(invalid_cond, 1)).alias("invalid")).first()
         input_pairs, late_pairs, invalid = int(counts["pairs"]), int(counts["late"]), int(counts["invalid"])
         if late_pairs and self.dead_letter is not None:
-            self._dead_letter(pairs.where(late_cond), batch_id, watermark_before, late=True)
+            self._dead_letter(pairs.where(late_cond), batch_id, watermark_before, late=True,
+                              few=late_pairs <= FEW_DEAD_LETTERS)
         if invalid and self.dead_letter is not None:
-            self._dead_letter(pairs.where(invalid_cond), batch_id, watermark_before, late=False)
+            self._dead_letter(pairs.where(invalid_cond), batch_id, watermark_before, late=False,
+                              few=invalid <= FEW_DEAD_LETTERS)
         on_time = pairs.where(~late_cond & ~invalid_cond)
         partials = self._partials(on_time)
         aggregated_pairs = sum(int(p["_pairs"]) for p in partials)
@@ -279,7 +284,7 @@ class StreamBatchProcessor:
         return BatchResult(batch_id, watermark_before, watermark_after, int(max_t) if max_t is not None else None,
                            input_rows, input_pairs, aggregated_pairs, late_pairs, output_rows, invalid, offsets)
 
-    def _dead_letter(self, rows: Any, batch_id: int, watermark_us: int, *, late: bool) -> None:
+    def _dead_letter(self, rows: Any, batch_id: int, watermark_us: int, *, late: bool, few: bool) -> None:
         """Publish late (row, window) pairs (stage ``late_data``) or rows without an event time (stage ``parse``)."""
         from pyspark.sql import functions as F
 
@@ -307,6 +312,8 @@ class StreamBatchProcessor:
             location_columns=locations, context_columns=("_etl_window", "_etl_watermark"),
             run_independent_ids=True,
         )
+        if few:  # one task, one producer (a new idempotent producer costs ~0.5 s before its first send)
+            frame = frame.coalesce(1)
         result = result_from_statuses(frame.mapInArrow(writer, STATUS_SCHEMA).collect())
         if result.spooled:
             raise DeadLetterUnavailableError(
@@ -349,26 +356,37 @@ class StreamBatchProcessor:
             cur.execute(f"DELETE FROM {self.state_table} WHERE pipeline = %s AND epoch = %s AND (group_key, "
                         "window_start_us, window_end_us) IN (SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[]))",
                         (self.pipeline_id, self.epoch, *map(list, zip(*superseded, strict=True))))
-        if merged:
-            cur.executemany(
-                f"INSERT INTO {self.state_table} (pipeline, epoch, group_key, window_start_us, window_end_us, partials) "
-                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (pipeline, epoch, group_key, window_start_us, window_end_us) "
-                "DO UPDATE SET partials = excluded.partials",
-                [(self.pipeline_id, self.epoch, k[0], k[1], k[2],
-                  json.dumps({n: _encode(v) for n, v in parts.items()})) for k, parts in merged.items()])
         if self.output_mode == "update":
+            self._store(cur, merged)
             if superseded:  # sessions that merged into a longer one: their earlier rows are no longer windows
                 self._delete_windows(cur, [(k, groups.get(k[0]) or _group_of(k[0])) for k in superseded])
             written = self._write(cur, [(k, v, groups[k[0]]) for k, v in merged.items()], df, upsert=True)
             cur.execute(f"DELETE FROM {self.state_table} WHERE pipeline = %s AND epoch = %s AND window_end_us <= %s",
                         (self.pipeline_id, self.epoch, watermark_after))
             return written
+        # append: a window the watermark has passed goes to the sink now; one that opens and closes in this batch
+        # never enters the state
+        self._store(cur, {k: v for k, v in merged.items() if k[2] > watermark_after})
         cur.execute(f"DELETE FROM {self.state_table} WHERE pipeline = %s AND epoch = %s AND window_end_us <= %s "
                     "RETURNING group_key, window_start_us, window_end_us, partials",
                     (self.pipeline_id, self.epoch, watermark_after))
-        final = [((r[0], int(r[1]), int(r[2])), {k: _decode(v) for k, v in r[3].items()}, _group_of(r[0]))
-                 for r in cur.fetchall()]
+        final = [(k, v, groups[k[0]]) for k, v in merged.items() if k[2] <= watermark_after]
+        final += [((r[0], int(r[1]), int(r[2])), {k: _decode(v) for k, v in r[3].items()}, _group_of(r[0]))
+                  for r in cur.fetchall() if (r[0], int(r[1]), int(r[2])) not in merged]  # stored, not in this batch
         return self._write(cur, final, df, upsert=False)
+
+    def _store(self, cur: Any, windows: Mapping[tuple[str, int, int], Mapping[str, Any]]) -> None:
+        """Upsert windows into the state, in one statement."""
+        if not windows:
+            return
+        keys = list(windows)
+        cur.execute(
+            f"INSERT INTO {self.state_table} (pipeline, epoch, group_key, window_start_us, window_end_us, partials) "
+            "SELECT %s, %s, g, s, e, p FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::jsonb[]) AS u(g, s, e, p) "
+            "ON CONFLICT (pipeline, epoch, group_key, window_start_us, window_end_us) DO UPDATE SET partials = "
+            "excluded.partials",
+            (self.pipeline_id, self.epoch, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+             [json.dumps({n: _encode(v) for n, v in windows[k].items()}) for k in keys]))
 
     def _merge(self, cur: Any, batch: Mapping[str, list[tuple[int, int, dict[str, Any]]]], df: Any,
                ) -> tuple[dict[tuple[str, int, int], dict[str, Any]], list[tuple[str, int, int]]]:

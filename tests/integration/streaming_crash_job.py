@@ -10,7 +10,8 @@ gets to clean up, nothing after that moment runs). Points:
 * ``mid_batch``: inside ``_merge_and_write``, after the window state and the sink rows are written in the
   batch's PostgreSQL transaction, before it commits;
 * ``mid_dlq``: during the late rows' dead-letter write: the first Spark partition with late rows publishes its
-  envelopes, then kills the task while the other partitions have published nothing;
+  envelopes, then kills the task while any other partitions have published nothing (a batch with few late rows
+  publishes them from one task);
 * ``after_dlq``: right after every late row of the batch was published, before the PostgreSQL commit;
 * ``after_commit``: after ``process()`` committed the batch (window state, sink, ledger) and before it returns
   to Spark, so Spark's commit log for the batch is never written.
@@ -77,8 +78,8 @@ def install(point: str, batch: int, marker: str) -> None:
         dead_letter = StreamBatchProcessor._dead_letter
 
         def _dead_letter(self: StreamBatchProcessor, rows: Any, batch_id: int, watermark_us: int, *,
-                         late: bool) -> None:
-            dead_letter(self, rows, batch_id, watermark_us, late=late)
+                         late: bool, **kwargs: Any) -> None:
+            dead_letter(self, rows, batch_id, watermark_us, late=late, **kwargs)
             if late and batch_id == batch:
                 die(marker, pgid, point=point, batch=batch_id, late_rows=rows.count())
 

@@ -224,7 +224,8 @@ def test_killed_at_any_moment_and_rerun_gives_exactly_the_reference(spark, kafka
     assert sorted(ids_b.values()) == [2] * len(late_b), ids_b  # each late row re-sent once, under the same id
 
     # 5. the next retry replays batch 1 (a no-op: it is in the ledger), then is killed while batch 2's late rows are
-    #    being published: one Spark partition's dead letters are out, the others' are not
+    #    being published: the Spark task that publishes them (one task for a few late rows) has delivered its
+    #    dead letters, and the batch is not committed
     s.produce(C, 200)
     late_c = s.reference(3)[2] - late_b
     assert len(late_c) == 5 and len({p for p, _o, _w in late_c}) == 3
@@ -234,7 +235,7 @@ def test_killed_at_any_moment_and_rerun_gives_exactly_the_reference(spark, kafka
     assert s.ledger() == [0, 1] and s.commits() == {0, 1}  # Spark committed the replay of batch 1 this time
     s.assert_exactly(2, "batch 1 replayed after the post-commit kill")  # nothing counted twice
     out_c = {pos for pos, _id in s.letters()} - late_b
-    assert {(p, o) for p, o, _w in out_c} == published and 0 < len(out_c) < len(late_c), (out_c, late_c)
+    assert {(p, o) for p, o, _w in out_c} == published and 0 < len(out_c) <= len(late_c), (out_c, late_c)
 
     # 6. the last retry runs batch 2 to the end
     r = s.run()
