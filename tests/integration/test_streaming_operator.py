@@ -330,3 +330,28 @@ def test_processing_time_runs_until_max_runtime_and_on_kill_stops_the_query(spar
     assert not thread.is_alive() and spark.streams.active == []
     assert not errors, errors
     assert op("5 seconds").execute(context={})["batches"] >= 0  # the lock was released: a new run starts
+
+
+def test_a_failing_batch_fails_the_task_with_the_reason_and_commits_nothing(spark, kafka_bootstrap, unique,
+                                                                           tmp_path) -> None:
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+    from pyspark.errors import StreamingQueryException
+
+    topic, table = f"stream-fail-{unique}", f"public.stream_fail_{unique}"
+    pg = PostgresHook(postgres_conn_id="postgres_default")
+    pg.run(f'create table {table} (customer text, window_start timestamptz, window_end timestamptz, '
+           f'"count" bigint check ("count" > 100), primary key (customer, window_start, window_end))')
+    _produce(kafka_bootstrap, topic, [_event(i, "a", m, "1.00") for i, m in enumerate([1, 2, 30])])
+    from airflow_etl_provider.operators.streaming import StreamingWatermarkOperator
+
+    op = StreamingWatermarkOperator(
+        task_id="fails", source={"type": "kafka", "conn_id": "kafka_default", "topic": topic, "schema": SCHEMA},
+        event_time_column="event_time", watermark="10 minutes", window={"type": "tumbling", "duration": "5 minutes"},
+        group_by=["customer"], aggregations={"*": ["count"]}, sink={"type": "postgres", "table": table},
+        checkpoint_location=str(tmp_path / "checkpoint"), late_data="drop", pipeline_id=f"fail.{unique}")
+    with pytest.raises(StreamingQueryException, match="violates check constraint"):
+        op.execute(context={})
+    assert spark.streams.active == []
+    assert pg.get_first("select count(*) from etl_stream_ledger where pipeline = %s", parameters=(f"fail.{unique}",))[0] == 0
+    assert pg.get_first(f"select count(*) from {table}")[0] == 0
+    pg.run(f"drop table {table}")
