@@ -235,10 +235,11 @@ class StreamBatchProcessor:
                  result.max_event_time_us, result.input_rows, result.input_pairs, result.aggregated_pairs,
                  result.late_pairs, result.invalid_rows, result.output_rows, json.dumps(result.offsets),
                  self.dead_letter.description if self.dead_letter is not None else None, result.duration_s))
+        lag = (result.max_event_time_us - result.watermark_after_us) / 1e6 if result.max_event_time_us is not None else 0
         log.info("Stream %s batch %d: %d rows in (%d window pairs), %d late, %d aggregated, %d windows written, "
-                 "watermark %s -> %s, %.1f s", self.pipeline_id, batch_id, result.input_rows, result.input_pairs,
-                 result.late_pairs, result.aggregated_pairs, result.output_rows,
-                 _iso(result.watermark_before_us), _iso(result.watermark_after_us), result.duration_s)
+                 "watermark %s -> %s (lag %.0f s), %.1f s", self.pipeline_id, batch_id, result.input_rows,
+                 result.input_pairs, result.late_pairs, result.aggregated_pairs, result.output_rows,
+                 _iso(result.watermark_before_us), _iso(result.watermark_after_us), lag, result.duration_s)
         return result
 
     def _process(self, df: Any, batch_id: int, watermark_before: int, cur: Any) -> BatchResult:
