@@ -76,3 +76,41 @@ def spark_session(conf: dict[str, str]) -> Any:
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
     return session
+
+
+# ------------------------------------------------------------------------------------------ Kafka
+def kafka_admin(bootstrap: str) -> Any:
+    """An admin client (log_level 4: no "Purging unserved events" info line when it goes)."""
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient({"bootstrap.servers": bootstrap, "log_level": 4})
+
+
+def delete_topics(bootstrap: str, topics: Sequence[str]) -> None:
+    """Delete the benchmark's topics; a failure only prints (cleanup)."""
+    if not topics:
+        return
+    client = kafka_admin(bootstrap)  # kept alive until the futures are done
+    for topic, future in client.delete_topics(list(topics)).items():
+        try:
+            future.result(30)
+        except Exception as err:  # cleanup only
+            print(f"  (could not delete topic {topic}: {err})")
+
+
+def topic_message_count(bootstrap: str, topic: str) -> int:
+    """Messages in ``topic`` by watermark offsets (high - low, summed over partitions)."""
+    import uuid
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-count-{uuid.uuid4().hex[:8]}"})
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        total = 0
+        for p in parts:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            total += high - low
+        return total
+    finally:
+        consumer.close()

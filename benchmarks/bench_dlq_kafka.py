@@ -62,7 +62,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from _common import kafka_bootstrap, peak_rss_mb, percentile, result_line
+from _common import delete_topics, kafka_bootstrap, peak_rss_mb, percentile, result_line, topic_message_count
 
 from airflow_etl_provider.hooks.dead_letter import DEFAULT_BATCH_SIZE
 
@@ -158,33 +158,6 @@ def create_topics(bootstrap: str, topics: Sequence[str]) -> None:
             return
         time.sleep(0.2)
     raise RuntimeError(f"topics {list(topics)} not ready within 30 s")
-
-
-def delete_topics(bootstrap: str, topics: Sequence[str]) -> None:
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient(_admin_config(bootstrap))
-    for topic, future in admin.delete_topics(list(topics)).items():
-        try:
-            future.result(timeout=30)
-        except Exception as err:  # cleanup only
-            print(f"  (could not delete topic {topic}: {err})")
-
-
-def topic_message_count(bootstrap: str, topic: str) -> int:
-    """Messages in ``topic`` by watermark offsets (high - low, summed over partitions)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-wm-{uuid.uuid4().hex[:8]}"})
-    try:
-        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        total = 0
-        for p in parts:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            total += high - low
-        return total
-    finally:
-        consumer.close()
 
 
 # ------------------------------------------------------------------------------------------ ours

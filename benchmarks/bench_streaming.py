@@ -94,7 +94,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from _common import kafka_bootstrap, peak_rss_mb, postgres_port, result_line
+from _common import (
+    delete_topics,
+    kafka_bootstrap,
+    peak_rss_mb,
+    postgres_port,
+    proc_peak_rss_mb,
+    result_line,
+    topic_message_count,
+)
 
 BENCH_ID = "streaming_p8_vs_bare_spark_watermark"
 GOAL = 1.3
@@ -188,33 +196,6 @@ def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
     raise RuntimeError(f"topic {topic} not ready within 30 s")
 
 
-def delete_topics(bootstrap: str, topics: Sequence[str]) -> None:
-    if not topics:
-        return
-    client = admin(bootstrap)  # kept alive until the futures are done
-    for topic, future in client.delete_topics(list(topics)).items():
-        try:
-            future.result(30)
-        except Exception as err:  # cleanup only
-            print(f"  (could not delete topic {topic}: {err})")
-
-
-def topic_count(bootstrap: str, topic: str) -> int:
-    """Messages in ``topic`` (high - low watermark offsets, summed over partitions)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-p8-{uuid.uuid4().hex[:8]}"})
-    try:
-        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        total = 0
-        for p in parts:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            total += high - low
-        return total
-    finally:
-        consumer.close()
-
-
 def produce(bootstrap: str, topic: str, payloads: list[bytes], partitions: int) -> None:
     """Send event i to partition i % partitions, in order (idempotent producer: no reordering on retry)."""
     from confluent_kafka import Producer
@@ -248,7 +229,7 @@ def make_stream(bootstrap: str, events: int, max_offsets: int, partitions: int, 
     topic = f"bench-p8-{label}-{tag}"
     create_topic(bootstrap, topic, partitions)
     produce(bootstrap, topic, payloads, partitions)
-    if topic_count(bootstrap, topic) != events:
+    if topic_message_count(bootstrap, topic) != events:
         raise RuntimeError(f"topic {topic} does not hold {events} events")
     print(f"  {label}: {events:,} events ({len(late_idx):,} late: "
           f"{', '.join(f'batch {b}: {n:,}' for b, n in sorted(late_by_batch.items())) or 'none'}) to {topic} "
@@ -257,17 +238,6 @@ def make_stream(bootstrap: str, events: int, max_offsets: int, partitions: int, 
 
 
 # ------------------------------------------------------------------------------------------ memory
-def vm_hwm_mb(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
 class Peaks:
     """Per-side peak RSS of the Python driver, the Spark JVM and its Python workers (reset between sides)."""
 
@@ -296,8 +266,8 @@ class Peaks:
 
     def read(self) -> dict[str, float | None]:
         main, workers = self._pids()
-        worker_peaks = [p for p in (vm_hwm_mb(w) for w in workers) if p is not None]
-        return {"driver": vm_hwm_mb(main[0]), "jvm": vm_hwm_mb(main[1]) if len(main) > 1 else None,
+        worker_peaks = [p for p in (proc_peak_rss_mb(w) for w in workers) if p is not None]
+        return {"driver": proc_peak_rss_mb(main[0]), "jvm": proc_peak_rss_mb(main[1]) if len(main) > 1 else None,
                 "workers": sum(worker_peaks) if worker_peaks else None}
 
 
@@ -488,7 +458,7 @@ def verify(spark: Any, stream: Stream, ours: dict[str, Any], peer: dict[str, Any
 
     problems = []
     r = ours["result"]
-    dlq = topic_count(kafka_bootstrap(), ours["dlq_topic"])
+    dlq = topic_message_count(kafka_bootstrap(), ours["dlq_topic"])
     ours["dlq_count"] = dlq
     if r["input_rows"] != stream.events:
         problems.append(f"ours read {r['input_rows']} events, expected {stream.events}")
