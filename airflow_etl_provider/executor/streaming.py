@@ -192,10 +192,14 @@ class StreamBatchProcessor:
     column_types: dict[str, str] = field(default_factory=dict)
     location_columns: tuple[str, ...] = LOCATION_COLUMNS
     _batch_id: int = field(default=-1, repr=False)
+    _tables_ensured: bool = field(default=False, repr=False)
 
     # ------------------------------------------------------------------------------------ SQL
     def ensure_tables(self, cur: Any) -> None:
-        """Create the ledger, the state and (PostgreSQL sink) the sink table if missing (idempotent)."""
+        """Create the ledger, the state and (PostgreSQL sink) the sink table if missing (idempotent); once per
+        process, not once per batch (set once a batch committed them)."""
+        if self._tables_ensured:
+            return
         cur.execute(LEDGER_DDL.format(ledger=self.ledger_table))
         cur.execute(STATE_DDL.format(state=self.state_table))
         self.sink.ensure(cur, self.group_by, self.aggregates, self.column_types)
@@ -235,6 +239,7 @@ class StreamBatchProcessor:
                  result.max_event_time_us, result.input_rows, result.input_pairs, result.aggregated_pairs,
                  result.late_pairs, result.invalid_rows, result.output_rows, json.dumps(result.offsets),
                  self.dead_letter.description if self.dead_letter is not None else None, result.duration_s))
+        self._tables_ensured = True
         lag = (result.max_event_time_us - result.watermark_after_us) / 1e6 if result.max_event_time_us is not None else 0
         log.info("Stream %s batch %d: %d rows in (%d window pairs), %d late, %d aggregated, %d windows written, "
                  "watermark %s -> %s (lag %.0f s), %.1f s", self.pipeline_id, batch_id, result.input_rows,
@@ -247,12 +252,14 @@ class StreamBatchProcessor:
 
         self._batch_id = batch_id
         et = F.col(self.event_time_column)
-        stats = df.agg(F.count(F.lit(1)).alias("n"), F.max(F.unix_micros(et)).alias("max_t")).first()
-        input_rows, max_t = int(stats["n"]), stats["max_t"]
-        offsets: dict[str, dict[str, int]] = {}
-        if PARTITION in df.columns:
-            for r in df.groupBy(TOPIC, PARTITION).agg(F.min(OFFSET).alias("lo"), F.max(OFFSET).alias("hi")).collect():
-                offsets[f"{r[TOPIC]}:{r[PARTITION]}"] = {"from": int(r["lo"]), "to": int(r["hi"])}
+        # rows, newest event time and (Kafka) the offsets read, in one Spark job
+        kafka = PARTITION in df.columns
+        stats = (df.groupBy(TOPIC, PARTITION) if kafka else df.groupBy()).agg(
+            F.count(F.lit(1)).alias("n"), F.max(F.unix_micros(et)).alias("max_t"),
+            *([F.min(OFFSET).alias("lo"), F.max(OFFSET).alias("hi")] if kafka else [])).collect()
+        input_rows = sum(int(r["n"]) for r in stats)
+        max_t = max((r["max_t"] for r in stats if r["max_t"] is not None), default=None)
+        offsets = {f"{r[TOPIC]}:{r[PARTITION]}": {"from": int(r["lo"]), "to": int(r["hi"])} for r in stats} if kafka else {}
         if self.window.type == "session":  # judged by the row's own session [t, t + gap), as Spark does
             pairs = df.withColumn("_ws", F.unix_micros(et)).withColumn("_we", F.col("_ws") + F.lit(self.window.gap_us))
         else:
