@@ -30,6 +30,12 @@ from airflow_etl_provider.core.retry import Retrier, RetryPolicy
 
 log = logging.getLogger(__name__)
 
+#: One Kafka producer per producer config per process, reused by the sinks that come after (the next Spark
+#: task in a reused Python worker, the next micro-batch): a new idempotent producer pays ~0.5 s before its
+#: first delivery (librdkafka's producer-id timer; benchmarks/bench_streaming.py). A producer that saw a
+#: failed or unreported delivery is dropped, never reused.
+_SHARED_PRODUCERS: dict[str, Any] = {}
+
 
 class DeadLetterSink(ABC):
     """Where envelopes go. Implementations are picklable and open their clients lazily."""
@@ -132,21 +138,37 @@ class KafkaSink(DeadLetterSink):
     def _message_timeout_s(self) -> float:
         return float(self.producer_config.get("message.timeout.ms", self.delivery_timeout_s * 1000)) / 1000
 
+    def _config(self) -> dict[str, Any]:
+        config = {**self.PRODUCER_DEFAULTS, **self.producer_config}
+        config.setdefault("message.timeout.ms", int(self.delivery_timeout_s * 1000))
+        for consumer_only in ("group.id", "auto.offset.reset", "enable.auto.commit"):
+            config.pop(consumer_only, None)  # from a connection shared with consumers
+        return config
+
+    def _shared_key(self) -> str:
+        return json.dumps(self._config(), sort_keys=True, default=str)
+
     def _get_producer(self) -> Any:
         if self._producer is None:
             from confluent_kafka import Producer
 
-            config = {**self.PRODUCER_DEFAULTS, **self.producer_config}
-            config.setdefault("message.timeout.ms", int(self.delivery_timeout_s * 1000))
-            for consumer_only in ("group.id", "auto.offset.reset", "enable.auto.commit"):
-                config.pop(consumer_only, None)  # from a connection shared with consumers
-            producer = Producer(config)
-            # Fetch the topic's metadata now so that an unreachable broker fails here, early. (The first
-            # batch still pays ~0.5 s: librdkafka's idempotent producer asks for its producer id on a
+            key = self._shared_key()
+            producer = _SHARED_PRODUCERS.get(key)
+            if producer is None:
+                producer = Producer(self._config())
+            # Fetch the topic's metadata now so that an unreachable broker fails here, early. (A new producer's
+            # first batch still pays ~0.5 s: librdkafka's idempotent producer asks for its producer id on a
             # fixed 500 ms timer after start; create the hook's sink early to overlap it with other work.)
             producer.list_topics(self.topic, timeout=self._message_timeout_s())
-            self._producer = producer
+            _SHARED_PRODUCERS[key] = self._producer = producer
         return self._producer
+
+    def _discard_producer(self) -> None:
+        """Never reuse a producer that failed a delivery (it may be fenced or in a fatal state)."""
+        if self._producer is not None:
+            key = self._shared_key()
+            if _SHARED_PRODUCERS.get(key) is self._producer:
+                del _SHARED_PRODUCERS[key]
 
     def write(self, envelopes: Sequence[DeadLetterEnvelope], batch_id: str) -> list[str]:
         undelivered = self._send(envelopes)
@@ -206,6 +228,7 @@ class KafkaSink(DeadLetterSink):
             producer.poll(0.005)
         if batch.delivered == n:
             return []
+        self._discard_producer()
         if batch.delivered + len(batch.failed) < n:
             log.warning("DLQ %s: %d of %d messages got no delivery report; resending the batch",
                         self.description, n - batch.delivered - len(batch.failed), n)

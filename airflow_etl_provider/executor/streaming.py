@@ -30,6 +30,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -225,10 +226,7 @@ class StreamBatchProcessor:
                         "ORDER BY batch_id DESC LIMIT 1", (self.pipeline_id, self.epoch))
             row = cur.fetchone()
             watermark_before = int(row[0]) if row else 0
-            try:
-                result = self._process(df.persist(), batch_id, watermark_before, cur)
-            finally:
-                df.unpersist()
+            result = self._process(df, batch_id, watermark_before, cur)
             result.duration_s = time.monotonic() - started
             cur.execute(
                 f"INSERT INTO {self.ledger_table} (pipeline, epoch, batch_id, watermark_before_us, watermark_after_us, "
@@ -248,9 +246,110 @@ class StreamBatchProcessor:
         return result
 
     def _process(self, df: Any, batch_id: int, watermark_before: int, cur: Any) -> BatchResult:
+        self._batch_id = batch_id
+        if self.window.type == "session" or not _groupable(df.schema):
+            df = df.persist()
+            try:
+                return self._process_cached(df, batch_id, watermark_before, cur)
+            finally:
+                df.unpersist()
+        return self._process_one_pass(df, batch_id, watermark_before, cur)
+
+    def _pairs(self, df: Any) -> tuple[Any, Any]:
+        """Each row with its windows, ``_ws``/``_we`` in microseconds, as Spark's ``window`` assigns them; a
+        row without an event time keeps one pair with NULL bounds (Spark's ``window`` would drop it). Also the
+        condition that marks one pair per row (a sliding window gives a row several)."""
         from pyspark.sql import functions as F
 
-        self._batch_id = batch_id
+        t = F.unix_micros(F.col(self.event_time_column))
+        if self.window.type == "session":  # judged by the row's own session [t, t + gap), as Spark does
+            return (df.withColumn("_ws", t).withColumn("_we", F.col("_ws") + F.lit(self.window.gap_us)),
+                    F.lit(True))
+        d, s = F.lit(self.window.duration_us), F.lit(self.window.slide_us)
+        if self.window.slide_us == self.window.duration_us:  # tumbling: [t - t mod d, + d)
+            return df.withColumn("_ws", t - F.pmod(t, d)).withColumn("_we", F.col("_ws") + d), F.lit(True)
+        # sliding: every start s_k = k * slide with s_k <= t < s_k + duration, the earliest first
+        first = (t - d) - F.pmod(t - d, s) + s
+        pairs = (df.withColumn("_ws", F.explode_outer(F.sequence(first, t - F.pmod(t, s), s)))
+                 .withColumn("_we", F.col("_ws") + d))
+        return pairs, F.col("_ws").isNull() | (F.col("_ws") == first)
+
+    def _process_one_pass(self, df: Any, batch_id: int, watermark_before: int, cur: Any) -> BatchResult:
+        """Tumbling and sliding windows, in one read of the batch: one aggregation (two grouping sets) gives
+        the on-time partial aggregates per (group, window), each late or time-less (row, window) pair as a
+        group of its own (its columns in the key), and per Kafka partition the rows, pairs, late and
+        time-less pairs, offsets and newest event time. Only that small result is cached; the dead letters
+        are published from it, so the source is read once (benchmarks/bench_streaming.py)."""
+        from pyspark import StorageLevel
+        from pyspark.sql import functions as F
+
+        columns = list(df.columns)
+        pairs, first_pair = self._pairs(df)
+        invalid = F.col("_ws").isNull()  # no event time: the message did not parse with the schema
+        late = ~invalid & (F.col("_we") <= F.lit(watermark_before))  # Spark's rule, with W(N-1)
+        kind = F.when(invalid, 2).when(late, 1).otherwise(0)
+        payload = [f"_etl_p{i}" for i in range(len(columns))]
+        pairs = (pairs.withColumn("_etl_kind", kind).withColumn("_etl_first", first_pair)
+                 .select(*[F.col(c) for c in columns], "_ws", "_we", "_etl_kind", "_etl_first",
+                         *[F.when(F.col("_etl_kind") != 0, F.col(c)).alias(p) for c, p in zip(columns, payload, strict=True)]))
+        kafka = PARTITION in columns
+        by_window = [*self.group_by, "_ws", "_we", "_etl_kind", *payload]
+        by_partition = [TOPIC, PARTITION] if kafka else []
+        t = F.unix_micros(F.col(self.event_time_column))
+        exprs = [*self._partial_exprs(),
+                 F.count(F.when(F.col("_etl_first"), 1)).alias("_rows"),
+                 F.count(F.when(F.col("_etl_kind") == 1, 1)).alias("_late"),
+                 F.count(F.when(F.col("_etl_kind") == 2, 1)).alias("_invalid"),
+                 F.max(t).alias("_max_t"),
+                 *([F.min(OFFSET).alias("_lo"), F.max(OFFSET).alias("_hi")] if kafka else [])]
+        agg = pairs.groupingSets([by_window, by_partition], *by_window, *by_partition).agg(*exprs)
+        agg = agg.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            kept = agg.where(F.col("_etl_kind").isNull() | (F.col("_etl_kind") == 0)).collect()
+            stats = [r for r in kept if r["_etl_kind"] is None]  # per Kafka partition (or one grand total)
+            partials = [r for r in kept if r["_etl_kind"] is not None]
+            input_rows = sum(int(r["_rows"]) for r in stats)
+            input_pairs = sum(int(r["_pairs"]) for r in stats)
+            late_pairs = sum(int(r["_late"]) for r in stats)
+            invalid = sum(int(r["_invalid"]) for r in stats)
+            max_t = max((int(r["_max_t"]) for r in stats if r["_max_t"] is not None), default=None)
+            offsets = {f"{r[TOPIC]}:{r[PARTITION]}": {"from": int(r["_lo"]), "to": int(r["_hi"])}
+                       for r in stats if r["_pairs"]} if kafka else {}
+            # The dead letters are published by a Spark job from the cached result while this thread merges the
+            # partials into PostgreSQL; both end before the batch commits (the DLQ is at-least-once).
+            with ThreadPoolExecutor(1, thread_name_prefix="etl-stream-dlq") as pool:
+                publishing = [pool.submit(self._dead_letter, self._dead_letter_rows(agg, k, columns, payload), batch_id,
+                                          watermark_before, late=k == 1, few=n <= FEW_DEAD_LETTERS, expected=n)
+                              for k, n in ((1, late_pairs), (2, invalid)) if n and self.dead_letter is not None]
+                try:
+                    result = self._finish(cur, df, batch_id, watermark_before, partials, max_t, input_rows,
+                                          input_pairs, late_pairs, invalid, offsets)
+                except BaseException:
+                    for failed in [f.exception() for f in publishing if f.exception() is not None]:
+                        log.error("Stream %s batch %d: publishing dead letters failed too: %s", self.pipeline_id,
+                                  batch_id, failed)
+                    raise
+                for f in publishing:
+                    f.result()  # its error, if any, fails the batch: nothing commits
+            return result
+        finally:
+            agg.unpersist()
+
+    @staticmethod
+    def _dead_letter_rows(agg: Any, kind: int, columns: Sequence[str], payload: Sequence[str]) -> Any:
+        """The late (``kind`` 1) or time-less (2) pairs of the one-pass aggregation, as rows again (a group
+        holds identical pairs: ``_pairs`` copies)."""
+        from pyspark.sql import functions as F
+
+        return (agg.where(F.col("_etl_kind") == kind)
+                .withColumn("_etl_copy", F.explode(F.array_repeat(F.lit(0), F.col("_pairs").cast("int"))))
+                .select(*[F.col(p).alias(c) for c, p in zip(columns, payload, strict=True)], "_ws", "_we"))
+
+    def _process_cached(self, df: Any, batch_id: int, watermark_before: int, cur: Any) -> BatchResult:
+        """Session windows (and sources with columns Spark cannot group by, such as maps): the batch is cached
+        and scanned for the counts, the dead letters and the partial aggregates."""
+        from pyspark.sql import functions as F
+
         et = F.col(self.event_time_column)
         # rows, newest event time and (Kafka) the offsets read, in one Spark job
         kafka = PARTITION in df.columns
@@ -260,14 +359,7 @@ class StreamBatchProcessor:
         input_rows = sum(int(r["n"]) for r in stats)
         max_t = max((r["max_t"] for r in stats if r["max_t"] is not None), default=None)
         offsets = {f"{r[TOPIC]}:{r[PARTITION]}": {"from": int(r["lo"]), "to": int(r["hi"])} for r in stats} if kafka else {}
-        if self.window.type == "session":  # judged by the row's own session [t, t + gap), as Spark does
-            pairs = df.withColumn("_ws", F.unix_micros(et)).withColumn("_we", F.col("_ws") + F.lit(self.window.gap_us))
-        else:
-            duration = f"{self.window.duration_us} microseconds"
-            slide = f"{self.window.slide_us} microseconds"
-            pairs = (df.withColumn("_w", F.window(et, duration, slide))
-                     .withColumn("_ws", F.unix_micros(F.col("_w.start")))
-                     .withColumn("_we", F.unix_micros(F.col("_w.end"))).drop("_w"))
+        pairs, _first = self._pairs(df)
         invalid_cond = F.col("_we").isNull()  # no event time: the message did not parse with the schema
         late_cond = ~invalid_cond & (F.col("_we") <= F.lit(watermark_before))  # Spark's rule, with W(N-1)
         counts = pairs.agg(F.count(F.lit(1)).alias("pairs"), F.count(F.when(late_cond, 1)).alias("late"),
@@ -275,24 +367,30 @@ class StreamBatchProcessor:
         input_pairs, late_pairs, invalid = int(counts["pairs"]), int(counts["late"]), int(counts["invalid"])
         if late_pairs and self.dead_letter is not None:
             self._dead_letter(pairs.where(late_cond), batch_id, watermark_before, late=True,
-                              few=late_pairs <= FEW_DEAD_LETTERS)
+                              few=late_pairs <= FEW_DEAD_LETTERS, expected=late_pairs)
         if invalid and self.dead_letter is not None:
             self._dead_letter(pairs.where(invalid_cond), batch_id, watermark_before, late=False,
-                              few=invalid <= FEW_DEAD_LETTERS)
-        on_time = pairs.where(~late_cond & ~invalid_cond)
-        partials = self._partials(on_time)
+                              few=invalid <= FEW_DEAD_LETTERS, expected=invalid)
+        partials = self._partials(pairs.where(~late_cond & ~invalid_cond))
+        return self._finish(cur, df, batch_id, watermark_before, partials, int(max_t) if max_t is not None else None,
+                            input_rows, input_pairs, late_pairs, invalid, offsets)
+
+    def _finish(self, cur: Any, df: Any, batch_id: int, watermark_before: int, partials: Sequence[Any],
+                max_t: int | None, input_rows: int, input_pairs: int, late_pairs: int, invalid: int,
+                offsets: dict[str, dict[str, int]]) -> BatchResult:
+        """Check the accounting, move the watermark, merge the partials into the state and write windows."""
         aggregated_pairs = sum(int(p["_pairs"]) for p in partials)
         if input_pairs != aggregated_pairs + late_pairs + invalid:
             raise RowAccountingError(f"stream {self.pipeline_id} batch {batch_id}: {input_pairs} (row, window) pairs "
                                      f"in, {aggregated_pairs} aggregated + {late_pairs} late + {invalid} without an "
                                      "event time")
-        watermark_after = advance_watermark(watermark_before, int(max_t) if max_t is not None else None,
-                                            self.watermark_us)
+        watermark_after = advance_watermark(watermark_before, max_t, self.watermark_us)
         output_rows = self._merge_and_write(cur, partials, watermark_after, df)
-        return BatchResult(batch_id, watermark_before, watermark_after, int(max_t) if max_t is not None else None,
-                           input_rows, input_pairs, aggregated_pairs, late_pairs, output_rows, invalid, offsets)
+        return BatchResult(batch_id, watermark_before, watermark_after, max_t, input_rows, input_pairs,
+                           aggregated_pairs, late_pairs, output_rows, invalid, offsets)
 
-    def _dead_letter(self, rows: Any, batch_id: int, watermark_us: int, *, late: bool, few: bool) -> None:
+    def _dead_letter(self, rows: Any, batch_id: int, watermark_us: int, *, late: bool, few: bool,
+                     expected: int) -> None:
         """Publish late (row, window) pairs (stage ``late_data``) or rows without an event time (stage ``parse``)."""
         from pyspark.sql import functions as F
 
@@ -323,13 +421,18 @@ class StreamBatchProcessor:
         if few:  # one task, one producer (a new idempotent producer costs ~0.5 s before its first send)
             frame = frame.coalesce(1)
         result = result_from_statuses(frame.mapInArrow(writer, STATUS_SCHEMA).collect())
+        if result.delivered + result.spooled != expected:
+            raise RowAccountingError(f"stream {self.pipeline_id} batch {batch_id}: {expected} "
+                                     f"{'late' if late else 'time-less'} pairs to dead-letter, {result.delivered} "
+                                     f"delivered + {result.spooled} spooled")
         if result.spooled:
             raise DeadLetterUnavailableError(
                 spool_path=", ".join(result.spool_paths), rows=result.spooled,
                 replay_command="airflow-etl dlq replay-spool " + " ".join(result.spool_paths),
                 reason=f"{self.dead_letter.description}: {result.errors[0] if result.errors else 'unknown error'}")
 
-    def _partials(self, on_time: Any) -> list[Any]:
+    def _partial_exprs(self) -> list[Any]:
+        """``_pairs`` and every partial aggregate (:func:`partial_parts`), as Spark aggregate expressions."""
         from pyspark.sql import functions as F
 
         exprs = [F.count(F.lit(1)).alias("_pairs")]
@@ -339,6 +442,12 @@ class StreamBatchProcessor:
                 name = f"{agg.name}__{part}"
                 exprs.append({"n": F.count(col), "s": F.sum(col), "min": F.min(col), "max": F.max(col),
                               "hll": F.hll_sketch_agg(col) if agg.column != "*" else F.lit(None)}[part].alias(name))
+        return exprs
+
+    def _partials(self, on_time: Any) -> list[Any]:
+        from pyspark.sql import functions as F
+
+        exprs = self._partial_exprs()
         if self.window.type == "session":  # the batch's own sessions; merged with the stored ones in _merge
             session = F.session_window(F.col(self.event_time_column), f"{self.window.gap_us} microseconds")
             return (on_time.groupBy(*self.group_by, session.alias("_s")).agg(*exprs)
@@ -506,6 +615,22 @@ class StreamBatchProcessor:
         frame = df.sparkSession.createDataFrame(wanted, "i INT, name STRING, s BINARY")
         return {(int(r["i"]), r["name"]): int(r["e"])
                 for r in frame.select("i", "name", F.hll_sketch_estimate("s").alias("e")).collect()}
+
+
+def _groupable(schema: Any) -> bool:
+    """Whether Spark can group by every column of ``schema`` (not by maps or variants, at any depth)."""
+    from pyspark.sql.types import ArrayType, MapType, StructType
+
+    def ok(t: Any) -> bool:
+        if isinstance(t, MapType) or type(t).__name__ == "VariantType":
+            return False
+        if isinstance(t, ArrayType):
+            return ok(t.elementType)
+        if isinstance(t, StructType):
+            return all(ok(f.dataType) for f in t.fields)
+        return True
+
+    return ok(schema)
 
 
 def _group_of(group_key: str) -> tuple[Any, ...]:

@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_etl_provider.core.errors import ConfigError
@@ -161,10 +162,22 @@ class StreamRunner:
 
     # ------------------------------------------------------------------------------------ epoch
     def _checkpoint_query_id(self, spark: SparkSession) -> str | None:
+        from urllib.parse import urlparse
+
         from pyspark.errors import AnalysisException
 
+        metadata = f"{self.checkpoint.rstrip('/')}/metadata"
+        url = urlparse(metadata)
+        if url.scheme in ("", "file") and not type(spark).__module__.startswith("pyspark.sql.connect"):
+            # a classic session's driver is this process and writes the checkpoint's metadata itself: read the
+            # file directly rather than with a Spark job (~0.3 s)
+            local = Path(url.path if url.scheme else metadata)
+            if not local.exists():
+                return None
+            first = local.read_text().splitlines()[:1]
+            return str(json.loads(first[0])["id"]) if first else None
         try:
-            lines = spark.read.text(f"{self.checkpoint.rstrip('/')}/metadata").collect()
+            lines = spark.read.text(metadata).collect()
         except AnalysisException as err:
             if err.getCondition() == "PATH_NOT_FOUND":  # a new checkpoint: Spark writes its metadata on start
                 return None

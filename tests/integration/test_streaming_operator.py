@@ -355,3 +355,46 @@ def test_a_failing_batch_fails_the_task_with_the_reason_and_commits_nothing(spar
     assert pg.get_first("select count(*) from etl_stream_ledger where pipeline = %s", parameters=(f"fail.{unique}",))[0] == 0
     assert pg.get_first(f"select count(*) from {table}")[0] == 0
     pg.run(f"drop table {table}")
+
+
+@pytest.mark.parametrize("window", [{"type": "tumbling", "duration": "5 minutes"},
+                                    {"type": "sliding", "duration": "10 minutes", "slide": "5 minutes"},
+                                    {"type": "session", "gap": "5 minutes"}])
+def test_messages_without_an_event_time_are_dead_lettered_not_dropped(spark, kafka_bootstrap, unique, tmp_path,
+                                                                      window: dict[str, Any]) -> None:
+    """A message that is not JSON, lacks the event time or has one that does not parse gives a row with a NULL
+    event time. Spark's ``window()`` drops such rows without a trace; the operator dead-letters each (stage
+    ``parse``) and counts it."""
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    topic, table = f"stream-{unique}", f"public.stream_{unique}"
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    admin.create_topics([NewTopic(topic, 3, 1)])[topic].result(30)
+    good = [_event(i, "ab"[i % 2], m, f"{i}.10") for i, m in enumerate([1, 4, 6, 11, 30])]
+    bad = [b"not json at all", json.dumps({"order_id": "x1", "customer": "a", "amount": "1.00"}).encode(),
+           json.dumps({"order_id": "x2", "customer": "b", "amount": "2.00", "event_time": "yesterday"}).encode()]
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    positions: set[tuple[int, int]] = set()
+    for i, value in enumerate([*(json.dumps(e).encode() for e in good), *bad]):
+        def done(err: Any, msg: Any, is_bad: bool = i >= len(good)) -> None:
+            assert err is None, err
+            if is_bad:
+                positions.add((msg.partition(), msg.offset()))
+
+        producer.produce(topic, value=value, partition=i % 3, on_delivery=done)
+    assert producer.flush(30) == 0
+    result = _operator(topic, tmp_path, table, window).execute(context={})
+
+    assert result["input_rows"] == len(good) + len(bad)
+    assert result["invalid_rows"] == len(bad) and result["late_rows"] == 0
+    letters = _late_letters(tmp_path)
+    assert {(e["original_location"]["partition"], e["original_location"]["offset"]) for e in letters} == positions
+    assert len(letters) == len(bad) and {e["stage"] for e in letters} == {"parse"}
+    # every good row is in the sink's counts (the windows the watermark closed) or still open in the state
+    pg = PostgresHook(postgres_conn_id="postgres_default")
+    written = pg.get_first(f'select coalesce(sum("count"), 0) from {table}')[0]
+    assert result["window_pairs"] == result["aggregated_rows"] + len(bad)
+    assert written > 0
+    pg.run(f"drop table {table}; drop table {table}__etl_state")
