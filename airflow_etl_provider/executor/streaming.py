@@ -459,19 +459,20 @@ class StreamBatchProcessor:
         """Merge this batch's partial aggregates into the window state; write what the output mode says."""
         batch: dict[str, list[tuple[int, int, dict[str, Any]]]] = defaultdict(list)
         groups: dict[str, tuple[Any, ...]] = {}
-        for p in partials:
+        names = [f"{a.name}__{part}" for a in self.aggregates for part in partial_parts(a)]
+        for row in partials:
+            p = row.asDict()  # a Row's lookup by name is a list search: once per row, not per value
             values = tuple(p[c] for c in self.group_by)
             key = json.dumps([_encode(v) for v in values], sort_keys=True)
             groups[key] = values
-            batch[key].append((int(p["_ws"]), int(p["_we"]), {
-                f"{a.name}__{part}": p[f"{a.name}__{part}"] for a in self.aggregates for part in partial_parts(a)}))
+            batch[key].append((int(p["_ws"]), int(p["_we"]), {n: p[n] for n in names}))
         merged: dict[tuple[str, int, int], dict[str, Any]] = {}
         superseded: list[tuple[str, int, int]] = []
         if batch:
             merged, superseded = self._merge(cur, batch, df)
         if superseded:
             cur.execute(f"DELETE FROM {self.state_table} WHERE pipeline = %s AND epoch = %s AND (group_key, "
-                        "window_start_us, window_end_us) IN (SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[]))",
+                        "window_start_us, window_end_us) IN (SELECT * FROM unnest(%b::text[], %b::bigint[], %b::bigint[]))",
                         (self.pipeline_id, self.epoch, *map(list, zip(*superseded, strict=True))))
         if self.output_mode == "update":
             self._store(cur, merged)
@@ -499,7 +500,7 @@ class StreamBatchProcessor:
         keys = list(windows)
         cur.execute(
             f"INSERT INTO {self.state_table} (pipeline, epoch, group_key, window_start_us, window_end_us, partials) "
-            "SELECT %s, %s, g, s, e, p FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::jsonb[]) AS u(g, s, e, p) "
+            "SELECT %s, %s, g, s, e, p::jsonb FROM unnest(%b::text[], %b::bigint[], %b::bigint[], %b::text[]) AS u(g, s, e, p) "
             "ON CONFLICT (pipeline, epoch, group_key, window_start_us, window_end_us) DO UPDATE SET partials = "
             "excluded.partials",
             (self.pipeline_id, self.epoch, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
@@ -520,7 +521,7 @@ class StreamBatchProcessor:
             cur.execute(
                 f"SELECT group_key, window_start_us, window_end_us, partials FROM {self.state_table} WHERE pipeline = %s "
                 "AND epoch = %s AND (group_key, window_start_us, window_end_us) IN "
-                "(SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[])) FOR UPDATE",
+                "(SELECT * FROM unnest(%b::text[], %b::bigint[], %b::bigint[])) FOR UPDATE",
                 (self.pipeline_id, self.epoch, *map(list, zip(*keys, strict=True))))
         stored: dict[str, list[tuple[int, int, dict[str, Any]]]] = defaultdict(list)
         for r in cur.fetchall():
@@ -529,6 +530,9 @@ class StreamBatchProcessor:
         superseded: list[tuple[str, int, int]] = []
         sketches: list[tuple[int, str, bytes]] = []
         order: list[tuple[str, int, int]] = []
+        combiners = {f"{a.name}__{part}": {"n": _add, "s": _add, "min": _least, "max": _greatest, "hll": None}[part]
+                     for a in self.aggregates for part in partial_parts(a)}
+        has_sketches = any(c is None for c in combiners.values())
         for group, items in batch.items():
             # (start, end, partials, stored?) for the batch's windows and the stored ones they meet
             fresh = [(st, en, parts, False) for st, en, parts in items]
@@ -546,16 +550,16 @@ class StreamBatchProcessor:
                 start, end = min(m[0] for m in cluster), max(m[1] for m in cluster)
                 key = (group, start, end)
                 superseded += [(group, m[0], m[1]) for m in cluster if m[3] and (m[0], m[1]) != (start, end)]
+                if len(cluster) == 1 and not has_sketches:  # a window only this batch has: nothing to combine
+                    merged[key] = dict(cluster[0][2])
+                    order.append(key)
+                    continue
                 combined: dict[str, Any] = {}
                 for _s, _e, parts, _stored in cluster:
                     for name, value in parts.items():
-                        prev = combined.get(name)
-                        if name.endswith("__n") or name.endswith("__s"):
-                            combined[name] = _add(prev, value)
-                        elif name.endswith("__min"):
-                            combined[name] = _least(prev, value)
-                        elif name.endswith("__max"):
-                            combined[name] = _greatest(prev, value)
+                        combine = combiners[name]
+                        if combine is not None:
+                            combined[name] = combine(combined.get(name), value)
                         elif value is not None:  # an HLL sketch: unioned in Spark below
                             sketches.append((len(order), name, bytes(value)))
                             combined.setdefault(name, None)
