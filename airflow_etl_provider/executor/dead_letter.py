@@ -30,6 +30,7 @@ from airflow_etl_provider.core.envelope import (
     build_envelope,
     run_independent_id,
 )
+from airflow_etl_provider.core.errors import DeadLetterUnavailableError
 from airflow_etl_provider.executor.sinks import (  # noqa: F401 - the sinks are part of this module's interface
     DeadLetterSink,
     FileSink,
@@ -88,6 +89,15 @@ class PublishResult:
     @property
     def total(self) -> int:
         return self.delivered + self.spooled
+
+    def raise_if_spooled(self, location: str, replay_target: str = "") -> None:
+        """Fail with :class:`DeadLetterUnavailableError` when envelopes ended in the spool: how many, where, why,
+        and the command that replays them (``replay_target``: its ``--to ...`` part)."""
+        if self.spooled:
+            command = " ".join(["airflow-etl dlq replay-spool", *self.spool_paths, *([replay_target] if replay_target else [])])
+            raise DeadLetterUnavailableError(spool_path=", ".join(self.spool_paths), rows=self.spooled,
+                                             replay_command=command,
+                                             reason=f"{location}: {self.errors[0] if self.errors else 'unknown error'}")
 
     def merge(self, other: PublishResult) -> PublishResult:
         self.delivered += other.delivered

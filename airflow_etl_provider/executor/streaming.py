@@ -173,6 +173,9 @@ class StreamBatchProcessor:
     :param dead_letter: where late pairs go (``None``: counted and dropped, ``late_data="drop"``).
     :param spool_dir: the dead-letter spool.
     :param run_context: dag/task/run/try for the envelopes (a ``RunContext``).
+    :param column_types: PostgreSQL types of the group-by columns (the sink's DDL).
+    :param location_columns: the columns that say where a row was read (Kafka position, file).
+    :param replay_target: the ``--to ...`` part of the replay command a spooled dead letter names.
     """
 
     pipeline_id: str
@@ -192,6 +195,7 @@ class StreamBatchProcessor:
     run_context: Any
     column_types: dict[str, str] = field(default_factory=dict)
     location_columns: tuple[str, ...] = LOCATION_COLUMNS
+    replay_target: str = ""
     _batch_id: int = field(default=-1, repr=False)
     _tables_ensured: bool = field(default=False, repr=False)
 
@@ -394,8 +398,6 @@ class StreamBatchProcessor:
         """Publish late (row, window) pairs (stage ``late_data``) or rows without an event time (stage ``parse``)."""
         from pyspark.sql import functions as F
 
-        from airflow_etl_provider.core.errors import DeadLetterUnavailableError
-
         assert self.dead_letter is not None
         wm = _iso(watermark_us)
         if late:
@@ -425,11 +427,7 @@ class StreamBatchProcessor:
             raise RowAccountingError(f"stream {self.pipeline_id} batch {batch_id}: {expected} "
                                      f"{'late' if late else 'time-less'} pairs to dead-letter, {result.delivered} "
                                      f"delivered + {result.spooled} spooled")
-        if result.spooled:
-            raise DeadLetterUnavailableError(
-                spool_path=", ".join(result.spool_paths), rows=result.spooled,
-                replay_command="airflow-etl dlq replay-spool " + " ".join(result.spool_paths),
-                reason=f"{self.dead_letter.description}: {result.errors[0] if result.errors else 'unknown error'}")
+        result.raise_if_spooled(self.dead_letter.description, self.replay_target)
 
     def _partial_exprs(self) -> list[Any]:
         """``_pairs`` and every partial aggregate (:func:`partial_parts`), as Spark aggregate expressions."""

@@ -39,7 +39,6 @@ from airflow_etl_provider.core.config import (
     parse_dead_letter,
 )
 from airflow_etl_provider.core.envelope import DeadLetterEnvelope, RunContext, build_envelope
-from airflow_etl_provider.core.errors import DeadLetterUnavailableError
 
 # The executor-side half, re-exported: these names were public here before they moved.
 from airflow_etl_provider.executor.dead_letter import (  # noqa: F401
@@ -213,25 +212,22 @@ class DeadLetterHook(BaseHook):
         return result
 
     def raise_if_spooled(self, result: PublishResult) -> None:
-        if result.spooled:
-            raise DeadLetterUnavailableError(
-                spool_path=", ".join(result.spool_paths),
-                rows=result.spooled,
-                replay_command=self.replay_command(result.spool_paths),
-                reason=f"{self.location}: {result.errors[0] if result.errors else 'unknown error'}",
-            )
+        result.raise_if_spooled(self.location, self.replay_target())
 
-    def replay_command(self, spool_paths: Sequence[str]) -> str:
+    def replay_target(self) -> str:
+        """The ``--to ...`` part of ``airflow-etl dlq replay-spool`` for this DLQ."""
         cfg = self.config
         if isinstance(cfg, KafkaDeadLetterConfig):
             target = f"--to kafka --topic {cfg.topic}" + (f" --conn-id {cfg.conn_id}" if cfg.conn_id else "")
             if cfg.config.get("bootstrap.servers"):
                 target += f" --bootstrap-servers {cfg.config['bootstrap.servers']}"
-        elif isinstance(cfg, S3DeadLetterConfig):
-            target = f"--to s3 --bucket {cfg.bucket} --prefix {cfg.prefix} --conn-id {cfg.conn_id}"
-        else:
-            target = f"--to file --path {cfg.path}"  # type: ignore[union-attr]
-        return f"airflow-etl dlq replay-spool {' '.join(spool_paths)} {target}"
+            return target
+        if isinstance(cfg, S3DeadLetterConfig):
+            return f"--to s3 --bucket {cfg.bucket} --prefix {cfg.prefix} --conn-id {cfg.conn_id}"
+        return f"--to file --path {cfg.path}"  # type: ignore[union-attr]
+
+    def replay_command(self, spool_paths: Sequence[str]) -> str:
+        return f"airflow-etl dlq replay-spool {' '.join(spool_paths)} {self.replay_target()}"
 
     # -- executor-side publish of a DataFrame
     def publish_dataframe(

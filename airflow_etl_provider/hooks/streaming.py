@@ -117,18 +117,20 @@ class StreamRunner:
     :param spool_dir: the dead-letter spool.
     :param run_context: dag/task/run/try.
     :param holder: this task's name in ``pg_stat_activity`` while it holds the stream's lock.
+    :param dead_letter_replay_target: the ``--to ...`` part of the replay command a spooled dead letter names.
     """
 
     def __init__(self, cfg: StreamingConfig, *, source: Mapping[str, Any], sink: Mapping[str, Any],
                  window_sink: WindowSink, checkpoint_location: str, pipeline_id: str, conn_args: dict[str, Any],
                  kafka_options: dict[str, str], dead_letter_sink: Any, spool_dir: str, run_context: Any,
-                 holder: str) -> None:
+                 holder: str, dead_letter_replay_target: str = "") -> None:
         self.cfg, self.source, self.sink, self.window_sink = cfg, source, sink, window_sink
         self.checkpoint = checkpoint_location
         self.pipeline_id = pipeline_id
         self.conn_args = conn_args
         self.kafka_options = kafka_options
         self.dead_letter_sink = dead_letter_sink
+        self.dead_letter_replay_target = dead_letter_replay_target
         self.spool_dir = spool_dir
         self.run_context = run_context
         self.holder = holder[:63]
@@ -260,6 +262,7 @@ class StreamRunner:
             group_by=self.cfg.group_by, aggregates=self.cfg.aggregates, output_mode=self.cfg.output_mode,
             dead_letter=self.dead_letter_sink, spool_dir=self.spool_dir, run_context=self.run_context,
             column_types=types, location_columns=(FILE_COLUMN,) if self.source["type"] == "files" else LOCATION_COLUMNS,
+            replay_target=self.dead_letter_replay_target,
         )
         before = self._last_batch(epoch)
         writer = (stream.writeStream.queryName(f"etl_{self.pipeline_id}"[:60]).foreachBatch(processor)

@@ -127,6 +127,7 @@ class StreamingWatermarkOperator(BaseOperator):
             dead_letter_sink=dlq.sink if dlq is not None else None,
             spool_dir=dlq.spool_dir if dlq is not None else os.path.abspath("."), run_context=rc,
             holder=f"airflow-etl stream {pipeline} {rc.dag_id}.{rc.task_id} {rc.run_id}",
+            dead_letter_replay_target=dlq.replay_target() if dlq is not None else "",
         )
         with SparkSessionHook(self.spark_conn_id, self.spark_conf, app_name=f"stream.{pipeline}").session() as spark:
             result = self._runner.run(spark)

@@ -156,3 +156,17 @@ def test_the_shipped_copy_writer_and_object_reader_unpickle_without_airflow(tmp_
     """, str(tmp_path / "copy.pkl"), str(tmp_path / "read.pkl"))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "OK []" in out.stdout
+
+
+def test_a_spooled_publish_fails_naming_the_rows_the_spool_and_the_full_replay_command() -> None:
+    from airflow_etl_provider.core.errors import DeadLetterUnavailableError
+    from airflow_etl_provider.executor.dead_letter import PublishResult
+
+    PublishResult(delivered=5).raise_if_spooled("kafka topic t")  # nothing spooled: nothing raised
+    result = PublishResult(delivered=2, spooled=3, spool_paths=["/s/a.jsonl", "/s/b.jsonl"], errors=["broker down"])
+    with pytest.raises(DeadLetterUnavailableError) as caught:
+        result.raise_if_spooled("kafka topic t @ 127.0.0.1:1", "--to kafka --topic t")
+    err = caught.value
+    assert (err.rows, err.spool_path) == (3, "/s/a.jsonl, /s/b.jsonl")
+    assert err.replay_command == "airflow-etl dlq replay-spool /s/a.jsonl /s/b.jsonl --to kafka --topic t"
+    assert "kafka topic t @ 127.0.0.1:1: broker down" in str(err)
