@@ -280,7 +280,7 @@ class Profiler:
     """Times ``StreamBatchProcessor``'s steps and every Spark action (``DataFrame.collect``) it makes, by caller."""
 
     STEPS = ("process", "_process", "_dead_letter", "_partials", "_merge_and_write", "_merge", "_write",
-             "_estimates", "_union_sketches")
+             "_estimates", "_union_sketches", "_process_one_pass", "_process_cached", "_finish")
 
     def __init__(self) -> None:
         self.steps: dict[str, list[float]] = defaultdict(list)
@@ -525,14 +525,17 @@ def describe_ours(ours: dict[str, Any], profiler: Profiler | None, events: int) 
     if profiler is None or not profiler.steps:
         return
     process, inner = profiler.total("process"), profiler.total("_process")
-    dead, partials, mw = profiler.total("_dead_letter"), profiler.total("_partials"), profiler.total("_merge_and_write")
+    dead, mw = profiler.total("_dead_letter"), profiler.total("_merge_and_write")
     merge, write, est = profiler.total("_merge"), profiler.total("_write"), profiler.total("_estimates")
+    scan = sum(t for where, times in profiler.actions.items() if "_process_one_pass" in where
+               or "_process_cached" in where or "_partials" in where for t in times)
     print(f"    ours, phases (s, summed over batches): execute {secs:.2f} = foreachBatch {process:.2f} + "
           f"outside it {secs - process:.2f} (query start/planning/offsets/WAL, lock, epoch, result)")
-    print(f"      foreachBatch {process:.2f} = connect+DDL+ledger+commit {process - inner:.2f} + "
-          f"scans (stats/offsets/counts; the first reads Kafka and parses) {inner - dead - partials - mw:.2f} + "
-          f"DLQ publish {dead:.2f} + partials collect {partials:.2f} + merge/write SQL {mw:.2f} "
-          f"(state merge {merge:.2f}, sink insert {write:.2f}, HLL estimates {est:.2f})")
+    print(f"      foreachBatch {process:.2f} = connect+DDL+ledger+commit {process - inner:.2f} + the batch's "
+          f"aggregation (Kafka read, parse, partials, late pairs, counts, offsets) {scan:.2f} + merge/write SQL "
+          f"{mw:.2f} (state merge {merge:.2f}, sink insert {write:.2f}, HLL estimates {est:.2f}) + waiting for "
+          f"the DLQ after the merge, plans {inner - scan - mw:.2f}")
+    print(f"      DLQ publish {dead:.2f} (a Spark job over the cached aggregate, in a thread alongside the merge)")
     for where, times in sorted(profiler.actions.items(), key=lambda kv: -sum(kv[1])):
         print(f"      Spark action {where}: {sum(times):.2f} s in {len(times)} call(s)")
     for kind, times in sorted(profiler.sql.items(), key=lambda kv: -sum(kv[1]))[:6]:
