@@ -150,7 +150,7 @@ class ResilientSparkLoadOperator(BaseOperator):
         if quality_rules is not None and not isinstance(quality_rules, str | os.PathLike) \
                 and not _templated(quality_rules):
             from airflow_etl_provider.core.rules import parse_rules
-            from airflow_etl_provider.operators.quality import check_quarantine_config
+            from airflow_etl_provider.core.rules.actions import check_quarantine_config
 
             gate_dlq = dead_letter if dead_letter is not _DEFAULT else {"type": "file"}
             check_quarantine_config(parse_rules(quality_rules), "quarantine", gate_dlq)
@@ -187,9 +187,9 @@ class ResilientSparkLoadOperator(BaseOperator):
 
     # ------------------------------------------------------------------------------------ execute
     def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_etl_provider.hooks.resilience import raise_for_open_circuit, run_context
         from airflow_etl_provider.hooks.sources import read_source
         from airflow_etl_provider.hooks.spark import SparkSessionHook
-        from airflow_etl_provider.operators.resilience import raise_for_open_circuit, run_context
 
         started = time.monotonic()
         validate_source(self.source)
@@ -293,8 +293,8 @@ class ResilientSparkLoadOperator(BaseOperator):
         from airflow.sdk.exceptions import AirflowFailException
 
         from airflow_etl_provider.core.report import failure_table
+        from airflow_etl_provider.core.rules.actions import check_quarantine_config, decide, resolve_rules
         from airflow_etl_provider.hooks.quality import evaluate, split_rows
-        from airflow_etl_provider.operators.quality import check_quarantine_config, decide, resolve_rules
 
         rules = resolve_rules(self.quality_rules, context if isinstance(context, Mapping) else None)
         check_quarantine_config(rules, "quarantine", self.dead_letter)
@@ -320,7 +320,7 @@ class ResilientSparkLoadOperator(BaseOperator):
         return passing.cache(), failing, summary
 
     def _guard(self, context: Any) -> Guard:
-        from airflow_etl_provider.operators.resilience import guard_for
+        from airflow_etl_provider.hooks.resilience import guard_for
 
         conn_id = self.target.get("conn_id") or ("postgres_default" if self.target["type"] == "postgres" else "local")
         return guard_for(conn_id, retry=self.etl_retry_policy, circuit_breaker=self.breaker_policy,
@@ -328,7 +328,7 @@ class ResilientSparkLoadOperator(BaseOperator):
 
     def _refuse_if_open(self, guard: Guard) -> None:
         from airflow_etl_provider.core.circuit_breaker import variable_key
-        from airflow_etl_provider.operators.resilience import raise_for_open_circuit
+        from airflow_etl_provider.hooks.resilience import raise_for_open_circuit
 
         if guard.breaker is None or self.breaker_policy is None:
             return
