@@ -30,10 +30,16 @@ def run_context(context: Mapping[str, Any] | None, pipeline_id: str | None = Non
     """
     ti = (context or {}).get("ti")
     if ti is None:
-        return RunContext(dag_id=None, task_id=None, run_id=None, try_number=None,
-                          pipeline_id=pipeline_id or "adhoc")
-    return RunContext(dag_id=ti.dag_id, task_id=ti.task_id, run_id=ti.run_id, try_number=ti.try_number,
-                      pipeline_id=pipeline_id or ti.dag_id)
+        return RunContext(
+            dag_id=None, task_id=None, run_id=None, try_number=None, pipeline_id=pipeline_id or "adhoc"
+        )
+    return RunContext(
+        dag_id=ti.dag_id,
+        task_id=ti.task_id,
+        run_id=ti.run_id,
+        try_number=ti.try_number,
+        pipeline_id=pipeline_id or ti.dag_id,
+    )
 
 
 def guard_for(

@@ -630,6 +630,27 @@ def test_condition(condition: dict[str, Any], value: Any, ok: bool) -> None:
     assert Condition(**condition).matches(value) is ok
 
 
+@pytest.mark.parametrize(
+    ("condition", "value", "ok"),
+    [
+        # issue 14: common-sql widens a negative bound outward (-100 - 100 * 0.5 = -150); it never tightens it
+        ({"geq_to": -100, "tolerance": 0.5}, -70, True), ({"geq_to": -100, "tolerance": 0.5}, -150, True),
+        ({"geq_to": -100, "tolerance": 0.5}, -151, False), ({"greater_than": -100, "tolerance": 0.5}, -150, False),
+        ({"greater_than": -100, "tolerance": 0.5}, -149, True), ({"leq_to": -100, "tolerance": 0.5}, -50, True),
+        ({"leq_to": -100, "tolerance": 0.5}, -49, False), ({"less_than": -100, "tolerance": 0.5}, -50, False),
+        ({"less_than": -100, "tolerance": 0.5}, -51, True), ({"equal_to": -100, "tolerance": 0.5}, -150, True),
+        ({"equal_to": -100, "tolerance": 0.5}, -50, True), ({"equal_to": -100, "tolerance": 0.5}, -151, False),
+        ({"equal_to": -100, "tolerance": 0.5}, -49, False), ({"geq_to": 0, "tolerance": 0.5}, -1, False),
+        ({"equal_to": 0, "tolerance": 0.5}, 0, True), ({"leq_to": 0, "tolerance": 2}, 1, False),
+        ({"geq_to": -0.5, "leq_to": 0.5, "tolerance": 1}, -1, True), ({"geq_to": 1}, Decimal("0.99"), False),
+    ],
+)
+def test_a_tolerance_widens_negative_and_zero_bounds_like_common_sql(
+    condition: dict[str, Any], value: Any, ok: bool
+) -> None:
+    assert Condition(**condition).matches(value) is ok
+
+
 def test_condition_describe() -> None:
     assert Condition(equal_to=0).describe() == "== 0"
     assert Condition(geq_to=1, less_than=2.5, tolerance=0.1).describe() == ">= 1 and < 2.5 (tolerance 0.1)"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 from pydantic import Field, model_validator
@@ -14,9 +14,13 @@ from airflow_etl_provider.core.rules.base import _Model
 class Condition(_Model):
     """A comparison of one observed value, as in Airflow common-sql's column and value checks.
 
-    ``tolerance`` widens the bounds exactly like common-sql: ``geq_to``/``greater_than`` by
-    ``x (1 - tolerance)``, ``leq_to``/``less_than`` by ``x (1 + tolerance)``, ``equal_to`` to the range
-    ``[v (1 - tolerance), v (1 + tolerance)]``. Several bounds must all hold.
+    ``tolerance`` widens the bounds outward, exactly like common-sql's ``SQLColumnCheckOperator``: a lower
+    bound ``b`` (``geq_to``/``greater_than``) becomes ``b - |b| tolerance``, an upper bound (``leq_to``/
+    ``less_than``) ``b + |b| tolerance``, ``equal_to`` ``v`` the range ``[v - |v| tolerance, v + |v|
+    tolerance]``. So a tolerance never tightens a bound, also for negative bounds (``geq_to: -100`` with
+    ``tolerance: 0.5`` accepts down to -150), and leaves a zero bound as it is. Several bounds must all
+    hold. The observed value is compared as it is (``int``, ``float``, ``Decimal``: exactly, as Python
+    compares them), other values after ``float()``.
     """
 
     equal_to: float | None = None
@@ -46,28 +50,37 @@ class Condition(_Model):
         """Whether ``value`` (a number; ``None`` never matches) satisfies every bound."""
         if value is None:
             return False
-        try:
-            x = float(value)
-        except (TypeError, ValueError):
-            return False
-        if math.isnan(x):
+        x: Any = value
+        if not isinstance(value, int | float | Decimal):
+            try:
+                x = float(value)
+            except (TypeError, ValueError):
+                return False
+        if x != x:  # NaN (float or Decimal)
             return False
         tol = self.tolerance
+
+        def lower(bound: float) -> float:
+            return bound - abs(bound) * tol if tol is not None else bound
+
+        def upper(bound: float) -> float:
+            return bound + abs(bound) * tol if tol is not None else bound
+
         ok = True
         if self.geq_to is not None:
-            ok &= x >= (self.geq_to * (1 - tol) if tol is not None else self.geq_to)
+            ok &= x >= lower(self.geq_to)
         if self.greater_than is not None:
-            ok &= x > (self.greater_than * (1 - tol) if tol is not None else self.greater_than)
+            ok &= x > lower(self.greater_than)
         if self.leq_to is not None:
-            ok &= x <= (self.leq_to * (1 + tol) if tol is not None else self.leq_to)
+            ok &= x <= upper(self.leq_to)
         if self.less_than is not None:
-            ok &= x < (self.less_than * (1 + tol) if tol is not None else self.less_than)
+            ok &= x < upper(self.less_than)
         if self.equal_to is not None:
             if tol is not None:
-                ok &= self.equal_to * (1 - tol) <= x <= self.equal_to * (1 + tol)
+                ok &= lower(self.equal_to) <= x <= upper(self.equal_to)
             else:
                 ok &= x == self.equal_to
-        return ok
+        return bool(ok)
 
     def describe(self) -> str:
         """E.g. ``>= 0 and <= 100 (tolerance 0.1)``."""
