@@ -769,3 +769,34 @@ def test_models_can_be_built_directly() -> None:
     assert FormatRule(columns=("a",), format="uuid").default_name() == "format(a)"
     assert ExpressionRule(expression="a > 1").default_name() == "expression(a > 1)"
     assert UniqueRule(columns=("a", "b")).referenced_columns == ("a", "b")
+
+
+def test_accept_none_is_common_sqls_column_check_parameter() -> None:
+    mapping = {"x": {"min": {"geq_to": 0}}}
+    (default,) = parse_rules({"column_mapping": mapping})
+    (strict,) = parse_rules({"column_mapping": mapping, "accept_none": False})
+    assert default.accept_none is True and strict.accept_none is False
+    assert column_metric_result(default, None).passed  # NULL compares as 0, as in SQLColumnCheckOperator
+    assert not column_metric_result(strict, None).passed
+    with pytest.raises(ConfigError, match=r"^accept_none: must be true or false"):
+        parse_rules({"column_mapping": mapping, "accept_none": "no"})
+    with pytest.raises(ConfigError, match=r"^accept_none: applies to the checks of 'column_mapping'"):
+        parse_rules({"checks": {"c": {"check_statement": "x > 0"}}, "accept_none": False})
+
+
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [
+        # found by the fuzzing: the key the user wrote, not the internal 'condition'
+        ({"column_mapping": {"a": {"min": {"geq_to": 0, "[": 1}}}}, "column_mapping.a.min ('min(a)').[: unknown condition key"),
+        ({"column_mapping": {"a": {"min": {"geq_to": "x"}}}}, "column_mapping.a.min ('min(a)').geq_to:"),
+        ({"rules": [{"type": "sql", "query": "select 1", "equal_to": 1, "greater_than": 0, "geq_to": 0}]}, "rules[0]: give greater_than or geq_to"),
+        ({"rules": [{"tpye": "not_null", "column": "a"}]}, "rules[0].type: is required (unknown key(s) given: 'tpye')"),
+        ({"": []}, "'': unknown key"),
+        ({"rules": False}, "rules: must be a list of rules (got False)"),
+    ],
+)  # fmt: skip
+def test_rule_errors_name_the_key_as_written(rules: Any, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_rules(rules)
+    assert str(info.value).startswith(message), str(info.value)

@@ -10,8 +10,12 @@ from airflow_etl_provider.core.rules.base import COLUMN_MAPPING_CHECKS
 from airflow_etl_provider.core.rules.sql_text import _strip_literals
 
 
-def _from_column_mapping(mapping: Any, path: str) -> list[tuple[str, Any]]:
-    """common-sql ``column_mapping`` -> (path, rule dict) pairs."""
+def _from_column_mapping(mapping: Any, path: str, *, accept_none: bool = True) -> list[tuple[str, Any]]:
+    """common-sql ``column_mapping`` -> (path, rule dict) pairs.
+
+    :param accept_none: as common-sql's ``SQLColumnCheckOperator(accept_none=...)`` (default ``True``
+        there too): a NULL metric compares as 0; ``False``: it fails.
+    """
     if not isinstance(mapping, Mapping):
         raise ConfigError(path, "must be a mapping {column: {check: {condition}}}", value=mapping)
     out: list[tuple[str, Any]] = []
@@ -39,7 +43,7 @@ def _from_column_mapping(mapping: Any, path: str) -> list[tuple[str, Any]]:
                         "column": column,
                         "metric": COLUMN_MAPPING_CHECKS[check],
                         "condition": condition,
-                        "accept_none": True,
+                        "accept_none": accept_none,
                         **extra,
                     },
                 )

@@ -53,6 +53,9 @@ def _problem(error: Mapping[str, Any], model: type[_RuleBase]) -> tuple[str, str
             return "column", f"is required: {_FIXES['columns']}"
         return where, f"is required for a {model.model_fields['type'].default!r} rule"
     if kind == "extra_forbidden" and loc[:1] == ["condition"]:
+        raw = [str(x) for x in error["loc"]]
+        key = raw[raw.index("condition") + 1] if len(raw) > raw.index("condition") + 1 else ""
+        where = f"condition.{key}" if key else where  # the key itself, whatever characters it has
         return where, f"unknown condition key; allowed: {', '.join(CONDITION_KEYS)}"
     if kind == "extra_forbidden":
         if loc and loc[0] in ("mostly", "max_failures"):
@@ -86,6 +89,25 @@ def _problem(error: Mapping[str, Any], model: type[_RuleBase]) -> tuple[str, str
     return where, f"{message[:1].lower()}{message[1:]}{given}"
 
 
+#: Every key some rule takes (``column`` is the one-column spelling of ``columns``).
+_RULE_KEYS = frozenset({"column", *(f for model in _MODELS.values() for f in model.model_fields)})
+
+
+def _parse_entry(data: Any, path: str) -> Rule:
+    """:func:`_parse_one`, with errors about a condition given inline (``{"type": "sql", ..., "equal_to": 0}``,
+    or a common-sql ``column_mapping`` check) naming the key where the user wrote it, not ``condition``."""
+    try:
+        return _parse_one(data, path)
+    except ConfigError as exc:
+        inline = path.startswith("column_mapping.") or (
+            isinstance(data, Mapping) and "condition" not in data and any(k in data for k in CONDITION_KEYS)
+        )
+        head, sep, tail = exc.path.rpartition(".condition")
+        if not inline or not sep or (tail and not tail.startswith(".")):
+            raise
+        raise ConfigError(head + tail, str(exc)[len(exc.path) + 2 :]) from None
+
+
 def _parse_one(data: Any, path: str) -> Rule:
     if isinstance(data, _RuleBase):
         return data  # type: ignore[return-value]
@@ -95,12 +117,16 @@ def _parse_one(data: Any, path: str) -> Rule:
     where = _where(path, name)
     if name is not None and (not isinstance(name, str) or not name.strip()):
         raise ConfigError(f"{path}.name", "must be a non-empty string", value=name)
-    if "type" not in data:
-        raise ConfigError(f"{where}.type", "is required", allowed=RULE_TYPES)
-    rule_type = data["type"]
+    rule_type = data.get("type")
     model = _MODELS.get(rule_type) if isinstance(rule_type, str) else None
     if model is None:
-        raise ConfigError(f"{where}.type", "unknown rule type", value=rule_type, allowed=RULE_TYPES)
+        problem = "is required" if "type" not in data else "unknown rule type"
+        unknown = sorted(str(k) for k in data if k not in _RULE_KEYS)
+        if unknown:  # a misspelt key is named, even when the type is what is missing
+            problem += f" (unknown key(s) given: {', '.join(map(repr, unknown))})"
+        if "type" in data:
+            raise ConfigError(f"{where}.type", problem, value=rule_type, allowed=RULE_TYPES)
+        raise ConfigError(f"{where}.type", problem, allowed=RULE_TYPES)
     for key, allowed in (("severity", SEVERITIES), ("action", ACTIONS)):
         if key in data and data[key] not in allowed and not (key == "action" and data[key] is None):
             raise ConfigError(f"{where}.{key}", f"unknown {key}", value=data[key], allowed=allowed)
@@ -131,6 +157,10 @@ def parse_rules(obj: Any) -> list[Rule]:
     """Parse rules from a list of rule mappings, a mapping with ``rules`` / ``column_mapping`` /
     ``checks`` (common-sql forms, translated into rules), or a YAML/JSON file path.
 
+    ``accept_none`` (with ``column_mapping``) is common-sql ``SQLColumnCheckOperator``'s parameter of that
+    name: ``True`` (the default, as there) compares a NULL metric (the ``min`` of an all-NULL column) as
+    0, ``False`` fails it.
+
     Every rule gets a unique name: user-given names must be unique; generated names
     (``not_null(email)``) get ``#2``, ``#3`` when they repeat.
 
@@ -141,15 +171,26 @@ def parse_rules(obj: Any) -> list[Rule]:
         obj = _load_file(Path(obj))
     entries: list[tuple[str, Any]] = []
     if isinstance(obj, Mapping):
-        unknown = sorted(set(obj) - {"rules", "column_mapping", "checks"})
+        keys = ["rules", "column_mapping", "checks", "accept_none"]
+        unknown = sorted(str(k) for k in obj if k not in keys)
         if unknown:
-            raise ConfigError(unknown[0], "unknown key", allowed=["rules", "column_mapping", "checks"])
-        rules = obj.get("rules") or []
+            raise ConfigError(unknown[0] or repr(unknown[0]), "unknown key", allowed=keys)
+        rules = obj.get("rules")
+        rules = [] if rules is None else rules
         if not isinstance(rules, list | tuple):
             raise ConfigError("rules", "must be a list of rules", value=rules)
         entries += [(f"rules[{i}]", rule) for i, rule in enumerate(rules)]
+        accept_none = obj.get("accept_none", True)
+        if not isinstance(accept_none, bool):
+            raise ConfigError("accept_none", "must be true or false", value=accept_none)
+        if "accept_none" in obj and obj.get("column_mapping") is None:
+            raise ConfigError(
+                "accept_none",
+                "applies to the checks of 'column_mapping' (as common-sql's SQLColumnCheckOperator "
+                "accept_none): give a column_mapping, or remove it",
+            )
         if obj.get("column_mapping") is not None:
-            entries += _from_column_mapping(obj["column_mapping"], "column_mapping")
+            entries += _from_column_mapping(obj["column_mapping"], "column_mapping", accept_none=accept_none)
         if obj.get("checks") is not None:
             entries += _from_checks(obj["checks"], "checks")
     elif isinstance(obj, Sequence) and not isinstance(obj, str | bytes):
@@ -160,7 +201,7 @@ def parse_rules(obj: Any) -> list[Rule]:
         raise ConfigError(
             "rules", "must be a list of rules, a mapping with 'rules', or a file path", value=obj
         )
-    parsed = [(path, _parse_one(data, path)) for path, data in entries]
+    parsed = [(path, _parse_entry(data, path)) for path, data in entries]
     return _name_rules(parsed)
 
 
