@@ -126,6 +126,17 @@ def table(unique_module: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
+def empty_table(unique_module: str) -> Iterator[str]:
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    name = f"public.csql_parity_empty_{unique_module}"
+    pg = PostgresHook(postgres_conn_id="postgres_default")
+    pg.run(f"CREATE TABLE {name} {PG_DDL}")
+    yield name
+    pg.run(f"DROP TABLE {name}")
+
+
+@pytest.fixture(scope="module")
 def unique_module() -> str:
     import uuid
 
@@ -146,12 +157,13 @@ def _common_sql_verdict(operator: Any) -> bool:
     return True
 
 
-def test_column_mapping_verdicts_match_sql_column_check_operator(spark, table) -> None:
+def _column_verdicts(spark: Any, table: str, rows: list[tuple[Any, ...]], cases: list[Any]) -> dict[str, Any]:
+    """common-sql's verdict and ours for every case, keyed by case name (``c<index>``)."""
     from airflow.providers.common.sql.operators.sql import SQLColumnCheckOperator
 
     expected: dict[str, bool] = {}
     rules = []
-    for i, (column, check, condition, accept_none) in enumerate(CASES):
+    for i, (column, check, condition, accept_none) in enumerate(cases):
         operator = SQLColumnCheckOperator(
             task_id=f"c{i}", conn_id="postgres_default", table=table, accept_none=accept_none,
             column_mapping={column: {check: dict(condition)}},
@@ -160,24 +172,49 @@ def test_column_mapping_verdicts_match_sql_column_check_operator(spark, table) -
         mapping = {"column_mapping": {column: {check: dict(condition)}}, "accept_none": accept_none}
         (rule,) = parse_rules(mapping)
         rules.append(rule.model_copy(update={"name": f"c{i}"}))
-
-    df = spark.createDataFrame(ROWS, SPARK_SCHEMA)
-    report = evaluate(df, rules, sample_size=0)
+    report = evaluate(spark.createDataFrame(rows, SPARK_SCHEMA), rules, sample_size=0)
     ours = {r.name: r.passed for r in report.results}
+    assert len(ours) == len(expected) == len(cases)
+    return {"expected": expected, "ours": ours}
 
-    assert len(ours) == len(expected) == len(CASES)
-    differing = [
-        (CASES[int(name[1:])], expected[name], ours[name])
+
+def _differing(cases: list[Any], verdicts: dict[str, Any]) -> list[Any]:
+    expected, ours = verdicts["expected"], verdicts["ours"]
+    return [
+        (cases[int(name[1:])], expected[name], ours[name])
         for name in expected
         if ours[name] != expected[name]
     ]
+
+
+def test_column_mapping_verdicts_match_sql_column_check_operator(spark, table) -> None:
+    verdicts = _column_verdicts(spark, table, ROWS, CASES)
+    differing = _differing(CASES, verdicts)
     assert not differing, (
         f"{len(differing)} of {len(CASES)} verdicts differ (case, common-sql, ours): {differing[:20]}"
     )
     # the oracle really saw both outcomes, on every check type
     for check in CHECKS:
-        seen = {expected[f"c{i}"] for i, case in enumerate(CASES) if case[1] == check}
+        seen = {verdicts["expected"][f"c{i}"] for i, case in enumerate(CASES) if case[1] == check}
         assert seen == {True, False}, check
+
+
+EMPTY_CASES = [
+    (column, check, {op: bound}, accept_none)
+    for column, check in itertools.product(("pos", "allnull"), CHECKS)
+    for op, bound in itertools.product(SINGLE, (-1, 0, 1))
+    for accept_none in (True, False)
+] + [("pos", check, {"geq_to": -1, "tolerance": 0.5}, False) for check in CHECKS]
+
+
+def test_column_mapping_verdicts_match_on_an_empty_table(spark, empty_table) -> None:
+    """On no rows the metrics are NULL (min, max, common-sql's SUM for null_check) or 0 (the counts)."""
+    verdicts = _column_verdicts(spark, empty_table, [], EMPTY_CASES)
+    differing = _differing(EMPTY_CASES, verdicts)
+    assert not differing, (
+        f"{len(differing)} of {len(EMPTY_CASES)} verdicts differ (case, common-sql, ours): {differing}"
+    )
+    assert set(verdicts["expected"].values()) == {True, False}
 
 
 def test_table_check_verdicts_match_sql_table_check_operator(spark, table) -> None:

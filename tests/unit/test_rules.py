@@ -303,7 +303,7 @@ def test_column_mapping_is_translated() -> None:
         "null_check(email)", "unique_check(email)", "min(amount)", "max(amount)", "distinct_check(amount)",
     ]
     assert all(isinstance(r, ColumnMetricRule) and r.accept_none for r in rules)
-    assert by_name["null_check(email)"].metric == "null_count"
+    assert by_name["null_check(email)"].metric == "null_sum"  # common-sql's SUM: NULL on empty data
     assert by_name["unique_check(email)"].metric == "duplicate_count"
     assert by_name["min(amount)"].condition == Condition(geq_to=0, tolerance=0.1)
     assert by_name["distinct_check(amount)"].metric == "distinct_count"

@@ -33,10 +33,11 @@ FORMAT_REGEXES = {
     "numeric": r"^[+-]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][+-]?[0-9]+)?$",
 }
 
-METRICS = ("null_count", "distinct_count", "duplicate_count", "min", "max")
-#: common-sql ``column_mapping`` check names -> the metric of a ``column_metric`` rule.
+METRICS = ("null_count", "null_sum", "distinct_count", "duplicate_count", "min", "max")
+#: common-sql ``column_mapping`` check names -> the metric of a ``column_metric`` rule. ``null_check`` is
+#: ``null_sum`` (common-sql's ``SUM(CASE WHEN col IS NULL THEN 1 ELSE 0 END)``: NULL on empty data).
 COLUMN_MAPPING_CHECKS = {
-    "null_check": "null_count",
+    "null_check": "null_sum",
     "distinct_check": "distinct_count",
     "unique_check": "duplicate_count",
     "min": "min",

@@ -262,14 +262,16 @@ class SqlRule(_DatasetRule):
 class ColumnMetricRule(_DatasetRule):
     """An aggregate of one column compared with ``condition`` (common-sql ``column_mapping`` checks).
 
-    ``metric``: ``null_count``, ``distinct_count``, ``duplicate_count`` (non-NULL values minus distinct
-    ones), ``min`` or ``max``. A NULL metric (``min`` of an all-NULL column) fails unless ``accept_none``.
+    ``metric``: ``null_count`` (0 on empty data), ``null_sum`` (the same as SQL's ``SUM(CASE WHEN col IS NULL
+    THEN 1 ELSE 0 END)``, NULL on empty data: common-sql's ``null_check``), ``distinct_count``,
+    ``duplicate_count`` (non-NULL values minus distinct ones), ``min`` or ``max``. A NULL metric (``min`` of an
+    all-NULL column) fails unless ``accept_none``.
     """
 
     column_param: ClassVar[Literal["none", "optional", "required", "one"]] = "one"
     type: Literal["column_metric"] = "column_metric"
     columns: Annotated[tuple[str, ...], Field(min_length=1, max_length=1)]
-    metric: Literal["null_count", "distinct_count", "duplicate_count", "min", "max"]
+    metric: Literal["null_count", "null_sum", "distinct_count", "duplicate_count", "min", "max"]
     condition: Condition
     accept_none: bool = False
 
