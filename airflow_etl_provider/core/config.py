@@ -203,12 +203,16 @@ class S3DeadLetterConfig(ConfigModel):
     def from_config(
         cls, obj: S3DeadLetterConfig | Mapping[str, Any], *, path: str = "dead_letter"
     ) -> S3DeadLetterConfig:
-        """Build it from a mapping with ``bucket`` and ``prefix``, or ``path: s3://bucket/prefix``.
+        """Build it from a mapping with ``bucket`` and ``prefix``, or ``path: s3://bucket/prefix``; these may
+        also sit under ``config`` as the seed config writes them (``{"type": "s3", "config": {"bucket": ...,
+        "prefix": ...}}``; a key given both ways takes the flat value).
 
         :param obj: the configuration.
         :param path: where the block sits in the configuration, for error messages.
         """
-        return obj if isinstance(obj, S3DeadLetterConfig) else cls.from_mapping(obj, path)
+        if isinstance(obj, S3DeadLetterConfig):
+            return obj
+        return _from_seed_block(cls, obj, path)  # type: ignore[return-value]
 
 
 class FileDeadLetterConfig(ConfigModel):
@@ -233,12 +237,60 @@ class FileDeadLetterConfig(ConfigModel):
     def from_config(
         cls, obj: FileDeadLetterConfig | Mapping[str, Any], *, path: str = "dead_letter"
     ) -> FileDeadLetterConfig:
-        """Build it from a mapping.
+        """Build it from a mapping; its settings may also sit under ``config`` as the seed config writes them
+        (``{"type": "file", "config": {"path": ...}}``; a key given both ways takes the flat value).
 
         :param obj: the configuration.
         :param path: where the block sits in the configuration, for error messages.
         """
-        return obj if isinstance(obj, FileDeadLetterConfig) else cls.from_mapping(obj, path)
+        if isinstance(obj, FileDeadLetterConfig):
+            return obj
+        return _from_seed_block(cls, obj, path)  # type: ignore[return-value]
+
+
+def _from_seed_block(
+    cls: type[S3DeadLetterConfig] | type[FileDeadLetterConfig], obj: Any, path: str
+) -> S3DeadLetterConfig | FileDeadLetterConfig:
+    """Build an S3 or file dead-letter config from the field names, or from the seed's shape that nests the
+    type's settings under ``config`` (``{"type": "s3", "config": {"bucket": ..., "prefix": ...}}``).
+
+    A key given both flat and under ``config`` (or two keys setting the same field, e.g. a flat ``path``
+    and a nested ``bucket``) takes the flat value. Errors name the key where the user wrote it
+    (``dead_letter.config.bucket``).
+    """
+    if not isinstance(obj, Mapping) or "config" not in obj:
+        return cls.from_mapping(obj, path)
+    nested = obj["config"]
+    kind = cls.model_fields["type"].default
+    if not isinstance(nested, Mapping):
+        raise ConfigError(f"{path}.config", f"must be a mapping of the {kind} settings", value=nested)
+    allowed = sorted(set(cls.config_keys) - {"type", "enabled"})
+    for key in nested:
+        if key not in allowed:
+            raise ConfigError(
+                f"{path}.config.{key}", f"unknown key for the {kind} dead-letter queue", allowed=allowed
+            )
+    flat = {k: v for k, v in obj.items() if k != "config"}
+
+    def fields_of(key: str, value: Any) -> set[str]:
+        if key not in cls.config_keys:
+            return {key}
+        try:
+            return set(cls.config_keys[key](value))
+        except ValueError:  # reported by from_mapping below, under the key the user wrote
+            return {key}
+
+    taken = set().union(*(fields_of(k, v) for k, v in flat.items())) if flat else set()
+    kept = {k: v for k, v in nested.items() if k not in flat and not fields_of(k, v) & taken}
+    try:
+        return cls.from_mapping({**kept, **flat}, path)
+    except ConfigError as exc:
+        for key in kept:
+            where = f"{path}.{key}"
+            if exc.path == where or exc.path.startswith(where + "."):
+                moved = f"{path}.config.{key}" + exc.path[len(where) :]
+                raise ConfigError(moved, str(exc)[len(exc.path) + 2 :]) from None
+        raise
 
 
 DeadLetterConfig = KafkaDeadLetterConfig | S3DeadLetterConfig | FileDeadLetterConfig
@@ -272,8 +324,12 @@ def parse_dead_letter(
     if obj.get("enabled", True) is False:
         return None
     kind = obj.get("type")
-    if kind not in _DEAD_LETTER_TYPES:
+    if not isinstance(kind, str) or kind not in _DEAD_LETTER_TYPES:
         problem = "is required" if kind is None else "is not a known dead-letter queue type"
+        known = {key for model in _DEAD_LETTER_TYPES.values() for key in model.config_keys}
+        unknown = sorted(str(k) for k in obj if k not in known)
+        if unknown:  # a misspelt key is named, even when the type is what is missing
+            problem += f" (unknown key(s) given: {', '.join(map(repr, unknown))})"
         raise ConfigError(f"{path}.type", problem, value=kind, allowed=list(_DEAD_LETTER_TYPES))
     return _DEAD_LETTER_TYPES[kind].from_config(obj, path=path)
 

@@ -240,6 +240,8 @@ def _metric(df: DataFrame, rule: ColumnMetricRule) -> Column:
     match rule.metric:
         case "null_count":
             return F.coalesce(F.sum(F.when(c.isNull(), 1).otherwise(0)), F.lit(0))
+        case "null_sum":  # common-sql's null_check: a SUM, so NULL (not 0) on empty data
+            return F.sum(F.when(c.isNull(), 1).otherwise(0))
         case "distinct_count":
             return F.count_distinct(c)
         case "duplicate_count":

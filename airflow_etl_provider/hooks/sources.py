@@ -35,23 +35,38 @@ class SourceFrames:
     description: str
 
 
+SOURCE_KEYS = ("format", "path", "options", "schema", "conn_id", "table", "query")
+
+
 def validate_source(source: Mapping[str, Any], field: str = "source") -> None:
-    """Check a source's shape without I/O (parse time): raise :class:`ConfigError` naming the field."""
+    """Check a source's shape without I/O (parse time): raise :class:`ConfigError` naming the field.
+
+    Unknown keys are refused first (a misspelt ``pth`` is named, not reported as a missing ``path``).
+    """
     if not isinstance(source, Mapping):
         raise ConfigError(field, "must be a mapping such as {'format': 'parquet', 'path': ...}", value=source)
+    unknown = sorted(str(k) for k in source if k not in SOURCE_KEYS)
+    if unknown:
+        raise ConfigError(f"{field}.{unknown[0]}", "unknown key", allowed=SOURCE_KEYS)
     fmt = source.get("format")
-    if fmt not in FORMATS:
+    if not isinstance(fmt, str) or fmt not in FORMATS:
         raise ConfigError(f"{field}.format", "is not a supported source format", value=fmt, allowed=FORMATS)
+    for key in ("path", "conn_id", "table", "query", "schema"):
+        value = source.get(key)
+        if value is not None and key != "schema" and not isinstance(value, str):
+            raise ConfigError(f"{field}.{key}", "must be a string", value=value)
+    schema = source.get("schema")
+    if schema is not None and not isinstance(schema, str) and type(schema).__name__ != "StructType":
+        raise ConfigError(f"{field}.schema", "must be a DDL string such as 'id INT, name STRING'", value=schema)
+    options = source.get("options")
+    if options is not None and not isinstance(options, Mapping):
+        raise ConfigError(f"{field}.options", "must be a mapping of reader options", value=options)
     if fmt in FILE_FORMATS and not source.get("path"):
         raise ConfigError(f"{field}.path", f"is required for format {fmt!r}")
     if fmt == "jdbc" and not (source.get("table") or source.get("query")):
         raise ConfigError(f"{field}.table", "a jdbc source needs 'table' or 'query'")
     if fmt == "table" and not source.get("table"):
         raise ConfigError(f"{field}.table", "is required for format 'table'")
-    unknown = set(source) - {"format", "path", "options", "schema", "conn_id", "table", "query"}
-    if unknown:
-        raise ConfigError(f"{field}", f"unknown key(s) {sorted(unknown)}",
-                          allowed=["format", "path", "options", "schema", "conn_id", "table", "query"])
 
 
 def read_source(spark: SparkSession, source: Mapping[str, Any], schema: Any = None) -> SourceFrames:

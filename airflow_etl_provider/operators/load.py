@@ -48,21 +48,50 @@ POSTGRES_MODES = ("append", "overwrite", "upsert")
 PARQUET_MODES = ("append", "overwrite")
 
 
+TARGET_KEYS = {
+    "postgres": ("type", "conn_id", "table", "mode", "keys", "load_id"),
+    "parquet": ("type", "path", "mode", "partition_by"),
+}
+
+
+def _names(value: Any, field: str) -> list[str]:
+    """A column name or a list of them, as a list (``None``: none)."""
+    if value is None:
+        return []
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(field, "must be a column name or a list of column names", value=value)
+    return list(names)
+
+
 def validate_target(target: Mapping[str, Any], field: str = "target") -> None:
-    """Check a target's shape without I/O; identifiers are validated unless still templated."""
+    """Check a target's shape without I/O; identifiers are validated unless still templated.
+
+    Unknown keys (for the target's type) are refused, naming them.
+    """
     if not isinstance(target, Mapping):
         raise ConfigError(field, "must be a mapping such as {'type': 'postgres', 'table': ..., 'mode': ...}",
                           value=target)
     kind = target.get("type")
-    if kind not in TARGET_TYPES:
-        raise ConfigError(f"{field}.type", "is not a supported target type", value=kind, allowed=TARGET_TYPES)
+    if not isinstance(kind, str) or kind not in TARGET_TYPES:
+        problem = "is not a supported target type"
+        unknown = sorted(str(k) for k in target if not any(k in keys for keys in TARGET_KEYS.values()))
+        if unknown:  # a misspelt key is named, even when the type is what is missing
+            problem += f" (unknown key(s) given: {', '.join(map(repr, unknown))})"
+        raise ConfigError(f"{field}.type", problem, value=kind, allowed=TARGET_TYPES)
+    unknown = sorted(str(k) for k in target if k not in TARGET_KEYS[kind])
+    if unknown:
+        raise ConfigError(f"{field}.{unknown[0]}", f"unknown key for a {kind} target", allowed=TARGET_KEYS[kind])
     mode = target.get("mode", "append")
+    for key in ("conn_id", "table", "load_id", "path"):
+        if target.get(key) is not None and not isinstance(target[key], str):
+            raise ConfigError(f"{field}.{key}", "must be a string", value=target[key])
     if kind == "postgres":
         if not target.get("table"):
             raise ConfigError(f"{field}.table", "is required for a postgres target (e.g. 'public.orders')")
-        if mode not in POSTGRES_MODES:
+        if not isinstance(mode, str) or mode not in POSTGRES_MODES:
             raise ConfigError(f"{field}.mode", "is not a supported load mode", value=mode, allowed=POSTGRES_MODES)
-        keys = target.get("keys") or []
+        keys = _names(target.get("keys"), f"{field}.keys")
         if mode == "upsert" and not keys:
             raise ConfigError(f"{field}.keys", "is required for mode 'upsert': the business key columns")
         if not _templated(target["table"]):
@@ -73,9 +102,10 @@ def validate_target(target: Mapping[str, Any], field: str = "target") -> None:
     else:
         if not target.get("path"):
             raise ConfigError(f"{field}.path", "is required for a parquet target")
-        if mode not in PARQUET_MODES:
+        if not isinstance(mode, str) or mode not in PARQUET_MODES:
             raise ConfigError(f"{field}.mode", "is not a supported mode for parquet", value=mode,
                               allowed=PARQUET_MODES)
+        _names(target.get("partition_by"), f"{field}.partition_by")
 
 
 class ResilientSparkLoadOperator(BaseOperator):
@@ -150,7 +180,7 @@ class ResilientSparkLoadOperator(BaseOperator):
         if quality_rules is not None and not isinstance(quality_rules, str | os.PathLike) \
                 and not _templated(quality_rules):
             from airflow_etl_provider.core.rules import parse_rules
-            from airflow_etl_provider.operators.quality import check_quarantine_config
+            from airflow_etl_provider.core.rules.actions import check_quarantine_config
 
             gate_dlq = dead_letter if dead_letter is not _DEFAULT else {"type": "file"}
             check_quarantine_config(parse_rules(quality_rules), "quarantine", gate_dlq)
@@ -187,9 +217,9 @@ class ResilientSparkLoadOperator(BaseOperator):
 
     # ------------------------------------------------------------------------------------ execute
     def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_etl_provider.hooks.resilience import raise_for_open_circuit, run_context
         from airflow_etl_provider.hooks.sources import read_source
         from airflow_etl_provider.hooks.spark import SparkSessionHook
-        from airflow_etl_provider.operators.resilience import raise_for_open_circuit, run_context
 
         started = time.monotonic()
         validate_source(self.source)
@@ -293,8 +323,8 @@ class ResilientSparkLoadOperator(BaseOperator):
         from airflow.sdk.exceptions import AirflowFailException
 
         from airflow_etl_provider.core.report import failure_table
+        from airflow_etl_provider.core.rules.actions import check_quarantine_config, decide, resolve_rules
         from airflow_etl_provider.hooks.quality import evaluate, split_rows
-        from airflow_etl_provider.operators.quality import check_quarantine_config, decide, resolve_rules
 
         rules = resolve_rules(self.quality_rules, context if isinstance(context, Mapping) else None)
         check_quarantine_config(rules, "quarantine", self.dead_letter)
@@ -320,7 +350,7 @@ class ResilientSparkLoadOperator(BaseOperator):
         return passing.cache(), failing, summary
 
     def _guard(self, context: Any) -> Guard:
-        from airflow_etl_provider.operators.resilience import guard_for
+        from airflow_etl_provider.hooks.resilience import guard_for
 
         conn_id = self.target.get("conn_id") or ("postgres_default" if self.target["type"] == "postgres" else "local")
         return guard_for(conn_id, retry=self.etl_retry_policy, circuit_breaker=self.breaker_policy,
@@ -328,7 +358,7 @@ class ResilientSparkLoadOperator(BaseOperator):
 
     def _refuse_if_open(self, guard: Guard) -> None:
         from airflow_etl_provider.core.circuit_breaker import variable_key
-        from airflow_etl_provider.operators.resilience import raise_for_open_circuit
+        from airflow_etl_provider.hooks.resilience import raise_for_open_circuit
 
         if guard.breaker is None or self.breaker_policy is None:
             return
@@ -345,7 +375,8 @@ class ResilientSparkLoadOperator(BaseOperator):
         if self.dead_letter is None:
             return None
         config = dict(self.dead_letter)
-        if config.get("type") == "file" and not config.get("path"):
+        nested = config.get("config") if isinstance(config.get("config"), Mapping) else {}
+        if config.get("type") == "file" and not config.get("path") and not nested.get("path"):
             home = os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow"))
             config["path"] = os.environ.get("AIRFLOW_ETL_DLQ_PATH", str(Path(home) / "dead-letters"))
         return DeadLetterHook(config, pipeline_id=rc.pipeline_id, run_context=rc)

@@ -36,6 +36,12 @@ from airflow_etl_provider.core.config import is_templated as _templated
 from airflow_etl_provider.core.config import parse_dead_letter
 from airflow_etl_provider.core.errors import ConfigError, DataQualityError, RowAccountingError
 from airflow_etl_provider.core.rules import ACTIONS, Rule, RuleResult, parse_rules, to_jsonable
+from airflow_etl_provider.core.rules.actions import (  # noqa: F401 (resolve_action: public here too)
+    check_quarantine_config,
+    decide,
+    resolve_action,
+    resolve_rules,
+)
 from airflow_etl_provider.hooks.quality_history import validate_history
 from airflow_etl_provider.hooks.sources import validate_source
 
@@ -66,71 +72,6 @@ def validate_output(output: Mapping[str, Any], field: str = "output") -> None:
     if output.get("mode", "overwrite") not in OUTPUT_MODES:
         raise ConfigError(f"{field}.mode", "is not a supported save mode", value=output.get("mode"),
                           allowed=OUTPUT_MODES)
-
-
-def resolve_action(rule: Rule, default: str) -> str:
-    """The action taken when ``rule`` fails: its own ``action``, else ``warn`` for severity ``warn``, else
-    ``default``; ``quarantine`` on a dataset rule (no rows to set aside) becomes ``fail``."""
-    action = rule.action or ("warn" if rule.severity == "warn" else default)
-    if action == "quarantine" and not rule.counted:
-        return "fail"
-    return action
-
-
-def _explicit_threshold(rule: Rule) -> bool:
-    return getattr(rule, "mostly", None) is not None or getattr(rule, "max_failures", None) is not None
-
-
-def check_quarantine_config(rules: Sequence[Rule], on_failure: str, dead_letter: Any) -> None:
-    """Quarantine needs a dead-letter queue; a dataset rule cannot quarantine (explicit action)."""
-    for rule in rules:
-        if rule.action == "quarantine" and not rule.counted:
-            raise ConfigError(f"rules[{rule.rule_name}].action",
-                              f"a {rule.type!r} rule checks the whole dataset: there are no rows to quarantine; "
-                              "use action 'fail' or 'warn'")
-    quarantining = [r.rule_name for r in rules if resolve_action(r, on_failure) == "quarantine"]
-    if quarantining and dead_letter is None:
-        raise ConfigError("dead_letter", f"is required to quarantine rows (rules {quarantining}): give "
-                                         "{'type': 'kafka'|'s3'|'file', ...}")
-
-
-def resolve_rules(rules: Any, context: Mapping[str, Any] | None) -> list[Rule]:
-    """Parse ``rules``; a relative rules-file path is relative to the folder of the running DAG's file."""
-    if isinstance(rules, str | os.PathLike) and not os.path.isabs(rules):
-        fileloc = getattr((context or {}).get("dag"), "fileloc", None)
-        if fileloc:
-            rules = os.path.join(os.path.dirname(fileloc), rules)
-    return parse_rules(rules)
-
-
-def decide(rules: Sequence[Rule], results: Sequence[RuleResult], entries: list[dict[str, Any]],
-           on_failure: str) -> tuple[list[dict[str, Any]], list[Rule]]:
-    """Apply the actions: set ``action`` (and ``action_taken`` for warn/fail) on each report entry.
-
-    :param rules: the parsed rules.
-    :param results: their results.
-    :param entries: the report's rule entries (``QualityReport.to_dict()["rules"]``), updated in place.
-    :param on_failure: the default action.
-    :return: the entries whose failure fails the task, and the rules whose failing rows are quarantined.
-    """
-    by_name = {r.rule_name: r for r in rules}
-    by_result = {r.name: r for r in results}
-    failed: list[dict[str, Any]] = []
-    for entry in entries:
-        rule, result = by_name.get(entry["name"]), by_result.get(entry["name"])
-        if rule is None or result is None:
-            continue
-        action = entry["action"] = resolve_action(rule, on_failure)
-        if result.status == "pass":
-            continue
-        if result.status == "fail" and (action == "fail" or (action == "quarantine" and _explicit_threshold(rule))):
-            entry["action_taken"] = "failed the task"
-            failed.append(entry)
-        elif action != "quarantine":
-            entry["action_taken"] = "warned"
-    quarantine = [r for r in rules if resolve_action(r, on_failure) == "quarantine"
-                  and (by_result[r.rule_name].failing_rows or 0) > 0]
-    return failed, quarantine
 
 
 class DataQualityReportLink(BaseOperatorLink):
@@ -250,9 +191,9 @@ class DataQualityOperator(BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_etl_provider.hooks.quality import evaluate
         from airflow_etl_provider.hooks.quality import profile as profile_columns
+        from airflow_etl_provider.hooks.resilience import run_context
         from airflow_etl_provider.hooks.sources import read_source
         from airflow_etl_provider.hooks.spark import SparkSessionHook
-        from airflow_etl_provider.operators.resilience import run_context
 
         started = time.monotonic()
         validate_source(self.source)

@@ -20,6 +20,8 @@ from airflow_etl_provider.core.config import (
 )
 from airflow_etl_provider.core.errors import ConfigError
 from airflow_etl_provider.core.retry import RetryPolicy
+from airflow_etl_provider.hooks.sources import validate_source
+from airflow_etl_provider.operators.load import validate_target
 
 SEED: dict[str, Any] = {
     "retry": {
@@ -307,3 +309,83 @@ def test_dead_letter_type_errors() -> None:
 def test_dead_letter_config_is_a_union_of_the_three_kinds() -> None:
     assert DeadLetterConfig.__args__ == (KafkaDeadLetterConfig, S3DeadLetterConfig, FileDeadLetterConfig)
     assert isinstance(parse_dead_letter({"type": "file"}), DeadLetterConfig)
+
+
+# ------------------------------------------------------------------ the seed's nested ``config``, every type
+@pytest.mark.parametrize(
+    ("block", "expected"),
+    [
+        ({"type": "s3", "config": {"bucket": "etl-dlq", "prefix": "orders"}}, S3DeadLetterConfig(bucket="etl-dlq", prefix="orders")),
+        ({"type": "s3", "config": {"path": "s3://etl-dlq/a/b", "connId": "aws_dlq", "format": "parquet"}},
+         S3DeadLetterConfig(bucket="etl-dlq", prefix="a/b", conn_id="aws_dlq", format="parquet")),
+        ({"type": "s3", "partitionBy": "hour", "config": {"bucket": "etl-dlq"}}, S3DeadLetterConfig(bucket="etl-dlq", partition_by="hour")),
+        ({"type": "file", "config": {"path": "/tmp/dlq"}}, FileDeadLetterConfig(path="/tmp/dlq")),
+        ({"type": "file", "format": "parquet", "config": {"path": "/tmp/dlq", "partition_by": "pipeline"}},
+         FileDeadLetterConfig(path="/tmp/dlq", format="parquet", partition_by="pipeline")),
+        ({"type": "file", "config": {}}, FileDeadLetterConfig()),
+    ],
+)  # fmt: skip
+def test_s3_and_file_accept_the_seed_shape_with_config(block: dict[str, Any], expected: Any) -> None:
+    assert parse_dead_letter(block) == expected
+    assert ErrorHandlingConfig.from_config({"deadLetterQueue": block}).dead_letter == expected
+
+
+@pytest.mark.parametrize(
+    ("block", "expected"),
+    [
+        ({"type": "s3", "bucket": "flat-bucket", "config": {"bucket": "nested-bucket", "prefix": "p"}},
+         S3DeadLetterConfig(bucket="flat-bucket", prefix="p")),
+        # a flat path sets bucket and prefix: both nested ones give way
+        ({"type": "s3", "path": "s3://flat-bucket/x", "config": {"bucket": "nested-bucket", "prefix": "p"}},
+         S3DeadLetterConfig(bucket="flat-bucket", prefix="x")),
+        ({"type": "s3", "conn_id": "flat", "config": {"bucket": "etl-dlq", "connId": "nested"}},
+         S3DeadLetterConfig(bucket="etl-dlq", conn_id="flat")),
+        ({"type": "file", "path": "/flat", "config": {"path": "/nested", "format": "parquet"}},
+         FileDeadLetterConfig(path="/flat", format="parquet")),
+    ],
+)  # fmt: skip
+def test_flat_keys_win_over_nested_ones(block: dict[str, Any], expected: Any) -> None:
+    assert parse_dead_letter(block) == expected
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        ({"type": "s3", "config": {"bucket": "Bad_Bucket"}}, "dead_letter.config.bucket: is not a valid S3 bucket name"),
+        ({"type": "s3", "config": {"prefix": "p"}}, "dead_letter.bucket: is required"),
+        ({"type": "s3", "config": {"buckets": "etl-dlq"}}, "dead_letter.config.buckets: unknown key for the s3 dead-letter queue; allowed: bucket, connId"),
+        ({"type": "s3", "config": {"bucket": "etl-dlq", "type": "s3"}}, "dead_letter.config.type: unknown key"),
+        ({"type": "s3", "config": {"path": "http://x"}}, "dead_letter.config.path: must look like s3://bucket/prefix (got 'http://x')"),
+        ({"type": "file", "config": "/tmp/dlq"}, "dead_letter.config: must be a mapping of the file settings (got '/tmp/dlq')"),
+        ({"type": "file", "config": {"path": 3}}, "dead_letter.config.path: input should be a valid string (got 3)"),
+        ({"type": "file", "config": {"format": "csv"}}, "dead_letter.config.format: must be one of 'jsonl' or 'parquet' (got 'csv')"),
+        ({"type": "file", "config": {"bucket": "etl-dlq"}}, "dead_letter.config.bucket: unknown key for the file dead-letter queue"),
+    ],
+)  # fmt: skip
+def test_nested_config_errors_name_the_nested_key(block: dict[str, Any], message: str) -> None:
+    assert error_of(parse_dead_letter, block).startswith(message)
+
+
+# ------------------------------------------------- parser bugs the fuzzing found (tests/unit/test_config_fuzz.py)
+@pytest.mark.parametrize(
+    ("parse", "config", "message"),
+    [
+        (parse_dead_letter, {"type": []}, "dead_letter.type: is not a known dead-letter queue type (got [])"),
+        (parse_dead_letter, {"tpye": "s3", "bucket": "b"}, "dead_letter.type: is required (unknown key(s) given: 'tpye')"),
+        (validate_source, {"format": "csv", "pth": "/in"}, "source.pth: unknown key"),
+        (validate_source, {"format": "csv", "path": 3}, "source.path: must be a string (got 3)"),
+        (validate_source, {"format": ["csv"], "path": "/in"}, "source.format: is not a supported source format"),
+        (validate_source, {"format": "csv", "path": "/in", "options": "header"}, "source.options: must be a mapping"),
+        (validate_target, {"type": "postgres", "table": "t", "mode": "upsert", "keys": True}, "target.keys: must be a column name or a list"),
+        (validate_target, {"type": "postgres", "table": "t", "mdoe": "upsert"}, "target.mdoe: unknown key for a postgres target"),
+        (validate_target, {"type": "parquet", "path": "/out", "table": "t"}, "target.table: unknown key for a parquet target"),
+        (validate_target, {"typ": "postgres", "table": "t"}, "target.type: is not a supported target type (unknown key(s) given: 'typ')"),
+        (validate_target, {"type": "postgres", "table": 5}, "target.table: must be a string (got 5)"),
+    ],
+)  # fmt: skip
+def test_parsers_refuse_what_the_fuzzing_found(parse: Any, config: dict[str, Any], message: str) -> None:
+    assert error_of(parse, config).startswith(message)
+
+
+def test_a_single_upsert_key_may_be_a_string() -> None:
+    validate_target({"type": "postgres", "table": "t", "mode": "upsert", "keys": "id"})

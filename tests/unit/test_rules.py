@@ -303,7 +303,7 @@ def test_column_mapping_is_translated() -> None:
         "null_check(email)", "unique_check(email)", "min(amount)", "max(amount)", "distinct_check(amount)",
     ]
     assert all(isinstance(r, ColumnMetricRule) and r.accept_none for r in rules)
-    assert by_name["null_check(email)"].metric == "null_count"
+    assert by_name["null_check(email)"].metric == "null_sum"  # common-sql's SUM: NULL on empty data
     assert by_name["unique_check(email)"].metric == "duplicate_count"
     assert by_name["min(amount)"].condition == Condition(geq_to=0, tolerance=0.1)
     assert by_name["distinct_check(amount)"].metric == "distinct_count"
@@ -630,6 +630,27 @@ def test_condition(condition: dict[str, Any], value: Any, ok: bool) -> None:
     assert Condition(**condition).matches(value) is ok
 
 
+@pytest.mark.parametrize(
+    ("condition", "value", "ok"),
+    [
+        # issue 14: common-sql widens a negative bound outward (-100 - 100 * 0.5 = -150); it never tightens it
+        ({"geq_to": -100, "tolerance": 0.5}, -70, True), ({"geq_to": -100, "tolerance": 0.5}, -150, True),
+        ({"geq_to": -100, "tolerance": 0.5}, -151, False), ({"greater_than": -100, "tolerance": 0.5}, -150, False),
+        ({"greater_than": -100, "tolerance": 0.5}, -149, True), ({"leq_to": -100, "tolerance": 0.5}, -50, True),
+        ({"leq_to": -100, "tolerance": 0.5}, -49, False), ({"less_than": -100, "tolerance": 0.5}, -50, False),
+        ({"less_than": -100, "tolerance": 0.5}, -51, True), ({"equal_to": -100, "tolerance": 0.5}, -150, True),
+        ({"equal_to": -100, "tolerance": 0.5}, -50, True), ({"equal_to": -100, "tolerance": 0.5}, -151, False),
+        ({"equal_to": -100, "tolerance": 0.5}, -49, False), ({"geq_to": 0, "tolerance": 0.5}, -1, False),
+        ({"equal_to": 0, "tolerance": 0.5}, 0, True), ({"leq_to": 0, "tolerance": 2}, 1, False),
+        ({"geq_to": -0.5, "leq_to": 0.5, "tolerance": 1}, -1, True), ({"geq_to": 1}, Decimal("0.99"), False),
+    ],
+)
+def test_a_tolerance_widens_negative_and_zero_bounds_like_common_sql(
+    condition: dict[str, Any], value: Any, ok: bool
+) -> None:
+    assert Condition(**condition).matches(value) is ok
+
+
 def test_condition_describe() -> None:
     assert Condition(equal_to=0).describe() == "== 0"
     assert Condition(geq_to=1, less_than=2.5, tolerance=0.1).describe() == ">= 1 and < 2.5 (tolerance 0.1)"
@@ -748,3 +769,34 @@ def test_models_can_be_built_directly() -> None:
     assert FormatRule(columns=("a",), format="uuid").default_name() == "format(a)"
     assert ExpressionRule(expression="a > 1").default_name() == "expression(a > 1)"
     assert UniqueRule(columns=("a", "b")).referenced_columns == ("a", "b")
+
+
+def test_accept_none_is_common_sqls_column_check_parameter() -> None:
+    mapping = {"x": {"min": {"geq_to": 0}}}
+    (default,) = parse_rules({"column_mapping": mapping})
+    (strict,) = parse_rules({"column_mapping": mapping, "accept_none": False})
+    assert default.accept_none is True and strict.accept_none is False
+    assert column_metric_result(default, None).passed  # NULL compares as 0, as in SQLColumnCheckOperator
+    assert not column_metric_result(strict, None).passed
+    with pytest.raises(ConfigError, match=r"^accept_none: must be true or false"):
+        parse_rules({"column_mapping": mapping, "accept_none": "no"})
+    with pytest.raises(ConfigError, match=r"^accept_none: applies to the checks of 'column_mapping'"):
+        parse_rules({"checks": {"c": {"check_statement": "x > 0"}}, "accept_none": False})
+
+
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [
+        # found by the fuzzing: the key the user wrote, not the internal 'condition'
+        ({"column_mapping": {"a": {"min": {"geq_to": 0, "[": 1}}}}, "column_mapping.a.min ('min(a)').[: unknown condition key"),
+        ({"column_mapping": {"a": {"min": {"geq_to": "x"}}}}, "column_mapping.a.min ('min(a)').geq_to:"),
+        ({"rules": [{"type": "sql", "query": "select 1", "equal_to": 1, "greater_than": 0, "geq_to": 0}]}, "rules[0]: give greater_than or geq_to"),
+        ({"rules": [{"tpye": "not_null", "column": "a"}]}, "rules[0].type: is required (unknown key(s) given: 'tpye')"),
+        ({"": []}, "'': unknown key"),
+        ({"rules": False}, "rules: must be a list of rules (got False)"),
+    ],
+)  # fmt: skip
+def test_rule_errors_name_the_key_as_written(rules: Any, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_rules(rules)
+    assert str(info.value).startswith(message), str(info.value)

@@ -1,0 +1,119 @@
+"""Staging: the DataFrame into an UNLOGGED staging table with Spark's JDBC writer or COPY from the
+executors; dropping it afterwards."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from airflow_etl_provider.core import sql as S
+from airflow_etl_provider.executor.postgres_copy import COPY_STATUS_SCHEMA, copy_writer
+from airflow_etl_provider.hooks.postgres_load.model import (
+    _Plan,
+    log,
+)
+from airflow_etl_provider.hooks.postgres_load.progress import _StagingProgress
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+
+class _Staging:
+    """Staging and cleanup (a part of :class:`PostgresLoader`)."""
+
+    @staticmethod
+    def _df_columns(df: DataFrame) -> list[tuple[str, str]]:
+        return [(f.name, f.dataType.simpleString()) for f in df.schema.fields]
+
+    # --------------------------------------------------------------------------------------- stage
+
+    def _create_staging(self, plan: _Plan) -> None:
+        with self._connect(autocommit=True) as conn:
+            cur = conn.cursor()
+            cur.execute(f"DROP TABLE IF EXISTS {plan.staging}, {plan.rejects}")
+            cur.execute(S.create_staging_sql(plan.staging, plan.columns))
+            cur.execute(S.create_rejects_sql(plan.rejects))
+
+    def _default_partitions(self, df: DataFrame) -> int:
+        if self.num_partitions:
+            return self.num_partitions
+        try:
+            parallelism = int(df.sparkSession.sparkContext.defaultParallelism)
+        except Exception:  # Spark Connect has no SparkContext
+            parallelism = 4
+        return max(2, min(parallelism, 8))
+
+    def _staged_df(self, df: DataFrame, plan: _Plan) -> DataFrame:
+        from pyspark.sql import functions as F
+
+        return df.select(
+            F.monotonically_increasing_id().alias(S.ROW_ID),
+            *[F.col(c.source).alias(c.name) for c in plan.columns],
+        )
+
+    def _effective_stage_method(self, df: DataFrame, plan: _Plan) -> str:
+        if self.stage_method != "copy":
+            return self.stage_method
+        types = {f.name: f.dataType.simpleString() for f in df.schema.fields}
+        unsupported = [
+            f"{c.source} ({types[c.source]})" for c in plan.columns if not S.copy_supported(types[c.source])
+        ]
+        if unsupported:
+            log.info(
+                "Staging %s with JDBC, not COPY: column(s) COPY cannot render: %s",
+                plan.staging_name,
+                ", ".join(unsupported),
+            )
+            return "jdbc"
+        return "copy"
+
+    def _stage(self, df: DataFrame, plan: _Plan) -> None:
+        method = self._effective_stage_method(df, plan)
+        plan.stage_method = method
+        with _StagingProgress(self, plan, df.sparkSession, method):
+            if method == "copy":
+                self._stage_copy(df, plan)
+            else:
+                self._stage_jdbc(df, plan)
+
+    def _stage_jdbc(self, df: DataFrame, plan: _Plan) -> None:
+        options = self._jdbc_options(batchsize=10000, numPartitions=self._default_partitions(df))
+        options["dbtable"] = plan.staging
+        self._staged_df(df, plan).write.format("jdbc").options(**options).mode("append").save()
+        plan.staged_rows = None
+
+    def copy_conn_args(self) -> dict[str, Any]:
+        """psycopg connection parameters for the executors' COPY writers (:meth:`SparkPostgresHook.psycopg_conn_args`).
+        They hold the password: never log them."""
+        return self.hook.psycopg_conn_args(application_name="airflow-etl-copy")
+
+    def _stage_copy(self, df: DataFrame, plan: _Plan) -> None:
+        staged = self._staged_df(df, plan).coalesce(self._default_partitions(df))  # never more than that
+        fields = staged.schema.fields
+        staging_types = {c.name: c.staging_type for c in plan.columns}
+        to_utc = [
+            i
+            for i, f in enumerate(fields)
+            if f.dataType.simpleString() == "timestamp"
+            and staging_types.get(f.name) == "timestamp with time zone"
+        ]
+        binary = [i for i, f in enumerate(fields) if f.dataType.simpleString() == "binary"]
+        writer = copy_writer(
+            self.copy_conn_args(), S.copy_staging_sql(plan.staging, plan.columns), to_utc, binary
+        )
+        statuses = staged.mapInArrow(writer, COPY_STATUS_SCHEMA).collect()
+        plan.staged_rows = sum(int(r["rows"]) for r in statuses)
+        log.info(
+            "Staged %d row(s) into %s with COPY from %d partition(s)",
+            plan.staged_rows,
+            plan.staging_name,
+            len(statuses),
+        )
+
+    # ------------------------------------------------------------------------------------- cleanup
+
+    def _drop_staging(self, plan: _Plan) -> None:
+        try:
+            with self._connect(autocommit=True) as conn:
+                conn.cursor().execute(f"DROP TABLE IF EXISTS {plan.staging}, {plan.rejects}")
+        except Exception as err:  # never hide the load's own error; the next run with this load id drops it
+            log.warning("Could not drop staging table %s: %s", plan.staging_name, err)

@@ -1,3 +1,0 @@
-"""Triggers of airflow-etl-provider."""
-
-from __future__ import annotations
