@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from airflow_etl_provider.core.circuit_breaker import variable_key
+from airflow_etl_provider.core.circuit_breaker import CircuitBreakerPolicy, variable_key
 from airflow_etl_provider.core.errors import DeadLetterUnavailableError
 from airflow_etl_provider.core.sql import STAGING_PREFIX
 from airflow_etl_provider.hooks.circuit_breaker import AirflowVariableBreakerStore
@@ -273,7 +273,9 @@ def test_postgres_down_for_good_opens_the_breaker_then_it_closes(spark, disposab
         assert dead.arrivals == 3 * per_attempt
         doc = breaker()
         assert doc["state"] == "open" and doc["opened_at"] is not None
-        assert second.value.reschedule_date.timestamp() == pytest.approx(doc["opened_at"] + reset_s, abs=0.5)
+        # the half-open moment plus the breaker policy's bounded jitter, never earlier
+        retry_at, jitter = doc["opened_at"] + reset_s, CircuitBreakerPolicy(reset_timeout_s=reset_s).jitter_bound_s()
+        assert retry_at - 0.001 <= second.value.reschedule_date.timestamp() <= retry_at + jitter + 0.001
 
         # run 3 (while open): rescheduled at once, not one connection reaches PostgreSQL
         t0 = time.monotonic()
@@ -281,7 +283,7 @@ def test_postgres_down_for_good_opens_the_breaker_then_it_closes(spark, disposab
             op.execute(context={})
         assert time.monotonic() - t0 < 5  # refused before Spark, retries or any connection
         assert dead.arrivals == 3 * per_attempt
-        assert third.value.reschedule_date == second.value.reschedule_date
+        assert retry_at - 0.001 <= third.value.reschedule_date.timestamp() <= retry_at + jitter + 0.001
 
         # PostgreSQL is back (the connection now points at a live server); after the reset timeout a run is
         # admitted as the half-open trial, succeeds and closes the breaker

@@ -99,7 +99,10 @@ def test_open_breaker_reschedules_without_touching_postgres(unique) -> None:
     )
     with pytest.raises(AirflowRescheduleException) as info:
         op.execute(context={})  # raised before Spark starts or the (nonexistent) connection is used
-    assert info.value.reschedule_date.timestamp() == pytest.approx(breaker.state().opened_at + 120, abs=1)
+    # the half-open moment plus the policy's bounded jitter (default: a fifth of the reset timeout)
+    retry_at = breaker.state().opened_at + 120
+    jitter = CircuitBreakerPolicy(reset_timeout_s=120).jitter_bound_s()
+    assert retry_at - 0.001 <= info.value.reschedule_date.timestamp() <= retry_at + jitter + 0.001
     AirflowVariableBreakerStore().delete(conn)
 
 
