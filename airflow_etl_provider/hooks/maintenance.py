@@ -189,12 +189,11 @@ def _finish(conn: Any, dry_run: bool) -> None:
 
 def _prune_load_log(conn: Any, schema: str, report: PruneReport) -> None:
     logtab = f"{quote_identifier(schema, 'schema')}.{quote_identifier(LOAD_LOG_TABLE)}"
-    rejects: str | None = f"{quote_identifier(schema, 'schema')}.{quote_identifier(REJECT_STORE_TABLE)}"
+    store = f"{quote_identifier(schema, 'schema')}.{quote_identifier(REJECT_STORE_TABLE)}"
     name = f"{schema}.{LOAD_LOG_TABLE}"
     try:
         with conn.cursor() as cur:
-            if not _exists(cur, rejects):
-                rejects = None
+            rejects = store if _exists(cur, store) else None
             has_state = _has_column(cur, schema, LOAD_LOG_TABLE, "dead_letter_state")
             cur.execute(prune_load_log_sql(logtab, rejects, has_state=has_state), (report.load_log_cutoff,))
             report.load_log_rows[name] = len(cur.fetchall())

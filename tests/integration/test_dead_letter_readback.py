@@ -34,17 +34,22 @@ def test_read_dead_letters_from_kafka_between_offsets(spark, kafka_bootstrap, un
     topic = f"orders.dlq.read.{unique}"
     _one_partition_topic(kafka_bootstrap, topic)
     config = {"type": "kafka", "topic": topic, "config": {"bootstrap.servers": kafka_bootstrap}}
-    published = _hook(config).publish_dataframe(_failed_rows(spark, n=12, partitions=1), stage="load",
-                                                key_columns=["order_id"])
+    published = _hook(config).publish_dataframe(
+        _failed_rows(spark, n=12, partitions=1), stage="load", key_columns=["order_id"]
+    )
     assert published.delivered == 12
     # what an independent consumer sees at each offset: the oracle for the offset range
     by_offset = {m.offset(): json.loads(m.value()) for m in _consume(kafka_bootstrap, topic, 12)}
     assert sorted(by_offset) == list(range(12))
 
     start, end = 3, 8  # Spark's endingOffsets is exclusive
-    back = read_dead_letters(spark, config, schema=ORIGINAL,
-                             starting_offsets=json.dumps({topic: {"0": start}}),
-                             ending_offsets=json.dumps({topic: {"0": end}}))
+    back = read_dead_letters(
+        spark,
+        config,
+        schema=ORIGINAL,
+        starting_offsets=json.dumps({topic: {"0": start}}),
+        ending_offsets=json.dumps({topic: {"0": end}}),
+    )
     rows = back.collect()
     assert sorted(r["_dlq_location"] for r in rows) == sorted(f"{topic}:0:{o}" for o in range(start, end))
     for r in rows:
@@ -57,7 +62,8 @@ def test_read_dead_letters_from_kafka_between_offsets(spark, kafka_bootstrap, un
 
     everything = read_dead_letters(spark, config)  # default: earliest to latest, schema inferred
     assert sorted(r["order_id"] for r in everything.collect()) == sorted(
-        e["record"]["order_id"] for e in by_offset.values())
+        e["record"]["order_id"] for e in by_offset.values()
+    )
 
 
 def test_cli_dlq_replay_from_kafka_into_postgres(spark, kafka_bootstrap, unique) -> None:
@@ -68,14 +74,34 @@ def test_cli_dlq_replay_from_kafka_into_postgres(spark, kafka_bootstrap, unique)
     pg.run(f"create table {table} (order_id int primary key, email text, amount numeric(10,2))")
     config = {"type": "kafka", "topic": topic, "config": {"bootstrap.servers": kafka_bootstrap}}
     try:
-        published = _hook(config).publish_dataframe(_failed_rows(spark, n=9, partitions=3), stage="load",
-                                                    key_columns=["order_id"])
-        sent = {json.loads(m.value())["record"]["order_id"]: json.loads(m.value())["record"]
-                for m in _consume(kafka_bootstrap, topic, published.delivered)}
+        published = _hook(config).publish_dataframe(
+            _failed_rows(spark, n=9, partitions=3), stage="load", key_columns=["order_id"]
+        )
+        sent = {
+            json.loads(m.value())["record"]["order_id"]: json.loads(m.value())["record"]
+            for m in _consume(kafka_bootstrap, topic, published.delivered)
+        }
         out = subprocess.run(
-            [sys.executable, "-m", "airflow_etl_provider.cli", "dlq", "replay", "--from", "kafka", "--topic", topic,
-             "--bootstrap-servers", kafka_bootstrap, "--to-postgres", table],
-            capture_output=True, text=True, env=os.environ, timeout=600, cwd=str(ROOT),
+            [
+                sys.executable,
+                "-m",
+                "airflow_etl_provider.cli",
+                "dlq",
+                "replay",
+                "--from",
+                "kafka",
+                "--topic",
+                topic,
+                "--bootstrap-servers",
+                kafka_bootstrap,
+                "--to-postgres",
+                table,
+            ],
+            capture_output=True,
+            text=True,
+            env=os.environ,
+            timeout=600,
+            cwd=str(ROOT),
         )
         assert out.returncode == 0, out.stderr[-3000:]
         assert f"replayed {len(sent)} dead letters into {table}" in out.stdout
@@ -89,8 +115,11 @@ def test_cli_dlq_replay_from_kafka_into_postgres(spark, kafka_bootstrap, unique)
 
 
 def _down_kafka_hook(**kwargs):
-    dead = {"type": "kafka", "topic": "never.delivered",
-            "config": {"bootstrap.servers": "127.0.0.1:9", "message.timeout.ms": 1500}}
+    dead = {
+        "type": "kafka",
+        "topic": "never.delivered",
+        "config": {"bootstrap.servers": "127.0.0.1:9", "message.timeout.ms": 1500},
+    }
     hook = _hook(dead, **kwargs)
     hook.sink.retry = hook.sink.retry.model_copy(update={"max_attempts": 1, "initial_delay_s": 0.05})
     return hook
@@ -99,13 +128,23 @@ def _down_kafka_hook(**kwargs):
 def _envelopes(n: int):
     from airflow_etl_provider.hooks.dead_letter import envelopes_from_rows
 
-    return list(envelopes_from_rows([{"order_id": i} for i in range(n)], "refused", stage="load",
-                                    pipeline_id="p", key_columns=["order_id"]))
+    return list(
+        envelopes_from_rows(
+            [{"order_id": i} for i in range(n)],
+            "refused",
+            stage="load",
+            pipeline_id="p",
+            key_columns=["order_id"],
+        )
+    )
 
 
 def _spooled_ids(folder: Path) -> list[int]:
-    return sorted(json.loads(x)["record"]["order_id"] for f in folder.glob("*.jsonl")
-                  for x in f.read_text().splitlines())
+    return sorted(
+        json.loads(x)["record"]["order_id"]
+        for f in folder.glob("*.jsonl")
+        for x in f.read_text().splitlines()
+    )
 
 
 def test_default_spool_folder_follows_the_environment(spark, tmp_path, monkeypatch) -> None:
@@ -120,8 +159,9 @@ def test_default_spool_folder_follows_the_environment(spark, tmp_path, monkeypat
 
     monkeypatch.setenv("AIRFLOW_ETL_DLQ_SPOOL", str(tmp_path / "explicit"))  # wins over AIRFLOW_HOME
     with pytest.raises(DeadLetterUnavailableError):
-        _down_kafka_hook().publish_dataframe(_failed_rows(spark, n=6, partitions=2), stage="load",
-                                             key_columns=["order_id"])  # spooled by the executors
+        _down_kafka_hook().publish_dataframe(
+            _failed_rows(spark, n=6, partitions=2), stage="load", key_columns=["order_id"]
+        )  # spooled by the executors
     assert _spooled_ids(tmp_path / "explicit") == list(range(6))
 
     monkeypatch.delenv("AIRFLOW_ETL_DLQ_SPOOL")

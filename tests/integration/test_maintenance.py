@@ -117,8 +117,11 @@ def test_prune_keeps_the_newest_history_runs_of_each_dataset(schema) -> None:
 
     table = f"{schema}.etl_dq_history"
     hook = QualityHistoryHook(table=table)
-    report = {"status": "pass", "row_count": 10, "rules": [{"name": "not_null(id)", "type": "not_null",
-                                                             "status": "pass", "failing_rows": 0}]}
+    report = {
+        "status": "pass",
+        "row_count": 10,
+        "rules": [{"name": "not_null(id)", "type": "not_null", "status": "pass", "failing_rows": 0}],
+    }
     now = datetime.now(UTC)
     per_run = hook.record("ds1", "probe", report)  # rows per run, as the hook writes them
     hook.record("ds1", "probe", report)  # a re-run replaces its rows
@@ -128,11 +131,17 @@ def test_prune_keeps_the_newest_history_runs_of_each_dataset(schema) -> None:
     days |= {("ds2", f"run-{i}"): 200 + i for i in range(3)}  # a rarely-run dataset: all old
     for (dataset, run_id), age in days.items():
         hook.record(dataset, run_id, report, logical_date=now - timedelta(days=age))
-        _pg().run(f"update {table} set recorded_at = %s where dataset = %s and run_id = %s",
-                  parameters=(now - timedelta(days=age), dataset, run_id))
+        _pg().run(
+            f"update {table} set recorded_at = %s where dataset = %s and run_id = %s",
+            parameters=(now - timedelta(days=age), dataset, run_id),
+        )
 
-    out = prune(policy={"dq_history_days": 90, "dq_history_keep_runs": 30}, schemas=[],
-                dq_history_tables=[table], now=now)
+    out = prune(
+        policy={"dq_history_days": 90, "dq_history_keep_runs": 30},
+        schemas=[],
+        dq_history_tables=[table],
+        now=now,
+    )
     left = {tuple(r) for r in _pg().get_records(f"select distinct dataset, run_id from {table}")}
     # what the policy says, computed from the ages: a run goes if it is older than 90 days and not among the
     # 30 newest of its dataset
@@ -146,26 +155,92 @@ def test_prune_keeps_the_newest_history_runs_of_each_dataset(schema) -> None:
 
 
 def test_cli_prune_dry_run_and_a_schema_without_a_load_log(schema) -> None:
-    _pg().run(f'create table "{schema}".etl_load_log (table_name text not null, load_id text not null, '
-              "mode text not null, loaded_at timestamptz not null default now(), rows bigint not null, "
-              "rows_read bigint not null, rows_rejected bigint not null, primary key (table_name, load_id))")
-    _pg().run(f"insert into \"{schema}\".etl_load_log values ('{schema}.t', 'a', 'append', now() - interval "
-              f"'400 days', 1, 1, 0), ('{schema}.t', 'b', 'append', now() - interval '300 days', 1, 1, 0)")
-    cli = [sys.executable, "-m", "airflow_etl_provider.cli", "maintenance", "prune", "--schema", schema,
-           "--dq-history-table", f"{schema}.nothing_here"]
+    _pg().run(
+        f'create table "{schema}".etl_load_log (table_name text not null, load_id text not null, '
+        "mode text not null, loaded_at timestamptz not null default now(), rows bigint not null, "
+        "rows_read bigint not null, rows_rejected bigint not null, primary key (table_name, load_id))"
+    )
+    _pg().run(
+        f"insert into \"{schema}\".etl_load_log values ('{schema}.t', 'a', 'append', now() - interval "
+        f"'400 days', 1, 1, 0), ('{schema}.t', 'b', 'append', now() - interval '300 days', 1, 1, 0)"
+    )
+    cli = [
+        sys.executable,
+        "-m",
+        "airflow_etl_provider.cli",
+        "maintenance",
+        "prune",
+        "--schema",
+        schema,
+        "--dq-history-table",
+        f"{schema}.nothing_here",
+    ]
     missing = subprocess.run(cli, capture_output=True, text=True, env=os.environ, timeout=120)
-    assert missing.returncode == 2 and "dq_history_tables" in missing.stderr and "does not exist" in missing.stderr
-    dry = subprocess.run([*cli[:-2], "--load-log-days", "30", "--dry-run"], capture_output=True, text=True,
-                         env=os.environ, timeout=120)
+    assert (
+        missing.returncode == 2
+        and "dq_history_tables" in missing.stderr
+        and "does not exist" in missing.stderr
+    )
+    dry = subprocess.run(
+        [*cli[:-2], "--load-log-days", "30", "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=os.environ,
+        timeout=120,
+    )
     assert dry.returncode == 0, dry.stderr[-2000:]
     # an old log without the dead_letter_state column: 'a' goes, 'b' is the newest of its table
     assert _report(dry.stdout)["load_log_rows"] == {f"{schema}.etl_load_log": 1}
     assert _pg().get_first(f'select count(*) from "{schema}".etl_load_log')[0] == 2
-    real = subprocess.run([*cli[:-2], "--load-log-days", "30"], capture_output=True, text=True, env=os.environ,
-                          timeout=120)
+    real = subprocess.run(
+        [*cli[:-2], "--load-log-days", "30"], capture_output=True, text=True, env=os.environ, timeout=120
+    )
     assert real.returncode == 0, real.stderr[-2000:]
     assert _pg().get_records(f'select load_id from "{schema}".etl_load_log') == [("b",)]
     with pytest.raises(ConfigError, match="schemas"):
         from airflow_etl_provider.hooks.maintenance import prune
 
         prune(schemas=[f"{schema}_absent"])
+
+
+def test_registered_pruners_run_with_the_policy_and_report_their_count(monkeypatch) -> None:
+    """The hook the metrics layer will use for its Pushgateway groups (``metrics_group_days``)."""
+    from airflow_etl_provider.hooks import maintenance
+
+    monkeypatch.setattr(maintenance, "_PRUNERS", {})
+    calls = []
+
+    def pushgateway_groups(policy: RetentionPolicy, now: datetime, dry_run: bool) -> int:
+        calls.append((policy.metrics_group_days, now, dry_run))
+        return 4
+
+    maintenance.register_pruner("pushgateway_groups", pushgateway_groups)
+    now = datetime(2026, 12, 2, tzinfo=UTC)
+    report = maintenance.prune(policy={"metricsGroupDays": 14}, schemas=[], dq_history_tables=[], dry_run=True,
+                               now=now)
+    assert calls == [(14, now, True)]
+    assert report.other == {"pushgateway_groups": 4} and report.to_dict()["other"] == {"pushgateway_groups": 4}
+    with pytest.raises(ConfigError, match="register_pruner"):
+        maintenance.register_pruner("", pushgateway_groups)
+
+
+def test_the_example_maintenance_dag_runs(schema) -> None:
+    """dags/example_maintenance.py under dag.test(), as a dry run: it reports and deletes nothing."""
+    from pathlib import Path
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    from tests.integration.test_example_dags import _xcom
+
+    _pg().run(f'create table "{schema}".etl_load_log (table_name text not null, load_id text not null, '
+              "mode text not null, loaded_at timestamptz not null default now(), rows bigint not null, "
+              "rows_read bigint not null, rows_rejected bigint not null, primary key (table_name, load_id))")
+    _pg().run(f"insert into \"{schema}\".etl_load_log values ('{schema}.t', 'old', 'append', now() - interval "
+              f"'400 days', 1, 1, 0), ('{schema}.t', 'new', 'append', now() - interval '1 day', 1, 1, 0)")
+    dags = Path(__file__).resolve().parents[2] / "dags"
+    run = DagBag(dag_folder=str(dags)).get_dag("example_maintenance").test(run_conf={"dry_run": True})
+    assert run.state == "success"
+    result = _xcom("example_maintenance", run.run_id, "prune_bookkeeping", "return_value")
+    assert result["dry_run"] is True
+    assert result["load_log_rows"][f"{schema}.etl_load_log"] == 1  # 'old' would go ('new' is recent)
+    assert _pg().get_first(f'select count(*) from "{schema}".etl_load_log')[0] == 2

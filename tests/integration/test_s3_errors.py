@@ -33,8 +33,10 @@ from airflow_etl_provider.core.guard import Guard
 from airflow_etl_provider.core.retry import RetryPolicy
 
 MOTO = f"http://127.0.0.1:{os.environ.get('ETL_STACK_S3_PORT', '45555')}"
-ERROR_XML = ('<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
-             "<RequestId>proxy</RequestId></Error>")
+ERROR_XML = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
+    "<RequestId>proxy</RequestId></Error>"
+)
 
 
 def _client(endpoint: str, key: str = "testing", secret: str = "testing"):
@@ -42,10 +44,16 @@ def _client(endpoint: str, key: str = "testing", secret: str = "testing"):
     from botocore.config import Config
 
     # botocore's own retries off: each call is exactly one HTTP request, and the error reaches the caller
-    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=key,
-                        aws_secret_access_key=secret,
-                        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=3,
-                                      read_timeout=10))
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+        config=Config(
+            retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=3, read_timeout=10
+        ),
+    )
 
 
 def _free_port() -> int:
@@ -109,8 +117,13 @@ def test_access_denied_and_bad_keys_from_moto_with_iam_are_system_errors(moto_wi
     import boto3
     from botocore.exceptions import ClientError
 
-    iam = boto3.client("iam", endpoint_url=moto_with_auth, region_name="us-east-1", aws_access_key_id="testing",
-                       aws_secret_access_key="testing")
+    iam = boto3.client(
+        "iam",
+        endpoint_url=moto_with_auth,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     iam.create_user(UserName="no-rights")  # request 1 (not authenticated)
     key = iam.create_access_key(UserName="no-rights")["AccessKey"]  # request 2
     s3 = _client(moto_with_auth, key["AccessKeyId"], key["SecretAccessKey"])
@@ -148,8 +161,11 @@ class FaultProxy:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if proxy.fault is not None:
                     status, code = proxy.fault
-                    payload = ERROR_XML.format(code=code, message="injected by the test proxy").encode() if code \
+                    payload = (
+                        ERROR_XML.format(code=code, message="injected by the test proxy").encode()
+                        if code
                         else b""
+                    )
                     self.send_response(status)
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(payload)))
@@ -190,7 +206,9 @@ def proxy() -> Iterator[FaultProxy]:
 
 
 @pytest.mark.parametrize(("status", "code"), [(503, "SlowDown"), (429, None), (500, "InternalError")])
-def test_throttling_and_server_errors_through_a_real_http_proxy_are_transient(proxy, unique, status, code) -> None:
+def test_throttling_and_server_errors_through_a_real_http_proxy_are_transient(
+    proxy, unique, status, code
+) -> None:
     from botocore.exceptions import ClientError
 
     s3 = _client(proxy.endpoint)

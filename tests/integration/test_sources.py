@@ -39,7 +39,9 @@ def test_jdbc_source_reads_a_table_and_a_query(spark, pg_source) -> None:
     frames = read_source(spark, {"format": "jdbc", "conn_id": "postgres_default", "table": pg_source})
     assert frames.corrupt is None and frames.description == f"jdbc:postgres_default:{pg_source}"
     assert _tuples(frames.data) == sorted(ROWS)
-    query = read_source(spark, {"format": "jdbc", "query": f"select id, amount from {pg_source} where id % 4 = 0"})
+    query = read_source(
+        spark, {"format": "jdbc", "query": f"select id, amount from {pg_source} where id % 4 = 0"}
+    )
     assert _tuples(query.data) == sorted((i, a) for i, _, a in ROWS if i % 4 == 0)
     assert query.description == "jdbc:postgres_default:query"
 
@@ -69,25 +71,33 @@ def test_the_operator_loads_from_jdbc_and_orc_sources(spark, pg_source, tmp_path
     target = f"public.dst_{form}_{unique}"
     pg = _pg()
     # the target refuses amounts over 30: those rows are dead-lettered by the database itself
-    pg.run(f"create table {target} (id int primary key, name text not null, amount numeric(10,2) "
-           "check (amount <= 30))")
+    pg.run(
+        f"create table {target} (id int primary key, name text not null, amount numeric(10,2) "
+        "check (amount <= 30))"
+    )
     if form == "orc":
         spark.createDataFrame(ROWS, DDL).write.orc(str(tmp_path / "src.orc"))
         source = {"format": "orc", "path": str(tmp_path / "src.orc")}
     else:
         source = {"format": "jdbc", "table": pg_source}
     op = ResilientSparkLoadOperator(
-        task_id="load", source=source,
+        task_id="load",
+        source=source,
         target={"type": "postgres", "table": target, "mode": "upsert", "keys": ["id"]},
-        dead_letter={"type": "file", "path": str(tmp_path / "dlq")}, circuit_breaker=None,
+        dead_letter={"type": "file", "path": str(tmp_path / "dlq")},
+        circuit_breaker=None,
     )
     try:
         result = op.execute(context={})
         refused = [r for r in ROWS if r[2] > 30]
         assert (result["records_read"], result["records_loaded"], result["records_dead_lettered"]) == (
-            len(ROWS), len(ROWS) - len(refused), len(refused))
+            len(ROWS),
+            len(ROWS) - len(refused),
+            len(refused),
+        )
         assert set(result["errors"]) == {"psycopg.errors.CheckViolation"}
         assert sorted(pg.get_records(f"select id, name, amount from {target}")) == sorted(
-            r for r in ROWS if r[2] <= 30)
+            r for r in ROWS if r[2] <= 30
+        )
     finally:
         pg.run(f"drop table if exists {target}")

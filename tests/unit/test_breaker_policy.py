@@ -104,7 +104,11 @@ def test_the_document_carries_the_openers_policy() -> None:
     store, clock = InMemoryBreakerStore(), Clock()
     _open(_breaker(store, clock, failure_threshold=2, reset_timeout_s=300, half_open_max_attempts=2), 2)
     doc = json.loads(store.documents["pg"])
-    assert doc["opened_with"] == {"reset_timeout_s": 300.0, "failure_threshold": 2, "half_open_max_attempts": 2}
+    assert doc["opened_with"] == {
+        "reset_timeout_s": 300.0,
+        "failure_threshold": 2,
+        "half_open_max_attempts": 2,
+    }
     assert BreakerSnapshot.from_json(store.documents["pg"]).opened_with == StoredPolicy(300.0, 2, 2)
 
 
