@@ -56,7 +56,8 @@ def example_etl_resilience() -> None:
                                  "check (amount >= 0), quantity int)")
             guard.call(hook.run, f"alter table {TABLE} add column if not exists quantity int")
         except CircuitOpenError as err:
-            raise_for_open_circuit(err, on_open="reschedule")
+            # rescheduled to the half-open moment plus the policy's bounded jitter (rescheduleJitterSeconds)
+            raise_for_open_circuit(err, on_open="reschedule", policy=guard.breaker.policy if guard.breaker else None)
         return {"attempts": guard.stats.attempts, "retries": guard.stats.retries,
                 "circuit_state": guard.breaker.state().state.value if guard.breaker else "disabled"}
 
