@@ -19,6 +19,7 @@ import ast
 import contextlib
 import glob
 import json
+import logging
 import os
 import re
 import signal
@@ -109,6 +110,21 @@ def _assert_loaded_once(uri: str, table: str, expected_ids: set[int]) -> None:
     assert not [t for (t,) in leftovers if table.split(".")[-1][:24] in t], f"staging left behind: {leftovers}"
 
 
+class _RetryScheduled(logging.Handler):
+    """Sets ``seen`` when the guard logs its first retry ("attempt 1 of 8 failed (...); retrying in ...")."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.seen = threading.Event()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "failed" in message and "retrying" in message:
+            self.messages.append(message)
+            self.seen.set()
+
+
 class CountingDeadPostgres:
     """A "PostgreSQL that is down": accepts every TCP connection and closes it at once, counting each
     one, so the test counts the connection attempts that really reached the server."""
@@ -156,14 +172,24 @@ def test_postgres_stopped_before_the_load_and_restarted(spark, disposable_pg, un
                    retry=OUTAGE_RETRY)
 
     disposable_pg.stop("fast")
-    restart = threading.Timer(3.0, disposable_pg.start)
+    # PostgreSQL comes back once the load has really hit the stopped server and a retry was scheduled (not
+    # after a fixed delay: on a busy machine Spark's read can outlast any fixed outage before the first attempt)
+    first_retry = _RetryScheduled()
+    logging.getLogger("airflow_etl_provider.retry").addHandler(first_retry)
+
+    def restart_after_the_first_retry() -> None:
+        first_retry.seen.wait(timeout=180)
+        disposable_pg.start()
+
+    restart = threading.Thread(target=restart_after_the_first_retry)
     restart.start()
-    t0 = time.monotonic()
     try:
         result = op.execute(context={})
     finally:
+        first_retry.seen.set()
         restart.join()
-    assert time.monotonic() - t0 >= 3.0  # it really waited for PostgreSQL
+        logging.getLogger("airflow_etl_provider.retry").removeHandler(first_retry)
+    assert first_retry.messages and "OperationalError" in first_retry.messages[0], first_retry.messages
     assert result["retries"] > 0 and result["attempts"] > result["retries"] > 0, result
     assert result["records_read"] == result["records_loaded"] + result["records_dead_lettered"] == 50_000
     assert result["records_dead_lettered"] == 0
