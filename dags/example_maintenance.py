@@ -13,7 +13,8 @@ rules to ``etl_dq_history``; without this job both grow forever. ``prune_bookkee
 **Pending dead letters are never deleted automatically**: the task's result lists how many rows older than
 the retention still wait for the dead-letter queue, so that a person can retry or replay them.
 
-The same from a shell: ``airflow-etl maintenance prune --dry-run``. Trigger with ``{"dry_run": true}`` to
+The DAG is created paused (it deletes rows): unpause it in the UI or with ``airflow dags unpause
+example_maintenance``. The same from a shell: ``airflow-etl maintenance prune --dry-run``. Trigger with ``{"dry_run": true}`` to
 see the counts without deleting anything.
 """
 
@@ -30,6 +31,7 @@ from airflow.sdk import Param, dag, task
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
+    is_paused_upon_creation=True,  # it deletes rows: a person switches it on (UI toggle or `airflow dags unpause`)
     tags=["airflow-etl-provider", "example", "maintenance"],
     default_args={"owner": "data-platform", "retries": 1},
     params={
