@@ -8,6 +8,7 @@ Examples::
     airflow-etl dlq replay-spool .local/dlq-spool/spool-*.jsonl --to kafka --topic orders.dlq
     airflow-etl breaker status postgres_default
     airflow-etl breaker reset postgres_default
+    airflow-etl maintenance prune --load-log-days 90 --dq-history-days 90 --dry-run
 
 Connections are Airflow connections (``AIRFLOW_CONN_*`` or the metadata DB), as in a task.
 """
@@ -108,6 +109,27 @@ def cmd_breaker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_maintenance_prune(args: argparse.Namespace) -> int:
+    from airflow_etl_provider.core.retention import RetentionPolicy
+    from airflow_etl_provider.hooks.maintenance import prune
+
+    given = {
+        "load_log_days": args.load_log_days,
+        "dq_history_days": args.dq_history_days,
+        "dq_history_keep_runs": args.dq_history_keep_runs,
+    }
+    policy = RetentionPolicy.from_config({k: v for k, v in given.items() if v is not None}, path="maintenance prune")
+    report = prune(
+        args.postgres_conn_id,
+        policy,
+        schemas=args.schema or None,
+        dq_history_tables=args.dq_history_table or None,
+        dry_run=args.dry_run,
+    )
+    print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="airflow-etl", description=__doc__.split("\n")[0])
     parser.add_argument("--spark-conn-id", default="spark_default")
@@ -138,6 +160,25 @@ def build_parser() -> argparse.ArgumentParser:
     breaker.add_argument("action", choices=("status", "reset"))
     breaker.add_argument("name", help="the breaker name (by default the protected connection id)")
     breaker.set_defaults(func=cmd_breaker)
+
+    maintenance = sub.add_parser("maintenance", help="keep the bookkeeping tables bounded").add_subparsers(
+        dest="cmd", required=True
+    )
+    pr = maintenance.add_parser(
+        "prune",
+        help="delete old etl_load_log and etl_dq_history rows no retry can need (pending dead letters are "
+        "never deleted)",
+    )
+    pr.add_argument("--postgres-conn-id", default="postgres_default")
+    pr.add_argument("--schema", action="append", help="a schema whose etl_load_log to prune (repeat; default: all)")
+    pr.add_argument("--dq-history-table", action="append",
+                    help="a data-quality history table (repeat; default: public.etl_dq_history if it exists)")
+    pr.add_argument("--load-log-days", type=int, help="keep load-log rows this many days (default 90)")
+    pr.add_argument("--dq-history-days", type=int, help="keep data-quality history this many days (default 90)")
+    pr.add_argument("--dq-history-keep-runs", type=int,
+                    help="always keep this many newest runs per data-quality dataset (default 30)")
+    pr.add_argument("--dry-run", action="store_true", help="count what would be deleted, commit nothing")
+    pr.set_defaults(func=cmd_maintenance_prune)
     return parser
 
 

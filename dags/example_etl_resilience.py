@@ -4,10 +4,13 @@
    with full-jitter backoff, and every attempt passes through the circuit breaker shared by all tasks
    on that connection (Airflow Variable ``etl_circuit_breaker__postgres_default``). While it is open
    the task is rescheduled to the moment it turns half-open instead of hammering the database.
-2. ``load_with_dead_letters`` builds an orders DataFrame in which some rows break the table's rules,
-   writes the good rows to PostgreSQL over JDBC and sends the bad ones, each with its error, to the
-   Kafka DLQ ``example.orders.dlq`` (published from the Spark executors, delivery confirmed), then checks
-   ``read == loaded + dead_lettered``.
+2. ``load_with_dead_letters`` builds an orders DataFrame in which some rows break the table's rules (a
+   missing email: NOT NULL; a negative amount: CHECK; a quantity beyond ``int``: out of range) and loads
+   *every* row with the provider's ``PostgresLoader``: PostgreSQL itself refuses the bad rows, the loader
+   isolates them (savepoints, bisection) and loads the others in one transaction, and the refused rows go,
+   each with PostgreSQL's own message and error class, to the Kafka DLQ ``example.orders.dlq`` (published from
+   the Spark executors, delivery confirmed and recorded in ``etl_load_log``). The task checks
+   ``read == loaded + dead_lettered`` and returns what it planted next to what the database refused.
 
 Read the dead letters back with ``airflow-etl dlq read --from kafka --topic example.orders.dlq``.
 """
@@ -50,9 +53,11 @@ def example_etl_resilience() -> None:
         try:
             guard.call(hook.run, f"create table if not exists {TABLE} "
                                  "(order_id int primary key, email text not null, amount numeric(10,2) "
-                                 "check (amount >= 0))")
+                                 "check (amount >= 0), quantity int)")
+            guard.call(hook.run, f"alter table {TABLE} add column if not exists quantity int")
         except CircuitOpenError as err:
-            raise_for_open_circuit(err, on_open="reschedule")
+            # rescheduled to the half-open moment plus the policy's bounded jitter (rescheduleJitterSeconds)
+            raise_for_open_circuit(err, on_open="reschedule", policy=guard.breaker.policy if guard.breaker else None)
         return {"attempts": guard.stats.attempts, "retries": guard.stats.retries,
                 "circuit_state": guard.breaker.state().state.value if guard.breaker else "disabled"}
 
@@ -61,37 +66,52 @@ def example_etl_resilience() -> None:
         from pyspark.sql import functions as F
 
         from airflow_etl_provider.core.errors import RowAccountingError
-        from airflow_etl_provider.hooks.dead_letter import ERROR_COLUMN, DeadLetterHook
+        from airflow_etl_provider.hooks.dead_letter import DeadLetterHook
         from airflow_etl_provider.hooks.postgres import SparkPostgresHook
+        from airflow_etl_provider.hooks.postgres_load import PostgresLoader
         from airflow_etl_provider.hooks.spark import SparkSessionHook
         from airflow_etl_provider.operators.resilience import run_context
 
         context = get_current_context()
-        pg = SparkPostgresHook(postgres_conn_id="postgres_default")
-        dlq = DeadLetterHook(DLQ, pipeline_id="example_orders", run_context=run_context(context))
+        rc = run_context(context)
+        dlq = DeadLetterHook(DLQ, pipeline_id="example_orders", run_context=rc)
         with SparkSessionHook(spark_conn_id="spark_default", app_name="example_etl_resilience").session() as spark:
+            id_ = F.col("order_id")
+            # one planted flaw per bad row (a row breaking two rules would be refused for the first only)
+            flaw = (F.when(id_ % 97 == 1, "email").when(id_ % 101 == 2, "amount").when(id_ % 89 == 3, "quantity"))
             orders = (
                 spark.range(rows).withColumnRenamed("id", "order_id")
-                .withColumn("order_id", F.col("order_id").cast("int"))
-                .withColumn("email", F.when(F.col("order_id") % 97 == 0, F.lit(None))
-                            .otherwise(F.concat(F.lit("c"), F.col("order_id").cast("string"), F.lit("@shop.test"))))
-                .withColumn("amount", F.when(F.col("order_id") % 101 == 0, F.lit(-1))
-                            .otherwise(F.col("order_id") % 500 + 0.99).cast("decimal(10,2)"))
-            ).cache()
-            error = (F.when(F.col("email").isNull(), F.lit('null value in column "email" violates not-null constraint'))
-                     .when(F.col("amount") < 0, F.lit('new row violates check constraint "example_orders_amount_check"')))
-            tagged = orders.withColumn(ERROR_COLUMN, error)
-            good = tagged.where(F.col(ERROR_COLUMN).isNull()).drop(ERROR_COLUMN)
-            bad = tagged.where(F.col(ERROR_COLUMN).isNotNull())
-            read = orders.count()
-            good.write.format("jdbc").options(**pg.jdbc_options(dbtable=TABLE, truncate="true")).mode("overwrite").save()
-            loaded = pg.get_first(f"select count(*) from {TABLE}")[0]
-            published = dlq.publish_dataframe(bad, stage="load", key_columns=["order_id"],
-                                              source="generated:orders", target=f"postgres_default:{TABLE}")
-        if read != loaded + published.delivered:
-            raise RowAccountingError(f"read={read} != loaded={loaded} + dead_lettered={published.delivered}")
-        return {"records_read": read, "records_loaded": loaded, "records_dead_lettered": published.delivered,
-                "dead_letter_location": dlq.location, "target": f"postgres_default:{TABLE}"}
+                .withColumn("order_id", id_.cast("int"))
+                .withColumn("flaw", flaw)
+                .withColumn("email", F.when(F.col("flaw") == "email", F.lit(None))  # NOT NULL
+                            .otherwise(F.concat(F.lit("c"), id_.cast("string"), F.lit("@shop.test"))))
+                .withColumn("amount", F.when(F.col("flaw") == "amount", F.lit(-1))  # CHECK (amount >= 0)
+                            .otherwise(id_ % 500 + 0.99).cast("decimal(10,2)"))
+                .withColumn("quantity", F.when(F.col("flaw") == "quantity", F.lit(3_000_000_000))  # beyond int
+                            .otherwise(id_ % 7 + 1).cast("bigint"))
+            )
+            # what was planted, counted on the input (the database is not asked)
+            planted = {cls: n for flawed, cls in (("email", "NotNullViolation"), ("amount", "CheckViolation"),
+                                                  ("quantity", "NumericValueOutOfRange"))
+                       if (n := orders.where(F.col("flaw") == flawed).count())}
+            orders = orders.drop("flaw").cache()
+            loader = PostgresLoader(SparkPostgresHook(postgres_conn_id="postgres_default"), TABLE, "overwrite",
+                                    load_id=f"{rc.dag_id}.{rc.task_id}.{rc.run_id}")  # a retry loads once
+            outcome = loader.load(orders)
+            dead, refused = 0, {}
+            if outcome.rejected is not None:
+                refused = {r["_etl_error_class"].rsplit(".", 1)[-1]: r["n"] for r in
+                           outcome.rejected.groupBy("_etl_error_class").agg(F.count("*").alias("n")).collect()}
+                published = dlq.publish_dataframe(outcome.rejected, stage="load", key_columns=["order_id"],
+                                                  source="generated:orders", target=f"postgres_default:{TABLE}")
+                loader.record_dead_letters(delivered=True, location=dlq.location)
+                dead = published.delivered
+        read, loaded = outcome.records_read, outcome.records_loaded
+        if read != loaded + dead:
+            raise RowAccountingError(f"read={read} != loaded={loaded} + dead_lettered={dead}")
+        return {"records_read": read, "records_loaded": loaded, "records_dead_lettered": dead,
+                "planted": planted, "refused_by_postgres": refused,
+                "dead_letter_location": dlq.location if dead else None, "target": f"postgres_default:{TABLE}"}
 
     check_target() >> load_with_dead_letters()
 

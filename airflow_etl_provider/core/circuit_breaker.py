@@ -23,12 +23,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, TypeVar
 
-from pydantic import Field
-
+from airflow_etl_provider.core.breaker_policy import CircuitBreakerPolicy, StoredPolicy, jittered_reschedule
 from airflow_etl_provider.core.errors import CircuitOpenError, ErrorKind, classify_any
-from airflow_etl_provider.core.retry import ConfigModel, KeyMap, to_field
 
 __all__ = [
     "BreakerSnapshot",
@@ -37,7 +35,9 @@ __all__ = [
     "CircuitState",
     "InMemoryBreakerStore",
     "SharedCircuitBreaker",
+    "StoredPolicy",
     "TransitionEvent",
+    "jittered_reschedule",
     "variable_key",
 ]
 
@@ -50,61 +50,6 @@ MAX_PROBE_INTERVAL_S = 30.0
 _MAX_READ_BACKS = 5
 _VARIABLE_PREFIX = "etl_circuit_breaker__"
 _MAX_VARIABLE_KEY = 250  # Airflow's Variable.key column
-
-
-class CircuitBreakerPolicy(ConfigModel):
-    """When a circuit breaker opens and how it recovers.
-
-    :param enabled: ``False`` turns the breaker into a pass-through that never touches the store.
-    :param name: the breaker's name, shared by every task that protects the same system; callers
-        default it to the protected connection id.
-    :param failure_threshold: consecutive failures (transient or system, not data) that open it.
-    :param reset_timeout_s: how long it stays open before admitting trial calls.
-    :param half_open_max_attempts: trial calls admitted when half-open; that many successes close it.
-    :param on_open: what a task does when the breaker refuses a call: ``reschedule`` (try again when it
-        turns half-open) or ``fail``.
-    """
-
-    config_path: ClassVar[str] = "circuit_breaker"
-    config_keys: ClassVar[KeyMap] = {
-        "enabled": to_field("enabled"),
-        "name": to_field("name"),
-        "failure_threshold": to_field("failure_threshold"),
-        "failureThreshold": to_field("failure_threshold"),
-        "reset_timeout_s": to_field("reset_timeout_s"),
-        "resetTimeoutSeconds": to_field("reset_timeout_s"),
-        "half_open_max_attempts": to_field("half_open_max_attempts"),
-        "halfOpenMaxAttempts": to_field("half_open_max_attempts"),
-        "on_open": to_field("on_open"),
-        "onOpen": to_field("on_open"),
-    }
-
-    enabled: bool = True
-    name: str | None = None
-    failure_threshold: int = Field(default=5, ge=1)
-    reset_timeout_s: float = Field(default=60.0, gt=0)
-    half_open_max_attempts: int = Field(default=1, ge=1)
-    on_open: Literal["reschedule", "fail"] = "reschedule"
-
-    @classmethod
-    def from_config(
-        cls, obj: CircuitBreakerPolicy | Mapping[str, Any] | None, *, path: str = "circuit_breaker"
-    ) -> CircuitBreakerPolicy:
-        """Build a policy from a policy, ``None`` (the defaults) or a mapping.
-
-        The mapping may use the field names or the pipeline config's camelCase block
-        (``enabled``, ``failureThreshold``, ``resetTimeoutSeconds``, ``halfOpenMaxAttempts``,
-        ``onOpen``, ``name``).
-
-        :param obj: the configuration.
-        :param path: where the block sits in the configuration, for error messages.
-        :raises ConfigError: naming the key, the value and what is allowed.
-        """
-        if isinstance(obj, CircuitBreakerPolicy):
-            return obj
-        if obj is None:
-            return cls()
-        return cls.from_mapping(obj, path)
 
 
 class CircuitState(StrEnum):
@@ -152,6 +97,11 @@ class BreakerSnapshot:
     :param updated_by: who wrote it, e.g. ``dag.task.run_id.try`` or ``host:pid``.
     :param version: grows with every state change and every reset of an id set; with the state's
         severity (open > half-open > closed) it orders conflicting decisions.
+    :param opened_with: the policy of the process that opened the breaker (reset timeout, threshold,
+        trial calls), kept while it is open or half-open and cleared when it closes. Every reader
+        applies its reset timeout and trial calls instead of its own (:meth:`effective_policy`), so all
+        tasks agree on when the breaker turns half-open. ``None`` in documents written before it existed:
+        readers then use their own policy, as they always did.
     """
 
     state: CircuitState = CircuitState.CLOSED
@@ -164,6 +114,7 @@ class BreakerSnapshot:
     updated_at: float = 0.0
     updated_by: str = ""
     version: int = 0
+    opened_with: StoredPolicy | None = None
 
     @property
     def half_open_trials_started(self) -> int:
@@ -183,9 +134,37 @@ class BreakerSnapshot:
     def retry_at(self, reset_timeout_s: float) -> float | None:
         """When an open breaker turns half-open (epoch seconds); ``None`` if it never opened.
 
-        :param reset_timeout_s: the policy's reset timeout.
+        :param reset_timeout_s: the reader's reset timeout, used only when the document does not carry
+            the opener's (``opened_with``, which always wins).
         """
-        return None if self.opened_at is None else self.opened_at + reset_timeout_s
+        if self.opened_at is None:
+            return None
+        if self.opened_with is not None and self.state is not CircuitState.CLOSED:
+            reset_timeout_s = self.opened_with.reset_timeout_s
+        return self.opened_at + reset_timeout_s
+
+    def effective_policy(self, policy: CircuitBreakerPolicy) -> CircuitBreakerPolicy:
+        """The policy a reader applies to this document: its own, with the opener's reset timeout,
+        threshold and trial calls while the document carries them (open or half-open).
+
+        :param policy: the reader's own policy.
+        """
+        stored = self.opened_with
+        if stored is None or self.state is CircuitState.CLOSED:
+            return policy
+        if (stored.reset_timeout_s, stored.failure_threshold, stored.half_open_max_attempts) == (
+            policy.reset_timeout_s,
+            policy.failure_threshold,
+            policy.half_open_max_attempts,
+        ):
+            return policy
+        return policy.model_copy(
+            update={
+                "reset_timeout_s": stored.reset_timeout_s,
+                "failure_threshold": stored.failure_threshold,
+                "half_open_max_attempts": stored.half_open_max_attempts,
+            }
+        )
 
     # ------------------------------------------------------------------------------ serialisation
 
@@ -200,6 +179,8 @@ class BreakerSnapshot:
             half_open_trials_started=self.half_open_trials_started,
             half_open_successes=self.half_open_successes,
         )
+        if self.opened_with is None:
+            doc.pop("opened_with")
         return doc
 
     @classmethod
@@ -227,6 +208,7 @@ class BreakerSnapshot:
                 updated_at=float(doc.get("updated_at", 0.0)),
                 updated_by=str(doc.get("updated_by", "")),
                 version=int(doc.get("version", 0)),
+                opened_with=_stored_policy(doc.get("opened_with")),
             )
         except (TypeError, ValueError) as exc:
             log.warning("Circuit breaker document is corrupt (%s); reading it as a fresh closed breaker", exc)
@@ -259,6 +241,7 @@ class BreakerSnapshot:
                 opened_at=now,
                 failure_ids=(),
                 last_error=error,
+                opened_with=StoredPolicy.of(policy),
             )
         return self._touch(now, who, consecutive_failures=len(ids), failure_ids=ids, last_error=error)
 
@@ -275,6 +258,7 @@ class BreakerSnapshot:
                 failure_ids=(),
                 trial_ids=(),
                 success_ids=(),
+                opened_with=None,
             )
         return self._touch(now, who, success_ids=ids)
 
@@ -286,9 +270,11 @@ class BreakerSnapshot:
         older than the reset timeout (the trial callers probably died); it refuses the others for a
         short probe interval.
 
-        :param policy: the breaker's policy.
+        :param policy: the breaker's policy (the opener's, stored in the document, wins: see
+            :meth:`effective_policy`).
         :param now: the current time (epoch seconds).
         """
+        policy = self.effective_policy(policy)
         if self.state is CircuitState.OPEN:
             retry_at = self.retry_at(policy.reset_timeout_s)
             return retry_at if retry_at is not None and now < retry_at else None
@@ -311,6 +297,7 @@ class BreakerSnapshot:
         :param now: the current time (epoch seconds).
         :param who: the writer.
         """
+        policy = self.effective_policy(policy)
         if self.state is CircuitState.OPEN or (
             self.state is CircuitState.HALF_OPEN and self._stale(policy, now)
         ):
@@ -344,6 +331,7 @@ class BreakerSnapshot:
                 trial_ids=(),
                 success_ids=(),
                 last_error=error,
+                opened_with=self.opened_with or StoredPolicy.of(policy),
             )
         if self.state is CircuitState.OPEN or event_id in self.failure_ids:
             return self
@@ -370,7 +358,7 @@ class BreakerSnapshot:
             return self._move(CircuitState.CLOSED, now, who, consecutive_failures=0, failure_ids=())
         if self.state is CircuitState.OPEN or event_id in self.success_ids:
             return self
-        return self._with_success_ids((*self.success_ids, event_id), policy, now, who)
+        return self._with_success_ids((*self.success_ids, event_id), self.effective_policy(policy), now, who)
 
     def merge(
         self, read: BreakerSnapshot, policy: CircuitBreakerPolicy, *, now: float, who: str
@@ -396,8 +384,18 @@ class BreakerSnapshot:
         elif read.state is CircuitState.HALF_OPEN:
             ids = _union(read.success_ids, self.success_ids)
             if ids != read.success_ids:
-                return read._with_success_ids(ids, policy, now, who)
+                return read._with_success_ids(ids, read.effective_policy(policy), now, who)
         return read
+
+
+def _stored_policy(data: Any) -> StoredPolicy | None:
+    try:
+        return StoredPolicy.from_json(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        log.warning(
+            "Circuit breaker document: its opened_with policy is unreadable (%r); readers use their own", exc
+        )
+        return None
 
 
 def _new_id() -> str:
@@ -570,6 +568,7 @@ class SharedCircuitBreaker:
         self.variable_key = variable_key(name)
         self._known: BreakerSnapshot | None = None
         self._known_lock = threading.Lock()
+        self._policy_noted: float | None = None
 
     # ---------------------------------------------------------------------------------- public
 
@@ -659,6 +658,7 @@ class SharedCircuitBreaker:
             trial_ids=(),
             success_ids=(),
             last_error=f"forced open: {reason}"[:MAX_ERROR_CHARS],
+            opened_with=StoredPolicy.of(self.policy),
         )
         self._write(before, after, f"forced open: {reason}")
         return after
@@ -666,7 +666,27 @@ class SharedCircuitBreaker:
     # --------------------------------------------------------------------------------- private
 
     def _load(self) -> BreakerSnapshot:
-        return self._read_repair()[0]
+        snap = self._read_repair()[0]
+        self._note_policy_conflict(snap)
+        return snap
+
+    def _note_policy_conflict(self, snap: BreakerSnapshot) -> None:
+        """Say once per open cycle that this instance follows the opener's policy, not its own."""
+        if snap.opened_with is None or snap.state is CircuitState.CLOSED:
+            return
+        differences = snap.opened_with.differs_from(self.policy)
+        if not differences or self._policy_noted == snap.opened_at:
+            return
+        self._policy_noted = snap.opened_at
+        log.warning(
+            "Circuit breaker %r was opened by %s with another policy; following the opener's, stored in "
+            "Variable %s: %s. Give every task protecting this system the same circuit_breaker settings "
+            "(or a different name) to silence this.",
+            self.name,
+            snap.updated_by or "another process",
+            self.variable_key,
+            "; ".join(differences),
+        )
 
     def _read_repair(self) -> tuple[BreakerSnapshot, bool]:
         """Read the document merged with what this instance knows, and whether the merge had to be
@@ -714,7 +734,7 @@ class SharedCircuitBreaker:
         if current.state is CircuitState.CLOSED or trial_id in current.trial_ids:
             return current
         log.info("Circuit breaker %r: another caller took the trial slot", self.name)
-        probe = now + min(self.policy.reset_timeout_s, MAX_PROBE_INTERVAL_S)
+        probe = now + min(current.effective_policy(self.policy).reset_timeout_s, MAX_PROBE_INTERVAL_S)
         raise self._refusal(current.refused_until(self.policy, now) or probe, current)
 
     def _succeeded(self, seen: BreakerSnapshot | None) -> None:

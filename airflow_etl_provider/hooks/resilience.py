@@ -12,14 +12,18 @@ Operators (and ``@task`` code) use :func:`guard_for` to call a protected system 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from airflow_etl_provider.core.breaker_policy import jittered_reschedule
 from airflow_etl_provider.core.circuit_breaker import CircuitBreakerPolicy
 from airflow_etl_provider.core.envelope import RunContext
 from airflow_etl_provider.core.errors import CircuitOpenError, ErrorKind, classify_any
 from airflow_etl_provider.core.guard import Guard
 from airflow_etl_provider.core.retry import RetryPolicy
 from airflow_etl_provider.hooks.circuit_breaker import breaker_for
+
+if TYPE_CHECKING:
+    import random
 
 
 def run_context(context: Mapping[str, Any] | None, pipeline_id: str | None = None) -> RunContext:
@@ -67,14 +71,30 @@ def guard_for(
     return Guard(RetryPolicy.from_config(retry), breaker, classifier=classifier, op=op or protected_conn_id)
 
 
-def raise_for_open_circuit(err: CircuitOpenError, on_open: str = "reschedule") -> NoReturn:
+def raise_for_open_circuit(
+    err: CircuitOpenError,
+    on_open: str = "reschedule",
+    *,
+    policy: CircuitBreakerPolicy | None = None,
+    rng: random.Random | None = None,
+) -> NoReturn:
     """Turn a breaker refusal into a reschedule (default) or a fast failure.
+
+    * ``on_open="reschedule"``: :class:`AirflowRescheduleException` with the breaker's ``retry_at`` plus a
+      bounded random jitter (``reschedule_jitter_s``, never earlier than ``retry_at``): the task leaves its
+      worker slot, keeps its try number and runs again once the breaker has turned half-open, the refused
+      tasks spread over the jitter window instead of all racing for the trial call at the same instant;
+    * ``on_open="fail"``: :class:`AirflowFailException` with the breaker's message (no retries).
 
     :param err: the refusal.
     :param on_open: ``reschedule`` or ``fail``.
+    :param policy: the breaker's policy: the reschedule date is ``err.retry_at`` plus a random delay in
+        ``[0, policy.jitter_bound_s()]``; ``None``: exactly ``err.retry_at``.
+    :param rng: the random source for the jitter (seed one in tests).
     """
     from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException
 
     if on_open == "reschedule":
-        raise AirflowRescheduleException(reschedule_date=err.retry_at) from err
+        bound = policy.jitter_bound_s() if policy is not None else 0.0
+        raise AirflowRescheduleException(reschedule_date=jittered_reschedule(err.retry_at, bound, rng)) from err
     raise AirflowFailException(str(err)) from err

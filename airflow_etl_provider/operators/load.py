@@ -246,7 +246,7 @@ class ResilientSparkLoadOperator(BaseOperator):
             try:
                 outcome = self._load(data, guard, rc)
             except CircuitOpenError as err:
-                raise_for_open_circuit(err, on_open)
+                raise_for_open_circuit(err, on_open, policy=self.breaker_policy)
             dead = 0
             errors: dict[str, dict[str, Any]] = {}
             to_dlq = []
@@ -367,7 +367,7 @@ class ResilientSparkLoadOperator(BaseOperator):
         if retry_at is not None:
             err = CircuitOpenError(guard.breaker.name, datetime.fromtimestamp(retry_at, tz=UTC),
                                    variable_key(guard.breaker.name), snap.last_error)
-            raise_for_open_circuit(err, self.breaker_policy.on_open)
+            raise_for_open_circuit(err, self.breaker_policy.on_open, policy=self.breaker_policy)
 
     def _dead_letter_hook(self, rc: Any) -> DeadLetterHook | None:
         from airflow_etl_provider.hooks.dead_letter import DeadLetterHook

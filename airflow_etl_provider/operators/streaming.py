@@ -110,7 +110,7 @@ class StreamingWatermarkOperator(BaseOperator):
         from airflow_etl_provider.hooks.postgres import SparkPostgresHook
         from airflow_etl_provider.hooks.spark import SparkSessionHook
         from airflow_etl_provider.hooks.streaming import StreamRunner, build_window_sink
-        from airflow_etl_provider.operators.resilience import run_context
+        from airflow_etl_provider.hooks.resilience import run_context
 
         cfg = self._validate()
         pipeline = self.pipeline_id or f"{self.dag_id}.{self.task_id}"

@@ -25,7 +25,7 @@ def _guarded(on_open: str) -> str:
     try:
         return guard.call(lambda: "touched the protected system")
     except CircuitOpenError as err:
-        raise_for_open_circuit(err, on_open)
+        raise_for_open_circuit(err, on_open, policy=guard.breaker.policy if guard.breaker else None)
 
 
 def _make(mode: str) -> None:

@@ -34,10 +34,23 @@ def _ti(dag_id: str) -> tuple[str, int]:
     return row.state, row.try_number
 
 
+def _reschedule_dates(dag_id: str) -> list[float]:
+    """The reschedule dates (epoch seconds) of the latest task instance of ``dag_id``."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    with engine.connect() as db:
+        rows = db.execute(text("select r.reschedule_date from task_reschedule r join task_instance t on t.id = r.ti_id "
+                               "where t.id = (select id from task_instance where dag_id = :d order by start_date desc "
+                               "limit 1) order by r.id"), {"d": dag_id}).all()
+    engine.dispose()
+    return [r.reschedule_date.timestamp() for r in rows]
+
+
 def test_open_breaker_reschedules_the_task_until_half_open(unique) -> None:
     name, reset_s = f"resched_{unique}", 15.0
     breaker = breaker_for(CircuitBreakerPolicy(failure_threshold=1, reset_timeout_s=reset_s), name)
-    breaker.force_open("the database is down (test)")
+    opened = breaker.force_open("the database is down (test)")
     opened_at = time.time()
     out = _dags_test("test_breaker_open_reschedule", name, reset_s)
     log = out.stdout + out.stderr
@@ -45,6 +58,11 @@ def test_open_breaker_reschedules_the_task_until_half_open(unique) -> None:
     assert "marking task as UP_FOR_RESCHEDULE" in log
     assert "open -> half_open" in log and "half_open -> closed" in log
     assert time.time() - opened_at >= reset_s  # it waited for the breaker, not for a retry delay
+    # the reschedule date Airflow stored: the half-open moment plus at most the policy's jitter, never before
+    half_open = opened.opened_at + reset_s
+    jitter = CircuitBreakerPolicy(failure_threshold=1, reset_timeout_s=reset_s).jitter_bound_s()
+    dates = _reschedule_dates("test_breaker_open_reschedule")
+    assert dates and all(half_open - 0.001 <= d <= half_open + jitter + 0.001 for d in dates), (dates, half_open)
     assert _ti("test_breaker_open_reschedule") == ("success", 1)  # no Airflow retry was spent
     AirflowVariableBreakerStore().delete(name)
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,11 +30,69 @@ except CircuitOpenError as e:
     print(json.dumps({"admitted": False, "retry_at": e.retry_at.isoformat(), "message": str(e)}))
 """
 
+IMPATIENT_PROCESS = """
+import json, sys, time
+from airflow_etl_provider.core.circuit_breaker import CircuitBreakerPolicy
+from airflow_etl_provider.core.errors import CircuitOpenError
+from airflow_etl_provider.hooks.circuit_breaker import breaker_for
+b = breaker_for(CircuitBreakerPolicy(failure_threshold=9, reset_timeout_s=float(sys.argv[2])), sys.argv[1])
+try:
+    b.before_call()
+    print(json.dumps({"admitted": True, "now": time.time()}))
+except CircuitOpenError as e:
+    print(json.dumps({"admitted": False, "retry_at": e.retry_at.timestamp(), "now": time.time()}))
+"""
+
 
 def _other_process(name: str) -> dict:
     out = subprocess.run([sys.executable, "-c", OTHER_PROCESS, name], capture_output=True, text=True,
                          env=os.environ, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _impatient_process(name: str, reset_timeout_s: float) -> dict:
+    out = subprocess.run([sys.executable, "-c", IMPATIENT_PROCESS, name, str(reset_timeout_s)],
+                         capture_output=True, text=True, env=os.environ, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_every_process_honours_the_openers_policy_stored_in_the_variable(unique) -> None:
+    """Another process configured with a 1 s reset timeout still waits for the opener's 300 s."""
+    from airflow.models import Variable
+
+    name = f"pg_policy_{unique}"
+    opener = breaker_for(CircuitBreakerPolicy(failure_threshold=2, reset_timeout_s=300), name)
+    try:
+        for _ in range(2):
+            opener.record_failure(ConnectionRefusedError("connection refused"))
+        stored = json.loads(Variable.get(variable_key(name)))
+        assert stored["opened_with"] == {"reset_timeout_s": 300.0, "failure_threshold": 2,
+                                         "half_open_max_attempts": 1}
+        time.sleep(1.5)  # longer than the other process's own reset timeout
+        seen = _impatient_process(name, 1.0)
+        assert seen["admitted"] is False
+        assert seen["retry_at"] == pytest.approx(stored["opened_at"] + 300, abs=0.001)
+        assert json.loads(Variable.get(variable_key(name)))["state"] == "open"  # no trial was taken
+    finally:
+        AirflowVariableBreakerStore().delete(name)
+
+
+def test_an_old_document_without_a_policy_is_read_with_the_readers_own(unique) -> None:
+    from airflow.models import Variable
+
+    name = f"pg_oldpolicy_{unique}"
+    opened_at = time.time() - 10
+    old = {"state": "open", "consecutive_failures": 5, "opened_at": opened_at, "failure_ids": [],
+           "trial_ids": [], "success_ids": [], "last_error": "OperationalError: down", "updated_at": opened_at,
+           "updated_by": "an older provider", "version": 4}
+    Variable.set(variable_key(name), json.dumps(old))
+    try:
+        refused = _impatient_process(name, 60.0)
+        assert refused["admitted"] is False and refused["retry_at"] == pytest.approx(opened_at + 60, abs=0.001)
+        assert _impatient_process(name, 5.0)["admitted"] is True  # its own 5 s have passed: the trial
+        assert json.loads(Variable.get(variable_key(name)))["state"] == "half_open"
+    finally:
+        AirflowVariableBreakerStore().delete(name)
 
 
 def test_state_is_shared_between_two_processes_through_the_metadata_db(unique) -> None:

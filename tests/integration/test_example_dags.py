@@ -22,13 +22,30 @@ def test_example_dags_import_without_errors(dagbag) -> None:
 
 
 @pytest.mark.spark
-def test_example_etl_hello_runs(dagbag, spark) -> None:
+def test_example_etl_hello_runs_and_postgres_refuses_the_planted_rows(dagbag, spark) -> None:
+    import gzip
+    import json
+
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-    dag = dagbag.get_dag("example_etl_hello")
-    run = dag.test()
+    run = dagbag.get_dag("example_etl_hello").test()
     assert run.state == "success"
-    assert PostgresHook().get_first("select count(*) from public.demo_hello_orders")[0] == 1000
+    result = _xcom("example_etl_hello", run.run_id, "spark_to_postgres", "return_value")
+    pg = PostgresHook()
+    in_table = pg.get_first("select count(*) from public.demo_hello_orders")[0]
+    assert result["records_read"] == 1000 and result["records_loaded"] == in_table
+    assert result["records_read"] == result["records_loaded"] + result["records_dead_lettered"]
+    # the rows the input planted (counted by the task on its DataFrame) are exactly the rows PostgreSQL refused
+    assert result["records_dead_lettered"] == result["planted_lost_orders"] > 0
+    assert pg.get_first("select count(*) from public.demo_hello_orders where status not in "
+                        "('NEW', 'PAID', 'SHIPPED')")[0] == 0
+    folder = Path(result["dead_letter_location"].removeprefix("file://"))
+    letters = [json.loads(x) for f in folder.rglob("*.jsonl.gz") for x in gzip.decompress(f.read_bytes()).splitlines()]
+    mine = [e for e in letters if e["run_id"] == run.run_id]  # the folder keeps earlier runs' letters too
+    assert len(mine) == result["records_dead_lettered"]
+    assert {e["record"]["status"] for e in mine} == {"LOST"}
+    assert {e["error_class"] for e in mine} == {"psycopg.errors.CheckViolation"}
+    assert all("demo_hello_orders_status_check" in e["error_message"] for e in mine)
 
 
 def _topic_size(bootstrap: str, topic: str) -> int:
@@ -45,14 +62,34 @@ def _topic_size(bootstrap: str, topic: str) -> int:
 
 
 @pytest.mark.spark
-def test_example_etl_resilience_accounts_for_every_row(dagbag, spark, kafka_bootstrap) -> None:
+def test_example_etl_resilience_dead_letters_what_postgres_refused(dagbag, spark, kafka_bootstrap) -> None:
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
     before = _topic_size(kafka_bootstrap, "example.orders.dlq")
     run = dagbag.get_dag("example_etl_resilience").test()
     assert run.state == "success"
-    assert PostgresHook().get_first("select count(*) from public.example_orders")[0] == 980
-    assert _topic_size(kafka_bootstrap, "example.orders.dlq") - before == 20  # read 1000 = 980 + 20
+    result = _xcom("example_etl_resilience", run.run_id, "load_with_dead_letters", "return_value")
+    planted = result["planted"]  # counted by the task on its input, per constraint the row breaks
+    assert set(planted) == {"NotNullViolation", "CheckViolation", "NumericValueOutOfRange"}
+    assert all(n > 0 for n in planted.values())
+    assert result["refused_by_postgres"] == planted  # PostgreSQL's own error classes, one per planted row
+    assert result["records_dead_lettered"] == sum(planted.values())
+    assert result["records_read"] == result["records_loaded"] + result["records_dead_lettered"]
+    assert PostgresHook().get_first("select count(*) from public.example_orders")[0] == result["records_loaded"]
+    assert _topic_size(kafka_bootstrap, "example.orders.dlq") - before == result["records_dead_lettered"]
+
+
+def _latest_result(dag_id: str, task_id: str) -> dict:
+    import os
+
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    with engine.connect() as db:
+        run_id = db.execute(text("select run_id from dag_run where dag_id = :d and state = 'success' "
+                                 "order by end_date desc limit 1"), {"d": dag_id}).scalar_one()
+    engine.dispose()
+    return _xcom(dag_id, run_id, task_id, "return_value")
 
 
 def test_demo_summary_reads_the_runs_back(dagbag) -> None:
@@ -65,8 +102,11 @@ def test_demo_summary_reads_the_runs_back(dagbag) -> None:
     out = subprocess.run([sys.executable, str(root / "scripts/demo_summary.py"), "example_etl_hello",
                           "example_etl_resilience"], capture_output=True, text=True, env=os.environ, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "rows: read=1000  loaded=1000  dead_lettered=0" in out.stdout
-    assert "rows: read=1000  loaded=980  dead_lettered=20" in out.stdout
+    for dag_id, task_id in (("example_etl_hello", "spark_to_postgres"),
+                            ("example_etl_resilience", "load_with_dead_letters")):
+        r = _latest_result(dag_id, task_id)
+        assert (f"rows: read={r['records_read']}  loaded={r['records_loaded']}  "
+                f"dead_lettered={r['records_dead_lettered']}") in out.stdout
     assert "dead_letter_location: kafka topic example.orders.dlq" in out.stdout
 
 

@@ -167,7 +167,9 @@ def test_bad_definitions_fail_at_parse_time_or_before_any_spark_job(spark, order
     assert spark.sparkContext.statusTracker().getJobIdsForGroup() == jobs_before
 
 
-def _history_run(spark, tmp_path: Path, table: str, run_id: str, rows: int, day: int) -> tuple[RunStub, Any]:
+def _history_run(spark, tmp_path: Path, table: str, run_id: str, rows: int, day: int,
+                 ti: RunStub | None = None) -> tuple[RunStub, Any]:
+    """Run the history-checking operator on ``rows`` rows as ``run_id`` on ``day``: (its ti, its result)."""
     path = tmp_path / f"day{day}"
     spark.createDataFrame(_rows(rows), SCHEMA).coalesce(1).write.mode("overwrite").parquet(str(path))
     op = DataQualityOperator(
@@ -176,12 +178,9 @@ def _history_run(spark, tmp_path: Path, table: str, run_id: str, rows: int, day:
                {"type": "not_null", "column": "email", "severity": "warn"}],
         history={"conn_id": "postgres_default", "table": table, "window": 3},
     )
-    ti = RunStub(run_id)
+    ti = ti or RunStub(run_id)
     logical = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=day)
-    try:
-        return ti, op.execute(context={"ti": ti, "logical_date": logical})
-    except Exception as err:  # the failing day: returned for the test to inspect
-        return ti, err
+    return ti, op.execute(context={"ti": ti, "logical_date": logical})
 
 
 def test_row_count_change_detects_an_anomaly_from_history(spark, tmp_path, unique) -> None:
@@ -190,20 +189,30 @@ def test_row_count_change_detects_an_anomaly_from_history(spark, tmp_path, uniqu
 
     table = f"public.dq_hist_{unique}"
     counts = [100, 110, 105, 40, 108]  # day 4 drops by ~62 %
-    outcomes = [_history_run(spark, tmp_path, table, f"run{d}", n, d) for d, n in enumerate(counts)]
-    statuses = [o.get("status") if isinstance(o, dict) else "error" for _, o in outcomes]
-    assert statuses == ["warn", "warn", "warn", "error", "warn"]  # warn: the not_null rule (rows 4, 22)
-    assert isinstance(outcomes[3][1], AirflowFailException)
-    day3 = outcomes[3][0].pushed[REPORT_XCOM_KEY]
+    results, failing_ti = {}, RunStub("run3")
+    for day, n in enumerate(counts):
+        if day == 3:
+            with pytest.raises(AirflowFailException):
+                _history_run(spark, tmp_path, table, f"run{day}", n, day, ti=failing_ti)
+            continue
+        results[day] = _history_run(spark, tmp_path, table, f"run{day}", n, day)
+    assert [results[d][1]["status"] for d in (0, 1, 2, 4)] == ["warn"] * 4  # warn: the not_null rule (rows 4, 22)
+    pg = PostgresHook()
+    day3 = failing_ti.pushed[REPORT_XCOM_KEY]
     change = next(r for r in day3["rules"] if r["type"] == "row_count_change")
     assert change["observed"]["baseline"] == 105 and change["status"] == "fail"  # median of 100, 110, 105
-    day4 = next(r for r in outcomes[4][1]["report"]["rules"] if r["type"] == "row_count_change")
+    day4 = next(r for r in results[4][1]["report"]["rules"] if r["type"] == "row_count_change")
     assert day4["observed"]["baseline"] == 105  # window 3: median of 110, 105, 40
-    pg = PostgresHook()
     assert pg.get_first(f"select count(distinct run_id) from {table}")[0] == 5
-    # re-running a day replaces its rows instead of adding a sixth run
-    _history_run(spark, tmp_path, table, "run4", 108, 4)
+    rows_per_run = pg.get_first(f"select count(*) from {table} where run_id = 'run4'")[0]
+    assert rows_per_run == 3  # the run row and one per rule
+
+    # re-running a day with other data replaces its rows instead of adding a sixth run
+    ti, again = _history_run(spark, tmp_path, table, "run4", 120, 4)
+    assert again["status"] == "warn" and again["records_read"] == 120
     assert pg.get_first(f"select count(*) from {table} where rule_name = '__run__'")[0] == 5
+    assert pg.get_first(f"select count(*) from {table} where run_id = 'run4'")[0] == rows_per_run
+    assert pg.get_first(f"select row_count from {table} where run_id = 'run4' and rule_name = '__run__'")[0] == 120
     assert pg.get_first(f"select failing_rows from {table} where run_id = 'run0' and rule_name = 'not_null(email)'")[0] == 2
     pg.run(f"drop table {table}")
 

@@ -83,11 +83,8 @@ def _package_imports(path: Path, root: Path = PKG.parent) -> list[tuple[int, str
 
 
 #: Imports of one operators/ module by another that the test still tolerates, with the reason. Every entry
-#: must still exist (the test fails once it is gone, so the list only shrinks).
-#: operators/streaming.py is being changed by the streaming work in progress (not this branch's to edit): it
-#: should import ``run_context`` from ``airflow_etl_provider.hooks.resilience`` (one line) instead of
-#: operators/resilience.py, which now only re-exports that module for DAGs.
-KNOWN_OPERATOR_IMPORTS = {("operators/streaming.py", "airflow_etl_provider.operators.resilience")}
+#: must still exist (the test fails once it is gone, so the list only shrinks). None left.
+KNOWN_OPERATOR_IMPORTS: set[tuple[str, str]] = set()
 
 
 def _operator_imports(root: Path) -> set[tuple[str, str]]:

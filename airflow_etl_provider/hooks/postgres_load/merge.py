@@ -68,6 +68,8 @@ class _Merging:
                 f"DELETE FROM {plan.staging} a USING {plan.staging} b "
                 f"WHERE a.{rid} = b.{rid} AND a.ctid > b.ctid"
             )
+            cur.execute(S.staging_counts_sql(plan.staging, self.keys if self.mode == "upsert" else ()))
+            counts = [int(v) for v in cur.fetchone()]  # without the copies: what the merge will apply
         cur.execute(
             f"INSERT INTO {plan.log_table} (table_name, load_id, mode, rows, rows_read, rows_rejected) "
             "VALUES (%s, %s, %s, 0, 0, 0) ON CONFLICT (table_name, load_id) DO NOTHING",
@@ -84,7 +86,9 @@ class _Merging:
                 cur.execute(f"DELETE FROM {plan.target}")
         isolated = False
         applied, err = self._apply_all(cur, plan, dedup)
-        deduped = applied
+        # rows the statement must apply: every row, less the in-batch duplicates of a key an upsert collapses
+        # (not ``applied``: a trigger that silently drops rows would then pass for superseded duplicates)
+        deduped = read - (counts[2] - counts[3]) if self.mode == "upsert" else read
         if err is not None:
             log.warning(
                 "Set-based merge into %s failed with a data error (%s: %s); isolating bad rows "
