@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from airflow_etl_provider.core.config import parse_dead_letter
 from airflow_etl_provider.core.errors import ConfigError
 
 US_PER = {
@@ -98,6 +99,10 @@ class WindowSpec:
                               value=window)
         kind = window.get("type")
         if kind not in WINDOW_TYPES:
+            unknown = sorted(str(k) for k in set(window) - {"type", "duration", "slide", "gap"})
+            if unknown:  # a misspelt 'type' (or another key): name it
+                raise ConfigError(f"{field}.{unknown[0]}", "is not a setting of a window",
+                                  allowed=["type", "duration", "slide", "gap"])
             raise ConfigError(f"{field}.type", "is not a supported window type", value=kind, allowed=WINDOW_TYPES)
         allowed = {"tumbling": {"type", "duration"}, "sliding": {"type", "duration", "slide"},
                    "session": {"type", "gap"}}[kind]
@@ -247,7 +252,7 @@ class StreamingConfig:
 
 
 def _check_keys(value: Mapping[str, Any], field: str, allowed: Iterable[str]) -> None:
-    unknown = sorted(set(value) - set(allowed))
+    unknown = sorted(str(k) for k in set(value) - set(allowed))
     if unknown:
         raise ConfigError(f"{field}.{unknown[0]}", "is not a known setting", allowed=sorted(allowed))
 
@@ -272,6 +277,8 @@ def validate_streaming(
         raise ConfigError("source", "must be a mapping such as {'type': 'kafka', 'topic': ..., 'schema': ...}",
                           value=source)
     if source.get("type") not in SOURCE_TYPES:
+        _check_keys(source, "source", ["type", "conn_id", "topic", "starting_offsets", "format", "schema",
+                                       "max_offsets_per_trigger", "options", "path"])  # a misspelt 'type'
         raise ConfigError("source.type", "is not a supported streaming source", value=source.get("type"),
                           allowed=SOURCE_TYPES)
     if source["type"] == "kafka":
@@ -302,14 +309,23 @@ def validate_streaming(
                           value=watermark)
     watermark_us = parse_duration(watermark, "watermark")
     spec = WindowSpec.from_config(window)
+    if group_by is not None and not isinstance(group_by, str) and (
+            not isinstance(group_by, list | tuple) or not all(isinstance(c, str) for c in group_by)):
+        raise ConfigError("group_by", "must be a list of column names of source.schema", value=group_by)
     group = [group_by] if isinstance(group_by, str) else list(group_by or [])
     for col in group:
         if col not in columns:
             raise ConfigError("group_by", "names a column that is not in source.schema", value=col, allowed=columns)
     aggregates = parse_aggregations(aggregations, columns)
-    if not isinstance(sink, Mapping) or sink.get("type") not in SINK_TYPES:
-        raise ConfigError("sink.type", "is not a supported sink", value=sink.get("type") if isinstance(sink, Mapping)
-                          else sink, allowed=SINK_TYPES)
+    if not isinstance(sink, Mapping):
+        raise ConfigError("sink", "must be a mapping such as {'type': 'postgres', 'conn_id': 'postgres_default', "
+                          "'table': 'public.orders_5min'}", value=sink)
+    sink_keys = {"postgres": ["type", "conn_id", "table"], "parquet": ["type", "path", "state_conn_id", "state_schema"],
+                 "kafka": ["type", "conn_id", "topic", "config", "state_conn_id", "state_schema"]}
+    if sink.get("type") not in SINK_TYPES:
+        _check_keys(sink, "sink", {k for keys in sink_keys.values() for k in keys})  # a misspelt 'type': name it
+        raise ConfigError("sink.type", "is not a supported sink", value=sink.get("type"), allowed=SINK_TYPES)
+    _check_keys(sink, "sink", sink_keys[sink["type"]])
     if sink["type"] == "postgres" and not sink.get("table"):
         raise ConfigError("sink.table", "is required for a postgres sink (e.g. 'public.orders_5min')")
     if sink["type"] == "parquet" and not sink.get("path"):
@@ -341,6 +357,9 @@ def validate_streaming(
     if late_data == "drop":
         late: Literal["dead_letter", "drop"] = "drop"
     elif isinstance(late_data, Mapping) and set(late_data) == {"dead_letter"} and late_data["dead_letter"]:
+        if parse_dead_letter(late_data["dead_letter"], path="late_data.dead_letter") is None:
+            raise ConfigError("late_data.dead_letter", "is disabled: give a DLQ config to keep late rows, or "
+                              "late_data='drop' to only count them", value=late_data["dead_letter"])
         late = "dead_letter"
     else:
         raise ConfigError("late_data", "must be {'dead_letter': <a DLQ config>} or 'drop' (late rows are then "

@@ -79,9 +79,11 @@ class StreamingWatermarkOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.source, self.sink = dict(source), dict(sink)
-        self.event_time_column, self.watermark, self.window = event_time_column, watermark, dict(window)
-        self.group_by, self.aggregations = list(group_by), dict(aggregations)
+        # copied as given: validation (below, or at run time when templated) names what is wrong
+        self.source, self.sink = _copy(source), _copy(sink)
+        self.event_time_column, self.watermark, self.window = event_time_column, watermark, _copy(window)
+        self.group_by = list(group_by) if isinstance(group_by, list | tuple) else group_by
+        self.aggregations = _copy(aggregations)
         self.output_mode, self.trigger = output_mode, trigger
         self.checkpoint_location = checkpoint_location
         self.late_data = late_data
@@ -108,9 +110,9 @@ class StreamingWatermarkOperator(BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_etl_provider.hooks.dead_letter import DeadLetterHook
         from airflow_etl_provider.hooks.postgres import SparkPostgresHook
+        from airflow_etl_provider.hooks.resilience import run_context
         from airflow_etl_provider.hooks.spark import SparkSessionHook
         from airflow_etl_provider.hooks.streaming import StreamRunner, build_window_sink
-        from airflow_etl_provider.hooks.resilience import run_context
 
         cfg = self._validate()
         pipeline = self.pipeline_id or f"{self.dag_id}.{self.task_id}"
@@ -150,3 +152,8 @@ def _kafka_options(source: Mapping[str, Any]) -> dict[str, str]:
     config = KafkaBaseHook(kafka_config_id=source.get("conn_id") or "kafka_default")._build_config()
     drop = {"group.id", "auto.offset.reset", "enable.auto.commit", "socket.timeout.ms"}  # Spark manages them
     return {f"kafka.{k}": str(v) for k, v in config.items() if k not in drop}
+
+
+def _copy(value: Any) -> Any:
+    """A mapping as a new ``dict``; anything else as it is (for the validation to refuse by name)."""
+    return dict(value) if isinstance(value, Mapping) else value

@@ -524,27 +524,6 @@ def _streaming_kwargs(obj: Any) -> dict[str, Any]:
     return {k: obj.get(k, STREAMING_DEFAULTS.get(k)) for k in STREAMING_SEEDS[0]}
 
 
-def _streaming_bug(found: str) -> pytest.MarkDecorator:
-    """core/streaming.py and operators/streaming.py are not this branch's to edit: the property fails there."""
-    return pytest.mark.xfail(
-        strict=True,
-        raises=(
-            TypeError,
-            AttributeError,
-            AssertionError,
-            KeyError,
-            ValueError,
-            BaseExceptionGroup,
-            pytest.fail.Exception,
-        ),
-        reason=f"streaming modules (not this branch's to edit), found by this test: {found}",
-    )
-
-
-@_streaming_bug(
-    "validate_streaming(group_by=True, <else the valid seed>) raises TypeError ('bool' object is not iterable, "
-    "core/streaming.py list(group_by or [])); sink='parquet' (not a mapping) is reported as 'sink.type'"
-)
 @FUZZ
 @given(mutated(STREAMING_SEEDS))
 def test_streaming_config_parses_or_names_the_field(obj: Any) -> None:
@@ -552,11 +531,6 @@ def test_streaming_config_parses_or_names_the_field(obj: Any) -> None:
     check(lambda o: validate_streaming(**o), kwargs, ("",))
 
 
-@_streaming_bug(
-    "StreamingWatermarkOperator(window=[{...}]) raises ValueError from dict(window) and group_by=None a "
-    "TypeError from list(group_by) before any validation (operators/streaming.py); sink=[{'type': 'parquet', "
-    "'path': '/out'}] becomes dict(sink) == {'type': 'path'} and is reported as sink.type (got 'path')"
-)
 @FUZZ
 @given(mutated(STREAMING_SEEDS))
 def test_streaming_operator_constructor_parses_or_names_the_field(obj: Any) -> None:
@@ -569,11 +543,6 @@ def test_streaming_operator_constructor_parses_or_names_the_field(obj: Any) -> N
 STREAMING_TYPOS = [(s, _strict(s, free=("aggregations",))) for s in STREAMING_SEEDS]
 
 
-@_streaming_bug(
-    "late_data={'dead_letter': {'type': 'file', '0': '/tmp/late'}} (a misspelt 'path') is accepted: the late-data "
-    "DLQ config is not parsed at parse time; window={'0': 'tumbling', 'duration': ...} says 'window.type: is not "
-    "a supported window type' without naming the unknown key"
-)
 @FUZZ
 @given(
     typo_case(

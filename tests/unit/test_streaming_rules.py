@@ -160,6 +160,16 @@ def test_the_issue_s_example_config_is_valid() -> None:
     ({"source": {**GOOD["source"], "topic": None}}, "source.topic: is required"),
     ({"source": {**GOOD["source"], "startingOffsets": "earliest"}}, "source.startingOffsets: is not a known"),
     ({"sink": {"type": "postgres"}}, "sink.table: is required"),
+    # found by tests/unit/test_config_fuzz.py
+    ({"group_by": True}, "group_by: must be a list of column names"),
+    ({"sink": "parquet"}, "sink: must be a mapping"),
+    ({"sink": {"tpye": "postgres", "table": "t"}}, "sink.tpye: is not a known setting"),
+    ({"sink": {"type": "postgres", "table": "t", "state_schema": "x"}}, "sink.state_schema: is not a known setting"),
+    ({"window": {"tpye": "tumbling", "duration": "5 minutes"}}, "window.tpye: is not a setting of a window"),
+    ({"source": {**GOOD["source"], "type": None, "tpye": "kafka"}}, "source.tpye: is not a known setting"),
+    ({"late_data": {"dead_letter": {"type": "file", "pth": "/tmp/late"}}}, "late_data.dead_letter.pth"),
+    ({"late_data": {"dead_letter": {"type": "file", "path": "/l", "enabled": False}}},
+     "late_data.dead_letter: is disabled"),
 ])
 def test_bad_config_fails_naming_the_field(change: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -186,6 +196,11 @@ def test_the_operator_validates_at_parse_time() -> None:
     with pytest.raises(ConfigError, match="window.slide: must not be longer"):
         StreamingWatermarkOperator(task_id="s", **{**args, "window": {"type": "sliding", "duration": "5 minutes",
                                                                        "slide": "6 minutes"}})
+    with pytest.raises(ConfigError, match="window: must be a mapping"):  # not a ValueError from dict(...)
+        StreamingWatermarkOperator(task_id="s", **{**args, "window": [{"type": "tumbling", "duration": "5 minutes"}]})
+    with pytest.raises(ConfigError, match="sink: must be a mapping"):
+        StreamingWatermarkOperator(task_id="s", **{**args, "sink": [{"type": "parquet", "path": "/out"}]})
+    assert StreamingWatermarkOperator(task_id="s", **{**args, "group_by": None}).group_by is None  # no group
     templated = StreamingWatermarkOperator(task_id="s", **{**args, "checkpoint_location": "/c/{{ ds }}"})
     assert templated.checkpoint_location == "/c/{{ ds }}"  # validated at run time, once rendered
 
