@@ -289,9 +289,9 @@ class StreamBatchProcessor:
 
         columns = list(df.columns)
         pairs, first_pair = self._pairs(df)
-        invalid = F.col("_ws").isNull()  # no event time: the message did not parse with the schema
-        late = ~invalid & (F.col("_we") <= F.lit(watermark_before))  # Spark's rule, with W(N-1)
-        kind = F.when(invalid, 2).when(late, 1).otherwise(0)
+        no_time = F.col("_ws").isNull()  # no event time: the message did not parse with the schema
+        late = ~no_time & (F.col("_we") <= F.lit(watermark_before))  # Spark's rule, with W(N-1)
+        kind = F.when(no_time, 2).when(late, 1).otherwise(0)
         payload = [f"_etl_p{i}" for i in range(len(columns))]
         pairs = (pairs.withColumn("_etl_kind", kind).withColumn("_etl_first", first_pair)
                  .select(*[F.col(c) for c in columns], "_ws", "_we", "_etl_kind", "_etl_first",
