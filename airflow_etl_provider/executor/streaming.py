@@ -52,8 +52,9 @@ log = logging.getLogger(__name__)
 #: Columns the source adds to every row: where it was read (they never reach the sink).
 TOPIC, PARTITION, OFFSET = "_etl_topic", "_etl_partition", "_etl_offset"
 LOCATION_COLUMNS = (TOPIC, PARTITION, OFFSET)
-#: Up to this many dead letters in a batch are published by one Spark task (one producer) rather than one per
-#: partition (benchmarks/bench_streaming.py: ~0.5 s per extra producer)
+#: Up to this many dead letters in a batch are published from the batch function's own process (collected as
+#: Arrow: bounded memory) rather than by a Spark task per partition (benchmarks/bench_streaming.py: a Spark job,
+#: a Python worker and a new producer per task cost ~0.5-2 s per batch for a few thousand late rows)
 FEW_DEAD_LETTERS = 50_000
 
 LEDGER_DDL = """
@@ -420,9 +421,13 @@ class StreamBatchProcessor:
             location_columns=locations, context_columns=("_etl_window", "_etl_watermark"),
             run_independent_ids=True,
         )
-        if few:  # one task, one producer (a new idempotent producer costs ~0.5 s before its first send)
-            frame = frame.coalesce(1)
-        result = result_from_statuses(frame.mapInArrow(writer, STATUS_SCHEMA).collect())
+        if few:
+            # From this process (the batch function's), as Arrow: no Spark task and no Python worker, and one
+            # producer kept from batch to batch (a new idempotent producer costs ~0.5 s before its first send)
+            statuses = [s for b in writer(iter(frame.toArrow().to_batches())) for s in b.to_pylist()]
+        else:  # many: from the executors, one publisher per partition
+            statuses = frame.mapInArrow(writer, STATUS_SCHEMA).collect()
+        result = result_from_statuses(statuses)
         if result.delivered + result.spooled != expected:
             raise RowAccountingError(f"stream {self.pipeline_id} batch {batch_id}: {expected} "
                                      f"{'late' if late else 'time-less'} pairs to dead-letter, {result.delivered} "

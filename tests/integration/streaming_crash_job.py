@@ -2,7 +2,7 @@
 
 It builds the same StreamingWatermarkOperator as test_streaming_operator.py and calls ``execute`` exactly as a
 worker would. Only here, never in the product, the StreamBatchProcessor (run by Spark's ``foreachBatch`` in
-this driver process) and the dead-letter publisher (run in Spark's Python workers) are wrapped so that, when
+this driver process) and the dead-letter publisher (run in Spark's Python workers, or here for a few rows) are wrapped so that, when
 the batch given by ``--batch`` reaches ``--point``, the whole task dies with SIGKILL sent to its process group
 (this Python driver and its Spark JVM at once, like a worker killed by the OOM killer or a lost node; nothing
 gets to clean up, nothing after that moment runs). Points:
@@ -11,7 +11,7 @@ gets to clean up, nothing after that moment runs). Points:
   batch's PostgreSQL transaction, before it commits;
 * ``mid_dlq``: during the late rows' dead-letter write: the first Spark partition with late rows publishes its
   envelopes, then kills the task while any other partitions have published nothing (a batch with few late rows
-  publishes them from one task);
+  publishes them from the batch function's own process, here the driver);
 * ``after_dlq``: right after every late row of the batch was published, before the PostgreSQL commit;
 * ``after_commit``: after ``process()`` committed the batch (window state, sink, ledger) and before it returns
   to Spark, so Spark's commit log for the batch is never written.
@@ -106,7 +106,7 @@ def install(point: str, batch: int, marker: str) -> None:
             if kwargs["stage"] != "late_data" or int(kwargs["batch_prefix"].rsplit("-b", 1)[1]) != batch:
                 return inner
 
-            def publish_then_die(batches: Any) -> Any:  # runs in a Spark Python worker
+            def publish_then_die(batches: Any) -> Any:  # in a Spark Python worker, or in this driver (few rows)
                 import time
 
                 import pyarrow as pa
@@ -125,7 +125,8 @@ def install(point: str, batch: int, marker: str) -> None:
                 statuses = list(inner(iter(rows)))
                 delivered = sum(s["delivered"] for st in statuses for s in st.to_pylist())
                 keys = pa.Table.from_batches(rows).select(["_etl_partition", "_etl_offset"]).to_pylist()
-                die(marker, pgid, point=point, batch=batch, spark_partition=TaskContext.get().partitionId(),
+                ctx = TaskContext.get()  # None when the batch function publishes a few late rows itself
+                die(marker, pgid, point=point, batch=batch, spark_partition=ctx.partitionId() if ctx else None,
                     delivered=delivered, published=[[k["_etl_partition"], k["_etl_offset"]] for k in keys])
                 yield from statuses  # not reached
 
