@@ -165,4 +165,20 @@ class SparkSessionHook(BaseHook):
         try:
             yield spark
         finally:
+            if remote:
+                _wait_for_releases(spark)
             spark.stop()
+
+
+def _wait_for_releases(spark: Any, timeout_s: float = 10.0) -> None:
+    """Let a Spark Connect client finish releasing its executions before its session closes.
+
+    pyspark's ``stop()`` releases the session first and waits for the pending ``ReleaseExecute`` calls only
+    afterwards; a server that sees a session close under an execution it still holds logs that execution at
+    INFO, plan and pickled functions included (tests/integration/test_credentials.py caught a password there).
+    """
+    import concurrent.futures
+
+    futures = list(getattr(getattr(spark, "client", None), "_release_futures", None) or ())
+    if futures:
+        concurrent.futures.wait(futures, timeout=timeout_s)
