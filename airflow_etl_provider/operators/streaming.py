@@ -23,6 +23,7 @@ from airflow.sdk import BaseOperator
 from airflow_etl_provider.core.config import is_templated as _templated
 from airflow_etl_provider.core.errors import ConfigError
 from airflow_etl_provider.core.identifiers import quote_table
+from airflow_etl_provider.core.metrics import parse_backends
 from airflow_etl_provider.core.streaming import StreamingConfig, validate_streaming
 
 
@@ -53,6 +54,9 @@ class StreamingWatermarkOperator(BaseOperator):
     :param pipeline_id: the stream's name (default ``<dag_id>.<task_id>``): ledger, lock and envelopes.
     :param spark_conn_id: ``spark`` or ``spark_connect`` connection.
     :param spark_conf: Spark conf overriding the connection's extras.
+    :param metrics: metrics backends for this task (see the load operator); ``None``: the deployment's
+        ``[etl_provider] metrics_backends``; ``[]``: none. Per-batch durations, watermark lag and late rows come
+        from the run's ledger.
     """
 
     template_fields: Sequence[str] = ("source", "sink", "checkpoint_location", "late_data")
@@ -76,6 +80,7 @@ class StreamingWatermarkOperator(BaseOperator):
         pipeline_id: str | None = None,
         spark_conn_id: str = "spark_default",
         spark_conf: Mapping[str, Any] | None = None,
+        metrics: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -88,6 +93,9 @@ class StreamingWatermarkOperator(BaseOperator):
         self.pipeline_id = pipeline_id
         self.spark_conn_id, self.spark_conf = spark_conn_id, dict(spark_conf or {})
         self._runner: Any = None
+        if metrics is not None and not _templated(metrics):
+            parse_backends(metrics)
+        self.metrics = metrics
         if late_data is None:
             raise ConfigError("late_data", "is required: {'dead_letter': <a DLQ config>} to keep every late row, or "
                               "'drop' to only count them")
@@ -106,6 +114,17 @@ class StreamingWatermarkOperator(BaseOperator):
         return cfg
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_etl_provider.hooks.observability import observe
+
+        pipeline = self.pipeline_id or f"{self.dag_id}.{self.task_id}"
+        with observe(self, context, "streaming", self.metrics, pipeline=pipeline) as obs:
+            obs.start_stage("stream")
+            result = self._execute(context)
+            obs.end_stage("stream", batches=result["batches"], rows_read=result["input_rows"],
+                          late_rows=result["late_rows"])
+            return obs.done(result)
+
+    def _execute(self, context: Any) -> dict[str, Any]:
         from airflow_etl_provider.hooks.dead_letter import DeadLetterHook
         from airflow_etl_provider.hooks.postgres import SparkPostgresHook
         from airflow_etl_provider.hooks.spark import SparkSessionHook
