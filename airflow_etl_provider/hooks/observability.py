@@ -130,25 +130,45 @@ class TaskObservation:
         )
         span.end()
 
-    def record_phases(self, timings: Mapping[str, float], parent: str = "load") -> None:
-        """Record phases a hook timed itself (e.g. the PostgreSQL loader's ``plan``, ``stage``, ``merge``: the
-        merge includes the commit, one transaction), as stage durations and as spans laid end to end up to now.
-        """
+    def _child_spans(self, parent: str, spans: list[tuple[str, float, dict[str, Any]]]) -> None:
+        """Spans laid end to end up to now, children of the open stage ``parent`` (else of the task span)."""
+        from opentelemetry import trace
+
+        parent_span = self._spans.get(parent)
+        ctx = trace.set_span_in_context(parent_span) if parent_span is not None else None
         end = time.time_ns()
-        for phase, seconds in reversed(list(timings.items())):
-            self.recorder.add("etl_stage_duration_seconds", float(seconds), stage=phase, outcome="ok")
+        for name, seconds, attributes in reversed(spans):
             start = end - int(float(seconds) * 1e9)
-            span = tracing.tracer().start_span(f"etl.{phase}", start_time=start)
-            span.set_attributes(
-                {
-                    "etl.stage": phase,
-                    "etl.parent_stage": parent,
-                    "etl.duration_s": float(seconds),
-                    "etl.outcome": "ok",
-                }
-            )
+            span = tracing.tracer().start_span(name, context=ctx, start_time=start)
+            span.set_attributes({**attributes, "etl.duration_s": float(seconds)})
             span.end(end_time=end)
             end = start
+
+    def record_phases(self, timings: Mapping[str, float], parent: str = "load") -> None:
+        """Record phases a hook timed itself (e.g. the PostgreSQL loader's ``plan``, ``stage``, ``merge``: the
+        merge includes the commit, one transaction) as stage durations, and as spans under the stage ``parent``
+        (call it before ending that stage).
+        """
+        for phase, seconds in timings.items():
+            self.recorder.add("etl_stage_duration_seconds", float(seconds), stage=phase, outcome="ok")
+        self._child_spans(
+            parent,
+            [
+                (f"etl.{phase}", seconds, {"etl.stage": phase, "etl.outcome": "ok"})
+                for phase, seconds in timings.items()
+            ],
+        )
+
+    def record_batches(self, durations: Any, parent: str = "stream") -> None:
+        """One span per streaming micro-batch (the ledger's durations) under the stage ``parent``; the
+        ``etl_stream_batch_duration_seconds`` points come from the result at the end."""
+        self._child_spans(
+            parent,
+            [
+                ("etl.stream_batch", d, {"etl.batch_index": i, "etl.outcome": "ok"})
+                for i, d in enumerate(durations)
+            ],
+        )
 
     def done(self, result: Mapping[str, Any]) -> Any:
         """Keep the task's result for the metrics and the summary; return it."""
@@ -177,7 +197,6 @@ class TaskObservation:
                 record_streaming_result(
                     rec, data, late_to_dlq=isinstance(getattr(self.operator, "late_data", None), Mapping)
                 )
-                self._batch_spans(data.get("batch_durations_s") or ())
         if self._guard is not None:
             if not data:
                 rec.add("etl_attempts", self._guard.stats.attempts)
@@ -221,16 +240,6 @@ class TaskObservation:
         self._publish_summary()
         return self.summary
 
-    def _batch_spans(self, durations: Any) -> None:
-        """One span per streaming micro-batch, laid end to end before now with the ledger's durations."""
-        end = time.time_ns()
-        for i, duration in reversed(list(enumerate(durations))):
-            start = end - int(float(duration) * 1e9)
-            span = tracing.tracer().start_span("etl.stream_batch", start_time=start)
-            span.set_attributes({"etl.batch_index": i, "etl.duration_s": float(duration)})
-            span.end(end_time=end)
-            end = start
-
     def _summary(
         self, data: Mapping[str, Any], outcome: str, error: BaseException | None, finished_at: float
     ) -> dict[str, Any]:
@@ -263,6 +272,10 @@ class TaskObservation:
             "late_rows": int(rec.value("etl_late_rows")),
             "watermark_lag_s": data.get("watermark_lag_s"),
             "failed_rules": failed_rules,
+            "rule_results": [
+                {k: e.get(k) for k in ("name", "type", "columns", "status", "severity", "failing_rows", "threshold")}
+                for e in rules
+            ],
             "top_errors": top,
             "dead_letter_location": data.get("dead_letter_location"),
             "report_path": data.get("report_path"),
@@ -331,7 +344,7 @@ def observe(
     tracing.ensure_tracer_provider()
     obs = TaskObservation(operator, context, kind, metrics, **kwargs)
     with tracing.tracer().start_as_current_span(
-        f"etl.{kind}", record_exception=True, set_status_on_exception=True
+        "etl.task", record_exception=True, set_status_on_exception=True
     ) as span:
         obs.task_span = span
         span.set_attributes(

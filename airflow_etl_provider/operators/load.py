@@ -236,9 +236,9 @@ class ResilientSparkLoadOperator(BaseOperator):
             try:
                 obs.start_stage("load")
                 outcome = self._load(data, guard, rc)
+                obs.record_phases(outcome.get("timings") or {})
                 obs.end_stage("load", rows_read=outcome["records_read"], rows_loaded=outcome["records_loaded"],
                               rows_rejected=outcome["records_rejected"])
-                obs.record_phases(outcome.get("timings") or {})
             except CircuitOpenError as err:
                 raise_for_open_circuit(err, on_open)
             obs.start_stage("dead_letter")

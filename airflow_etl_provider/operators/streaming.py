@@ -120,6 +120,7 @@ class StreamingWatermarkOperator(BaseOperator):
         with observe(self, context, "streaming", self.metrics, pipeline=pipeline) as obs:
             obs.start_stage("stream")
             result = self._execute(context)
+            obs.record_batches(result.get("batch_durations_s") or ())
             obs.end_stage("stream", batches=result["batches"], rows_read=result["input_rows"],
                           late_rows=result["late_rows"])
             return obs.done(result)
