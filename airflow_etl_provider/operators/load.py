@@ -312,6 +312,14 @@ class ResilientSparkLoadOperator(BaseOperator):
         self.log.info("Load result: %s", result)
         return result
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the source in, the target and the dead-letter queue out, row accounting and the quality
+        gate's assertions (:mod:`airflow_etl_provider.hooks.lineage`)."""
+        from airflow_etl_provider.hooks import lineage
+
+        return lineage.operator_lineage(getattr(self, "etl_run_summary", None), [lineage.source_dataset(self.source)],
+                                        [lineage.target_dataset(self.target), lineage.dead_letter_dataset(self.dead_letter)])
+
     # ----------------------------------------------------------------------------------- helpers
     def _quality_gate(self, data: DataFrame, context: Any) -> tuple[DataFrame, DataFrame | None, dict[str, Any]]:
         """Evaluate ``quality_rules`` (default action ``quarantine``): fail before loading if a rule says so,

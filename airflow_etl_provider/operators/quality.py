@@ -342,6 +342,16 @@ class DataQualityOperator(BaseOperator):
         return {**accounting, "status": doc["status"], "summary": doc["summary"], "report": doc,
                 "report_path": doc.get("report_path"), "output": doc.get("output")}
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the checked source in (with the ``dataQualityAssertions`` facet), the output and the
+        dead-letter queue out, row accounting (:mod:`airflow_etl_provider.hooks.lineage`)."""
+        from airflow_etl_provider.hooks import lineage
+
+        outputs = [lineage.target_dataset(self.output_config) if self.output_config else None,
+                   lineage.dead_letter_dataset(self.dead_letter)]
+        return lineage.operator_lineage(getattr(self, "etl_run_summary", None), [lineage.source_dataset(self.source)],
+                                        outputs)
+
     # ----------------------------------------------------------------------------------- helpers
     def _quarantine_and_output(self, data: DataFrame, corrupt: DataFrame | None, rules: Sequence[Rule],
                                results: Mapping[str, RuleResult], quarantine: Sequence[Rule], corrupt_n: int,

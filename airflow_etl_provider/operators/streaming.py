@@ -156,6 +156,15 @@ class StreamingWatermarkOperator(BaseOperator):
                       result["watermark"]["after"])
         return result
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the stream's source in, the sink and the late rows' dead-letter queue out, row accounting
+        (:mod:`airflow_etl_provider.hooks.lineage`)."""
+        from airflow_etl_provider.hooks import lineage
+
+        dlq = self.late_data.get("dead_letter") if isinstance(self.late_data, Mapping) else None
+        return lineage.operator_lineage(getattr(self, "etl_run_summary", None), [lineage.source_dataset(self.source)],
+                                        [lineage.target_dataset(self.sink), lineage.dead_letter_dataset(dlq)])
+
     def on_kill(self) -> None:
         if self._runner is not None:
             self._runner.stop()
