@@ -62,7 +62,9 @@ class Hook:
                     {"path": self.path, "headers": dict(self.headers), "body": json.loads(body)}
                 )
                 self.send_response(hook.statuses.pop(0) if hook.statuses else 200)
+                self.send_header("Content-Length", "2")
                 self.end_headers()
+                self.wfile.write(b"ok")  # what Slack's incoming webhooks answer
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -255,3 +257,36 @@ def test_summary_notifier_refuses_what_is_not_a_notifier() -> None:
 
     with pytest.raises(ConfigError, match="fields.subject"):
         SummaryNotifier(SmtpNotifier, fields={"subject": "pdf"}, to="x@example.com")
+
+
+def test_the_summary_through_airflows_own_slack_webhook_notifier(monkeypatch) -> None:
+    """Slack's notifier (apache-airflow-providers-slack) against a real HTTP server standing in for Slack."""
+    from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
+
+    hook = Hook([])
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SLACK_TEST",
+        json.dumps(
+            {
+                "conn_type": "slackwebhook",
+                "host": f"http://127.0.0.1:{hook.port}",
+                "password": "T000/B000/XXXX",
+            }
+        ),
+    )
+    try:
+        task, summary = _summary(LOAD_RESULT)
+        SummaryNotifier(
+            SlackWebhookNotifier,
+            fields={"text": "markdown"},
+            when="dead_letters_above",
+            threshold=0,
+            slack_webhook_conn_id="slack_test",
+        )({"task": task})
+    finally:
+        hook.server.shutdown()
+    (request,) = hook.requests
+    assert request["path"] == "/T000/B000/XXXX"
+    text = request["body"]["text"]
+    assert text.startswith(f"*[airflow-etl] {summary['dag_id']}.{summary['task_id']} success")
+    assert f"read={LOAD_RESULT['records_read']} loaded={LOAD_RESULT['records_loaded']}" in text
