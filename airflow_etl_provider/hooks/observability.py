@@ -273,7 +273,10 @@ class TaskObservation:
             "watermark_lag_s": data.get("watermark_lag_s"),
             "failed_rules": failed_rules,
             "rule_results": [
-                {k: e.get(k) for k in ("name", "type", "columns", "status", "severity", "failing_rows", "threshold")}
+                {
+                    k: e.get(k)
+                    for k in ("name", "type", "columns", "status", "severity", "failing_rows", "threshold")
+                }
                 for e in rules
             ],
             "top_errors": top,
