@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from airflow_etl_provider.core.circuit_breaker import TransitionEvent
+from airflow_etl_provider.core.errors import ConfigError
 from airflow_etl_provider.core.metrics import (
     MetricsRecorder,
     MetricsReporter,
@@ -40,9 +41,22 @@ KINDS = ("load", "quality", "streaming")
 
 
 def _conf_float(key: str, default: float) -> float:
+    """``[etl_provider] <key>`` as seconds (> 0).
+
+    :raises ConfigError: not a positive number.
+    """
     from airflow.sdk.configuration import conf
 
-    return float(conf.get("etl_provider", key, fallback=None) or default)
+    raw = conf.get("etl_provider", key, fallback=None)
+    if raw in (None, ""):
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 300:
+        raise ConfigError(f"[etl_provider] {key}", "must be a number of seconds > 0 and <= 300", value=raw)
+    return value
 
 
 class TaskObservation:
@@ -344,7 +358,15 @@ def observe(
 
     The task's own exception always propagates unchanged; observability failures are warnings.
     """
-    tracing.ensure_tracer_provider()
+    try:
+        tracing.ensure_tracer_provider()
+    except Exception as err:  # tracing set-up must not cost the task: reported, spans stay no-ops
+        log.warning(
+            "OpenTelemetry: no exporter installed from the OTEL_* environment (%s: %s); spans are not "
+            "exported",
+            type(err).__name__,
+            err,
+        )
     obs = TaskObservation(operator, context, kind, metrics, **kwargs)
     with tracing.tracer().start_as_current_span(
         "etl.task", record_exception=True, set_status_on_exception=True

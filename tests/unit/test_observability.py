@@ -86,3 +86,26 @@ def test_operators_refuse_a_bad_metrics_list_at_parse_time() -> None:
             metrics=[{"type": "pushgateway", "url": "localhost:9091"}],
         )
     assert err.value.path == "metrics[0].url"
+
+
+def test_a_bad_emission_timeout_is_a_config_error_and_a_bad_exporter_only_a_warning(
+    monkeypatch, caplog
+) -> None:
+    from airflow_etl_provider.hooks.observability import TaskObservation
+
+    monkeypatch.setenv("AIRFLOW__ETL_PROVIDER__METRICS_TIMEOUT_S", "soon")
+    with pytest.raises(ConfigError) as err:
+        TaskObservation(Task(), {}, "load", reporters=[])
+    assert err.value.path == "[etl_provider] metrics_timeout_s"
+    monkeypatch.setenv("AIRFLOW__ETL_PROVIDER__METRICS_TIMEOUT_S", "2.5")
+    assert TaskObservation(Task(), {}, "load", reporters=[]).timeout_s == 2.5
+
+    from opentelemetry import trace
+
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", None)  # as in a fresh task process: no provider installed yet
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
+    task = Task()
+    with observe(task, {}, "load", reporters=[]) as obs:
+        obs.done({"records_read": 1, "records_loaded": 1, "records_dead_lettered": 0, "errors": {}})
+    assert task.etl_run_summary["outcome"] == "success"  # type: ignore[attr-defined]
+    assert any("OTEL_TRACES_EXPORTER" in r.getMessage() for r in caplog.records)
