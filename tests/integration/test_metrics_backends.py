@@ -188,6 +188,10 @@ def test_airflow_stats_reaches_a_real_statsd_listener(monkeypatch) -> None:
     monkeypatch.setenv("AIRFLOW__METRICS__STATSD_HOST", "127.0.0.1")
     monkeypatch.setenv("AIRFLOW__METRICS__STATSD_PORT", str(sock.getsockname()[1]))
     monkeypatch.setenv("AIRFLOW__METRICS__STATSD_PREFIX", "airflow")
+    from airflow.sdk._shared.observability.metrics import stats as shared_stats
+    from airflow.sdk._shared.observability.metrics.base_stats_logger import NoStatsLogger
+
+    saved = (shared_stats._factory, shared_stats._export_legacy_names)  # restored below: Airflow's own Stats
     stats.initialize(factory=get_stats_factory(), export_legacy_names=False)
     try:
         rec = MetricsRecorder("dag", "task", "orders")
@@ -198,7 +202,7 @@ def test_airflow_stats_reaches_a_real_statsd_listener(monkeypatch) -> None:
         assert "[metrics] statsd_on" in where
         packets = {sock.recv(4096).decode() for _ in range(3)}
     finally:
-        stats.initialize(factory=lambda: stats.NoStatsLogger(), export_legacy_names=False)  # type: ignore[attr-defined]
+        stats.initialize(factory=saved[0] or NoStatsLogger, export_legacy_names=saved[1])
         sock.close()
     parsed = set()
     for packet in packets:
