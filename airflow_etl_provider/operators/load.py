@@ -231,7 +231,7 @@ class ResilientSparkLoadOperator(BaseOperator):
             if self.quality_rules is not None:  # the gate: before the target is touched
                 checked = data
                 obs.start_stage("validate")
-                data, quarantined, quality = self._quality_gate(checked, context)
+                data, quarantined, quality = self._quality_gate(checked, context, obs)
                 obs.end_stage("validate", rows_checked=quality["rows_checked"])
             try:
                 obs.start_stage("load")
@@ -321,7 +321,8 @@ class ResilientSparkLoadOperator(BaseOperator):
                                         [lineage.target_dataset(self.target), lineage.dead_letter_dataset(self.dead_letter)])
 
     # ----------------------------------------------------------------------------------- helpers
-    def _quality_gate(self, data: DataFrame, context: Any) -> tuple[DataFrame, DataFrame | None, dict[str, Any]]:
+    def _quality_gate(self, data: DataFrame, context: Any, obs: TaskObservation | None = None
+                      ) -> tuple[DataFrame, DataFrame | None, dict[str, Any]]:
         """Evaluate ``quality_rules`` (default action ``quarantine``): fail before loading if a rule says so,
         else return the rows to load, the rows to dead-letter (or ``None``) and a summary."""
         from airflow.sdk.exceptions import AirflowFailException
@@ -342,6 +343,8 @@ class ResilientSparkLoadOperator(BaseOperator):
                                                     if e["status"] != "pass"}, "example": "",
                                    "rows_checked": report.row_count or 0}
         if failed:
+            if obs is not None:  # the run summary (quality_failed alerts) and metrics of the failed gate
+                obs.partial = {"records_read": summary["rows_checked"], "quality": summary}
             raise AirflowFailException(f"quality_rules: {len(failed)} rule(s) failed on {report.row_count} row(s); "
                                        f"nothing was loaded:\n{failure_table(failed)}")
         if not quarantine:
