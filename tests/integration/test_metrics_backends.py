@@ -276,3 +276,17 @@ def test_a_task_run_is_readable_from_the_pushgateway(spark, tmp_path, unique) ->
     delete_from_gateway(
         PUSHGATEWAY, job="airflow_etl", grouping_key={"dag_id": dag_id, "task_id": f"load_{unique}"}
     )
+
+
+def test_cli_deletes_stale_groups(unique, capsys) -> None:
+    from airflow_etl_provider.cli import main
+
+    job = f"etl_cli_{unique}"
+    rec = MetricsRecorder(f"dag_{unique}", "old_task", "p")
+    rec.add("etl_rows_read", 1)
+    PushgatewayReporter(PUSHGATEWAY, job=job).emit(rec.points)
+    assert main(["metrics", "delete-stale", "--url", PUSHGATEWAY, "--older-than", "1d", "--job", job]) == 0
+    assert [g for g in pushgateway_groups(PUSHGATEWAY) if g["labels"].get("job") == job]  # younger: kept
+    assert main(["metrics", "delete-stale", "--url", PUSHGATEWAY, "--older-than", "0s", "--job", job]) == 0
+    assert f"deleted group dag_id=dag_{unique}, task_id=old_task" in capsys.readouterr().out
+    assert not [g for g in pushgateway_groups(PUSHGATEWAY) if g["labels"].get("job") == job]
