@@ -102,7 +102,9 @@ def test_a_bad_emission_timeout_is_a_config_error_and_a_bad_exporter_only_a_warn
 
     from opentelemetry import trace
 
-    monkeypatch.setattr(trace, "_TRACER_PROVIDER", None)  # as in a fresh task process: no provider installed yet
+    monkeypatch.setattr(
+        trace, "_TRACER_PROVIDER", None
+    )  # as in a fresh task process: no provider installed yet
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
     task = Task()
     with observe(task, {}, "load", reporters=[]) as obs:
