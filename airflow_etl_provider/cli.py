@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -130,6 +131,26 @@ def cmd_maintenance_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _duration_s(text: str) -> float:
+    """``90``, ``90s``, ``30m``, ``12h``, ``7d`` -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not a duration such as 90s, 30m, 12h, 7d: {text!r}") from err
+
+
+def cmd_metrics_delete_stale(args: argparse.Namespace) -> int:
+    from airflow_etl_provider.hooks.metrics import delete_stale_groups
+
+    url = args.url or os.environ.get("AIRFLOW_ETL_PUSHGATEWAY_URL")
+    if not url:
+        raise ValueError("--url is required (or $AIRFLOW_ETL_PUSHGATEWAY_URL)")
+    for labels in delete_stale_groups(url, args.older_than, job=args.job):
+        print("deleted group " + ", ".join(f"{k}={v}" for k, v in sorted(labels.items())))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="airflow-etl", description=__doc__.split("\n")[0])
     parser.add_argument("--spark-conn-id", default="spark_default")
@@ -179,6 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="always keep this many newest runs per data-quality dataset (default 30)")
     pr.add_argument("--dry-run", action="store_true", help="count what would be deleted, commit nothing")
     pr.set_defaults(func=cmd_maintenance_prune)
+
+    metrics = sub.add_parser("metrics", help="manage pushed metrics").add_subparsers(dest="cmd", required=True)
+    stale = metrics.add_parser("delete-stale", help="delete Pushgateway groups whose last push is older than ...")
+    stale.add_argument("--url", help="the Pushgateway (default $AIRFLOW_ETL_PUSHGATEWAY_URL)")
+    stale.add_argument("--older-than", type=_duration_s, required=True, help="e.g. 7d, 12h, 30m, 90s")
+    stale.add_argument("--job", default="airflow_etl")
+    stale.set_defaults(func=cmd_metrics_delete_stale)
     return parser
 
 

@@ -39,6 +39,8 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_etl_provider.hooks.quality",
                     "airflow_etl_provider.hooks.quality_history",
                     "airflow_etl_provider.hooks.streaming",
+                    "airflow_etl_provider.hooks.metrics",
+                    "airflow_etl_provider.hooks.observability",
                 ],
             }
         ],
@@ -54,5 +56,8 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "extra-links": ["airflow_etl_provider.operators.quality.DataQualityReportLink"],
         "connection-types": [],
-        "notifications": [],
+        "notifications": [
+            "airflow_etl_provider.notifications.etl.WebhookNotifier",
+            "airflow_etl_provider.notifications.etl.SummaryNotifier",
+        ],
     }

@@ -8,15 +8,59 @@ from __future__ import annotations
 import json
 import os
 import sys
+from datetime import UTC, datetime
 
 from sqlalchemy import create_engine, text
 
 COUNTS = ("records_read", "records_loaded", "records_dead_lettered")
 
 
+def _xcom(db, dag_id: str, run_id: str, task_id: str, key: str):
+    row = db.execute(
+        text("select value from xcom where dag_id=:d and run_id=:r and task_id=:t and key=:k"),
+        {"d": dag_id, "r": run_id, "t": task_id, "k": key},
+    ).first()
+    if row is None:
+        return None
+    value = row.value
+    if isinstance(value, (str, bytes)):  # a JSON document, or an already-decoded string value
+        try:
+            value = json.loads(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _pushgateway_readback(url: str, tasks: list[tuple[str, str]]) -> list[str]:
+    """A few of the tasks' metrics as the Pushgateway's API serves them (GET /api/v1/metrics)."""
+    from urllib.request import urlopen
+
+    with urlopen(f"{url}/api/v1/metrics", timeout=5) as resp:
+        groups = json.load(resp)["data"]
+    lines = []
+    for dag_id, task_id in tasks:
+        group = next((g for g in groups if g["labels"].get("dag_id") == dag_id
+                      and g["labels"].get("task_id") == task_id), None)
+        if group is None:
+            lines.append(f"  {dag_id}.{task_id}: no group on the Pushgateway")
+            continue
+        values = []
+        for name in ("etl_rows_read", "etl_rows_loaded", "etl_rows_dead_lettered", "etl_rows_quarantined",
+                     "etl_late_rows", "etl_watermark_lag_seconds"):
+            family = group.get(name)
+            if family:
+                total = sum(float(m.get("value") or 0) for m in family["metrics"])
+                values.append(f"{name}={total:g}")
+        pushed = group.get("push_time_seconds", {}).get("metrics", [{}])[0].get("value")
+        when = datetime.fromtimestamp(float(pushed), UTC).isoformat(timespec="seconds") if pushed else None
+        lines.append(f"  {dag_id}.{task_id}: " + "  ".join(values) + (f"  (pushed {when})" if when else ""))
+    return lines
+
+
 def main(dag_ids: list[str]) -> int:
     engine = create_engine(os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
     ok = True
+    pushed: list[tuple[str, str]] = []
     print("\n================ airflow-etl-provider demo ================")
     with engine.connect() as db:
         for arg in dag_ids:
@@ -38,6 +82,13 @@ def main(dag_ids: list[str]) -> int:
             ).all()
             for ti in tis:
                 print(f"  task {ti.task_id:<28} {ti.state}")
+                summary = _xcom(db, dag_id, run.run_id, ti.task_id, "etl_run_summary")
+                if isinstance(summary, dict):
+                    for delivery in summary.get("metrics") or ():
+                        state = delivery["detail"] if delivery["ok"] else f"NOT delivered: {delivery['detail']}"
+                        print(f"    metrics -> {delivery['backend']}: {state}")
+                        if delivery["backend"] == "pushgateway" and delivery["ok"]:
+                            pushed.append((dag_id, ti.task_id))
                 row = db.execute(
                     text(
                         "select value from xcom where dag_id=:d and run_id=:r and task_id=:t "
@@ -79,7 +130,15 @@ def main(dag_ids: list[str]) -> int:
     if env("AIRFLOW_ETL_UI_URL"):
         print(f"Airflow UI: {env('AIRFLOW_ETL_UI_URL')}  login: {env('AIRFLOW_ETL_ADMIN_USER', 'admin')} / "
               f"{env('AIRFLOW_ETL_ADMIN_PASSWORD')}  (REST API: {env('AIRFLOW_ETL_UI_URL')}/api/v2, docs at /docs)")
-    print("Metrics: none emitted yet (the operators' metrics and traces are the observability issue's work)")
+    gateway = env("AIRFLOW_ETL_PUSHGATEWAY_URL")
+    if pushed and gateway:
+        print(f"Metrics read back from the Pushgateway ({gateway}/api/v1/metrics):")
+        try:
+            print("\n".join(_pushgateway_readback(gateway, pushed)))
+        except OSError as err:
+            print(f"  the Pushgateway did not answer: {err}")
+    else:
+        print("Metrics: none pushed to a Pushgateway by these runs (see [etl_provider] metrics_backends in the README)")
     print("Logs: task logs in the UI (or .local/airflow/logs); Airflow's own in .local/logs/airflow-*.log")
     print("Stop everything (Airflow included): make services-down")
     print("===========================================================")

@@ -357,6 +357,7 @@ export AIRFLOW_CONN_SPARK_DEFAULT='{"conn_type": "spark", "host": "local[*]", "e
 export AIRFLOW_CONN_SPARK_CONNECT_DEFAULT='{"conn_type": "spark_connect", "host": "sc://127.0.0.1", "port": $SPARK_CONNECT_PORT}'
 export AIRFLOW_CONN_SPARK_STANDALONE='{"conn_type": "spark", "host": "spark://127.0.0.1", "port": $SPARK_MASTER_PORT, "extra": {"spark.jars": "$jarlist", "spark.ui.enabled": "false", "spark.executor.memory": "1g", "spark.cores.max": "2", "spark.pyspark.python": "$EXEC_PY"}}'
 export AIRFLOW_ETL_PUSHGATEWAY_URL='http://127.0.0.1:$PUSHGATEWAY_PORT'
+export AIRFLOW__ETL_PROVIDER__METRICS_BACKENDS='airflow_stats,pushgateway'
 export AIRFLOW_ETL_SPARK_JARS='$jarlist'
 export SPARK_LOCAL_IP='127.0.0.1'
 export PYSPARK_PYTHON='$PY'

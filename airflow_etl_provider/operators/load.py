@@ -31,6 +31,7 @@ from airflow_etl_provider.core.errors import (
     classify_postgres,
 )
 from airflow_etl_provider.core.identifiers import quote_table, validate_identifier
+from airflow_etl_provider.core.metrics import parse_backends
 from airflow_etl_provider.core.retry import RetryPolicy
 from airflow_etl_provider.hooks.parquet import overwrite_parquet
 from airflow_etl_provider.hooks.sources import validate_source
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
     from airflow_etl_provider.core.guard import Guard
     from airflow_etl_provider.hooks.dead_letter import DeadLetterHook, PublishResult
+    from airflow_etl_provider.hooks.observability import TaskObservation
 
 
 _DEFAULT = object()
@@ -153,6 +155,9 @@ class ResilientSparkLoadOperator(BaseOperator):
     :param pipeline_id: the pipeline name in dead letters (default: the dag_id).
     :param progress_interval_s: while a PostgreSQL load stages its rows, log the partitions done and the rows
         staged so far every this many seconds (``0``/``None``: never; on Spark Connect rows only).
+    :param metrics: metrics backends for this task (``["airflow_stats", {"type": "pushgateway", "url": ...},
+        {"type": "cloudwatch", "conn_id": ...}]``); ``None``: the deployment's ``[etl_provider] metrics_backends``;
+        ``[]``: none. See the README's metric list.
     """
 
     template_fields: Sequence[str] = ("source", "target", "dead_letter", "pipeline_id")
@@ -174,6 +179,7 @@ class ResilientSparkLoadOperator(BaseOperator):
         spark_conf: Mapping[str, Any] | None = None,
         pipeline_id: str | None = None,
         progress_interval_s: float | None = 30.0,
+        metrics: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -214,9 +220,18 @@ class ResilientSparkLoadOperator(BaseOperator):
             raise ConfigError("progress_interval_s", "must be a number of seconds >= 0 (0 or None: no progress "
                               "log)", value=progress_interval_s)
         self.progress_interval_s = progress_interval_s
+        if metrics is not None and not _templated(metrics):
+            parse_backends(metrics)
+        self.metrics = metrics
 
     # ------------------------------------------------------------------------------------ execute
     def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_etl_provider.hooks.observability import observe
+
+        with observe(self, context, "load", self.metrics, pipeline=self.pipeline_id) as obs:
+            return obs.done(self._execute(context, obs))
+
+    def _execute(self, context: Any, obs: TaskObservation) -> dict[str, Any]:
         from airflow_etl_provider.hooks.resilience import raise_for_open_circuit, run_context
         from airflow_etl_provider.hooks.sources import read_source
         from airflow_etl_provider.hooks.spark import SparkSessionHook
@@ -226,6 +241,7 @@ class ResilientSparkLoadOperator(BaseOperator):
         validate_target(self.target)
         rc = run_context(context, self.pipeline_id)
         guard = self._guard(context)
+        obs.watch_guard(guard)
         on_open = self.breaker_policy.on_open if self.breaker_policy else "reschedule"
         self._refuse_if_open(guard)  # before starting Spark: an open breaker costs nothing
         dlq = self._dead_letter_hook(rc)
@@ -233,20 +249,29 @@ class ResilientSparkLoadOperator(BaseOperator):
         target_name = _describe_target(self.target)
 
         with SparkSessionHook(self.spark_conn_id, self.spark_conf, app_name=f"{rc.dag_id}.{rc.task_id}").session() as spark:
+            obs.start_stage("read")
             frames = read_source(spark, self.source)  # the source's own schema parses; self.schema checks
             data = self._conform(frames.data) if self.schema is not None else frames.data
             data = data.cache()
             corrupt_n = frames.corrupt.count() if frames.corrupt is not None else 0
+            obs.end_stage("read", corrupt_rows=corrupt_n)
             quality: dict[str, Any] | None = None
             quarantined = None
             quality_read = 0
             if self.quality_rules is not None:  # the gate: before the target is touched
                 checked = data
-                data, quarantined, quality = self._quality_gate(checked, context)
+                obs.start_stage("validate")
+                data, quarantined, quality = self._quality_gate(checked, context, obs)
+                obs.end_stage("validate", rows_checked=quality["rows_checked"])
             try:
+                obs.start_stage("load")
                 outcome = self._load(data, guard, rc)
+                obs.record_phases(outcome.get("timings") or {})
+                obs.end_stage("load", rows_read=outcome["records_read"], rows_loaded=outcome["records_loaded"],
+                              rows_rejected=outcome["records_rejected"])
             except CircuitOpenError as err:
                 raise_for_open_circuit(err, on_open, policy=self.breaker_policy)
+            obs.start_stage("dead_letter")
             dead = 0
             errors: dict[str, dict[str, Any]] = {}
             to_dlq = []
@@ -288,6 +313,7 @@ class ResilientSparkLoadOperator(BaseOperator):
                     raise RowAccountingError(f"quality_rules: {quality_read} row(s) failed a quarantine rule but "
                                              f"{sent} reached the dead-letter queue")
                 checked.unpersist()
+            obs.end_stage("dead_letter", rows=dead)
             data.unpersist()
 
         dead += outcome.get("recorded_dead_lettered", 0)
@@ -316,8 +342,17 @@ class ResilientSparkLoadOperator(BaseOperator):
         self.log.info("Load result: %s", result)
         return result
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the source in, the target and the dead-letter queue out, row accounting and the quality
+        gate's assertions (:mod:`airflow_etl_provider.hooks.lineage`)."""
+        from airflow_etl_provider.hooks import lineage
+
+        return lineage.operator_lineage(getattr(self, "etl_run_summary", None), [lineage.source_dataset(self.source)],
+                                        [lineage.target_dataset(self.target), lineage.dead_letter_dataset(self.dead_letter)])
+
     # ----------------------------------------------------------------------------------- helpers
-    def _quality_gate(self, data: DataFrame, context: Any) -> tuple[DataFrame, DataFrame | None, dict[str, Any]]:
+    def _quality_gate(self, data: DataFrame, context: Any, obs: TaskObservation | None = None
+                      ) -> tuple[DataFrame, DataFrame | None, dict[str, Any]]:
         """Evaluate ``quality_rules`` (default action ``quarantine``): fail before loading if a rule says so,
         else return the rows to load, the rows to dead-letter (or ``None``) and a summary."""
         from airflow.sdk.exceptions import AirflowFailException
@@ -338,6 +373,8 @@ class ResilientSparkLoadOperator(BaseOperator):
                                                     if e["status"] != "pass"}, "example": "",
                                    "rows_checked": report.row_count or 0}
         if failed:
+            if obs is not None:  # the run summary (quality_failed alerts) and metrics of the failed gate
+                obs.partial = {"records_read": summary["rows_checked"], "quality": summary}
             raise AirflowFailException(f"quality_rules: {len(failed)} rule(s) failed on {report.row_count} row(s); "
                                        f"nothing was loaded:\n{failure_table(failed)}")
         if not quarantine:
@@ -440,7 +477,7 @@ class ResilientSparkLoadOperator(BaseOperator):
         result = {"records_read": outcome.records_read, "records_loaded": outcome.records_loaded,
                   "records_rejected": outcome.records_rejected, "rejected": outcome.rejected,
                   "skipped": outcome.skipped, "loader": loader, "dead_letter_spooled": outcome.dead_letter_spooled,
-                  "dead_letter_spool": outcome.dead_letter_spool}
+                  "dead_letter_spool": outcome.dead_letter_spool, "timings": outcome.timings}
         if outcome.skipped and not outcome.dead_letters_pending:
             # committed by an earlier try, which also had the DLQ confirm every rejected row
             result["recorded_dead_lettered"] = outcome.records_rejected

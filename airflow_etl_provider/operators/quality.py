@@ -35,6 +35,7 @@ from airflow.sdk import BaseOperator, BaseOperatorLink
 from airflow_etl_provider.core.config import is_templated as _templated
 from airflow_etl_provider.core.config import parse_dead_letter
 from airflow_etl_provider.core.errors import ConfigError, DataQualityError, RowAccountingError
+from airflow_etl_provider.core.metrics import parse_backends
 from airflow_etl_provider.core.rules import ACTIONS, Rule, RuleResult, parse_rules, to_jsonable
 from airflow_etl_provider.core.rules.actions import (  # noqa: F401 (resolve_action: public here too)
     check_quarantine_config,
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
     from airflow_etl_provider.hooks.dead_letter import DeadLetterHook
+    from airflow_etl_provider.hooks.observability import TaskObservation
 
 REPORT_XCOM_KEY = "dq_report"
 REPORT_URL_XCOM_KEY = "dq_report_url"
@@ -121,6 +123,8 @@ class DataQualityOperator(BaseOperator):
     :param fail_fast: when rules fail, fail without Airflow retries (default ``True``: re-checking the same
         data gives the same answer). ``False`` raises a retryable error, for sources that are fixed
         upstream between tries.
+    :param metrics: metrics backends for this task (see the load operator); ``None``: the deployment's
+        ``[etl_provider] metrics_backends``; ``[]``: none.
     """
 
     template_fields: Sequence[str] = ("source", "rules", "dead_letter", "output_config", "report_path", "report_url",
@@ -150,6 +154,7 @@ class DataQualityOperator(BaseOperator):
         aws_conn_id: str = "aws_default",
         pipeline_id: str | None = None,
         fail_fast: bool = True,
+        metrics: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -186,9 +191,18 @@ class DataQualityOperator(BaseOperator):
         self.aws_conn_id = aws_conn_id
         self.pipeline_id = pipeline_id
         self.fail_fast = fail_fast
+        if metrics is not None and not _templated(metrics):
+            parse_backends(metrics)
+        self.metrics = metrics
 
     # ------------------------------------------------------------------------------------ execute
     def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_etl_provider.hooks.observability import observe
+
+        with observe(self, context, "quality", self.metrics, pipeline=self.pipeline_id) as obs:
+            return obs.done(self._execute(context, obs))
+
+    def _execute(self, context: Any, obs: TaskObservation) -> dict[str, Any]:
         from airflow_etl_provider.hooks.quality import evaluate
         from airflow_etl_provider.hooks.quality import profile as profile_columns
         from airflow_etl_provider.hooks.resilience import run_context
@@ -217,8 +231,10 @@ class DataQualityOperator(BaseOperator):
             frames = read_source(spark, self.source)
             data = frames.data.cache()
             try:
+                obs.start_stage("validate")
                 report = evaluate(data, rules, sample_size=self.sample_size, key_columns=self.key_columns,
                                   reference_time=reference, spark=spark, row_count_history=previous)
+                obs.end_stage("validate", rows=report.row_count or 0, status=report.status)
                 corrupt_n = frames.corrupt.count() if frames.corrupt is not None else 0
                 doc = report.to_dict()
                 doc["run"] = {"dag_id": rc.dag_id, "task_id": rc.task_id, "run_id": rc.run_id,
@@ -238,8 +254,10 @@ class DataQualityOperator(BaseOperator):
                                                   "records_quarantined": 0, "records_failed": total_read,
                                                   "dead_letter_location": None}
                 else:
+                    obs.start_stage("dead_letter")
                     accounting = self._quarantine_and_output(data, frames.corrupt, rules, results, quarantine,
                                                              corrupt_n, doc, rc, source_name)
+                    obs.end_stage("dead_letter", rows=accounting["records_quarantined"])
                     accounting["records_read"] = total_read
                     if total_read != accounting["records_passed"] + accounting["records_quarantined"]:
                         raise RowAccountingError(
@@ -259,10 +277,21 @@ class DataQualityOperator(BaseOperator):
             history_hook.record(dataset, rc.run_id, doc, dag_id=rc.dag_id, task_id=rc.task_id,
                                 logical_date=logical if isinstance(logical, datetime) else None)
         self._log_outcome(doc)
+        obs.partial = {**accounting, "report": doc, "report_path": doc.get("report_path")}
         if failed:
             self._raise(failed, doc)
         return {**accounting, "status": doc["status"], "summary": doc["summary"], "report": doc,
                 "report_path": doc.get("report_path"), "output": doc.get("output")}
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the checked source in (with the ``dataQualityAssertions`` facet), the output and the
+        dead-letter queue out, row accounting (:mod:`airflow_etl_provider.hooks.lineage`)."""
+        from airflow_etl_provider.hooks import lineage
+
+        outputs = [lineage.target_dataset(self.output_config) if self.output_config else None,
+                   lineage.dead_letter_dataset(self.dead_letter)]
+        return lineage.operator_lineage(getattr(self, "etl_run_summary", None), [lineage.source_dataset(self.source)],
+                                        outputs)
 
     # ----------------------------------------------------------------------------------- helpers
     def _quarantine_and_output(self, data: DataFrame, corrupt: DataFrame | None, rules: Sequence[Rule],

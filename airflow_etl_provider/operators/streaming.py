@@ -23,6 +23,7 @@ from airflow.sdk import BaseOperator
 from airflow_etl_provider.core.config import is_templated as _templated
 from airflow_etl_provider.core.errors import ConfigError
 from airflow_etl_provider.core.identifiers import quote_table
+from airflow_etl_provider.core.metrics import parse_backends
 from airflow_etl_provider.core.streaming import StreamingConfig, validate_streaming
 
 
@@ -53,6 +54,9 @@ class StreamingWatermarkOperator(BaseOperator):
     :param pipeline_id: the stream's name (default ``<dag_id>.<task_id>``): ledger, lock and envelopes.
     :param spark_conn_id: ``spark`` or ``spark_connect`` connection.
     :param spark_conf: Spark conf overriding the connection's extras.
+    :param metrics: metrics backends for this task (see the load operator); ``None``: the deployment's
+        ``[etl_provider] metrics_backends``; ``[]``: none. Per-batch durations, watermark lag and late rows come
+        from the run's ledger.
     """
 
     template_fields: Sequence[str] = ("source", "sink", "checkpoint_location", "late_data")
@@ -76,6 +80,7 @@ class StreamingWatermarkOperator(BaseOperator):
         pipeline_id: str | None = None,
         spark_conn_id: str = "spark_default",
         spark_conf: Mapping[str, Any] | None = None,
+        metrics: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -90,6 +95,9 @@ class StreamingWatermarkOperator(BaseOperator):
         self.pipeline_id = pipeline_id
         self.spark_conn_id, self.spark_conf = spark_conn_id, dict(spark_conf or {})
         self._runner: Any = None
+        if metrics is not None and not _templated(metrics):
+            parse_backends(metrics)
+        self.metrics = metrics
         if late_data is None:
             raise ConfigError("late_data", "is required: {'dead_letter': <a DLQ config>} to keep every late row, or "
                               "'drop' to only count them")
@@ -108,6 +116,18 @@ class StreamingWatermarkOperator(BaseOperator):
         return cfg
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_etl_provider.hooks.observability import observe
+
+        pipeline = self.pipeline_id or f"{self.dag_id}.{self.task_id}"
+        with observe(self, context, "streaming", self.metrics, pipeline=pipeline) as obs:
+            obs.start_stage("stream")
+            result = self._execute(context)
+            obs.record_batches(result.get("batch_durations_s") or ())
+            obs.end_stage("stream", batches=result["batches"], rows_read=result["input_rows"],
+                          late_rows=result["late_rows"])
+            return obs.done(result)
+
+    def _execute(self, context: Any) -> dict[str, Any]:
         from airflow_etl_provider.hooks.dead_letter import DeadLetterHook
         from airflow_etl_provider.hooks.postgres import SparkPostgresHook
         from airflow_etl_provider.hooks.resilience import run_context
@@ -138,6 +158,15 @@ class StreamingWatermarkOperator(BaseOperator):
                       result["late_rows"], result["output_rows"], result["watermark"]["before"],
                       result["watermark"]["after"])
         return result
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the stream's source in, the sink and the late rows' dead-letter queue out, row accounting
+        (:mod:`airflow_etl_provider.hooks.lineage`)."""
+        from airflow_etl_provider.hooks import lineage
+
+        dlq = self.late_data.get("dead_letter") if isinstance(self.late_data, Mapping) else None
+        return lineage.operator_lineage(getattr(self, "etl_run_summary", None), [lineage.source_dataset(self.source)],
+                                        [lineage.target_dataset(self.sink), lineage.dead_letter_dataset(dlq)])
 
     def on_kill(self) -> None:
         if self._runner is not None:

@@ -164,3 +164,14 @@ def test_example_data_quality_quarantines_then_loads_the_clean_rows(dagbag, spar
     assert out.returncode == 0, out.stderr[-2000:]
     assert "quality: warn  rows: read=2000  passed=1992  quarantined=8" in out.stdout
     assert "report_path: " in out.stdout and "unique(order_id)" in out.stdout
+    # where the metrics went (the stack's env sets [etl_provider] metrics_backends) and a few read back
+    assert os.environ["AIRFLOW__ETL_PROVIDER__METRICS_BACKENDS"] == "airflow_stats,pushgateway"
+    gateway = os.environ["AIRFLOW_ETL_PUSHGATEWAY_URL"]
+    assert f"metrics -> pushgateway: {gateway}/metrics/job/airflow_etl/dag_id/example_data_quality/" in out.stdout
+    assert "metrics -> airflow_stats: airflow Stats" in out.stdout
+    assert f"Metrics read back from the Pushgateway ({gateway}/api/v1/metrics):" in out.stdout
+    assert (f"example_data_quality.check_orders: etl_rows_read={result['records_read']}  "
+            f"etl_rows_dead_lettered={result['records_quarantined']}  "
+            f"etl_rows_quarantined={result['records_quarantined']}") in out.stdout
+    assert (f"example_data_quality.load_clean_orders: etl_rows_read={load['records_read']}  "
+            f"etl_rows_loaded={load['records_loaded']}  etl_rows_dead_lettered=0") in out.stdout

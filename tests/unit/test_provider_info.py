@@ -26,3 +26,18 @@ def test_provider_info_matches_airflow_schema() -> None:
     assert info["versions"] == [__version__]
     for key in ("name", "description", "connection-types", "notifications"):
         assert key in info
+
+
+def test_every_registered_notifier_and_hook_module_imports() -> None:
+    import importlib
+
+    from airflow.sdk.bases.notifier import BaseNotifier
+
+    info = get_provider_info()
+    assert info["notifications"]
+    for path in info["notifications"]:
+        module, _, name = path.rpartition(".")
+        assert issubclass(getattr(importlib.import_module(module), name), BaseNotifier), path
+    for group in info["hooks"]:
+        for module in group["python-modules"]:
+            importlib.import_module(module)
