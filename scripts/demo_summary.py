@@ -89,21 +89,9 @@ def main(dag_ids: list[str]) -> int:
                         print(f"    metrics -> {delivery['backend']}: {state}")
                         if delivery["backend"] == "pushgateway" and delivery["ok"]:
                             pushed.append((dag_id, ti.task_id))
-                row = db.execute(
-                    text(
-                        "select value from xcom where dag_id=:d and run_id=:r and task_id=:t "
-                        "and key='return_value'"
-                    ),
-                    {"d": dag_id, "r": run.run_id, "t": ti.task_id},
-                ).first()
-                if row is None:
+                value = _xcom(db, dag_id, run.run_id, ti.task_id, "return_value")
+                if value is None:
                     continue
-                value = row.value
-                if isinstance(value, (str, bytes)):  # a JSON document, or an already-decoded string value
-                    try:
-                        value = json.loads(value)
-                    except ValueError:
-                        pass
                 if isinstance(value, dict):
                     if "records_loaded" in value:
                         print("    rows: " + "  ".join(f"{k.split('_', 1)[1]}={value.get(k, 0)}" for k in COUNTS))

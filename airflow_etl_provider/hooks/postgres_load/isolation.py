@@ -4,7 +4,6 @@ bisected down to single rows; each refused row recorded with PostgreSQL's messag
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
 
 from airflow_etl_provider.core import sql as S
 from airflow_etl_provider.core.errors import ConfigError, ErrorKind, classify_postgres
@@ -19,9 +18,6 @@ from airflow_etl_provider.hooks.postgres_load.savepoints import (
     error_class,
     error_message,
 )
-
-if TYPE_CHECKING:
-    pass
 
 
 class _Isolation:

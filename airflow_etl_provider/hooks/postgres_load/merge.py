@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from airflow_etl_provider.core import sql as S
 from airflow_etl_provider.core.errors import ErrorKind, RowAccountingError, classify_postgres
@@ -19,9 +19,6 @@ from airflow_etl_provider.hooks.postgres_load.savepoints import (
     error_class,
     error_message,
 )
-
-if TYPE_CHECKING:
-    pass
 
 
 class _Merging:

@@ -4,7 +4,7 @@ bookkeeping tables created, an earlier commit of the load id found."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from airflow_etl_provider.core import sql as S
 from airflow_etl_provider.core.errors import ConfigError
@@ -16,9 +16,6 @@ from airflow_etl_provider.hooks.postgres_load.model import (
     _Plan,
     log,
 )
-
-if TYPE_CHECKING:
-    pass
 
 
 class _Planning:

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from airflow_etl_provider.core.errors import ErrorKind, classify_postgres
-
-if TYPE_CHECKING:
-    pass
 
 
 class _Counter:
