@@ -53,9 +53,9 @@ class RetentionPolicy(ConfigModel):
         Default 90.
     :param dq_history_keep_runs: the newest runs of each data-quality dataset that are kept whatever their
         age (``row_count_change`` compares with them; its default ``window`` is 30). Default 30.
-    :param metrics_group_days: for the metrics layer's Pushgateway groups (not pruned by this package yet:
-        a pruner registered with :func:`airflow_etl_provider.hooks.maintenance.register_pruner` receives this
-        policy and is expected to delete the groups not pushed for this many days). Default 90.
+    :param metrics_group_days: the Pushgateway groups of this package not pushed for this many days are
+        deleted (the Pushgateway never forgets a group; ``[etl_provider] pushgateway_url`` or
+        ``$AIRFLOW_ETL_PUSHGATEWAY_URL`` says where it is). Default 90.
     """
 
     config_path: ClassVar[str] = "retention"

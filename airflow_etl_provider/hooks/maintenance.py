@@ -170,6 +170,9 @@ def prune(
             _prune_history(conn, quoted, policy, report)
     finally:
         conn.close()
+    from airflow_etl_provider.hooks.metrics import prune_pushgateway_groups
+
+    report.other["pushgateway_groups"] = prune_pushgateway_groups(policy, now, dry_run)
     for name, pruner in _PRUNERS.items():
         report.other[name] = int(pruner(policy, now, dry_run))
     log.info(

@@ -145,9 +145,15 @@ def pushgateway_groups(url: str, timeout_s: float = 5.0) -> list[dict[str, Any]]
 
 
 def delete_stale_groups(
-    url: str, older_than_s: float, job: str = DEFAULT_JOB, now: float | None = None, timeout_s: float = 5.0
+    url: str,
+    older_than_s: float,
+    job: str = DEFAULT_JOB,
+    now: float | None = None,
+    timeout_s: float = 5.0,
+    dry_run: bool = False,
 ) -> list[dict[str, str]]:
-    """Delete the groups of ``job`` whose last push is older than ``older_than_s``; return their labels."""
+    """Delete the groups of ``job`` whose last push is older than ``older_than_s``; return their labels
+    (``dry_run``: only return them)."""
     from prometheus_client import delete_from_gateway
 
     now = time.time() if now is None else now
@@ -157,7 +163,8 @@ def delete_stale_groups(
         if labels.get("job") != job or now - group["push_time_seconds"] <= older_than_s:
             continue
         labels.pop("job")
-        delete_from_gateway(url, job=job, grouping_key=labels, timeout=timeout_s)
+        if not dry_run:
+            delete_from_gateway(url, job=job, grouping_key=labels, timeout=timeout_s)
         deleted.append(labels)
     return deleted
 
@@ -239,11 +246,7 @@ def build_reporter(spec: BackendSpec) -> MetricsReporter:
     if spec.type == "airflow_stats":
         return AirflowStatsReporter(**opts)
     if spec.type == "pushgateway":
-        url = (
-            opts.get("url")
-            or _airflow_conf("pushgateway_url")
-            or os.environ.get("AIRFLOW_ETL_PUSHGATEWAY_URL")
-        )
+        url = opts.get("url") or configured_pushgateway_url()
         if not url:
             raise ConfigError(
                 "metrics.pushgateway.url",
@@ -269,3 +272,23 @@ class DeferredReporter(MetricsReporter):
 
     def emit(self, points: Sequence[MetricPoint]) -> str:
         return build_reporter(self.spec).emit(points)
+
+
+def configured_pushgateway_url() -> str | None:
+    """The deployment's Pushgateway: ``[etl_provider] pushgateway_url`` or ``$AIRFLOW_ETL_PUSHGATEWAY_URL``."""
+    return _airflow_conf("pushgateway_url") or os.environ.get("AIRFLOW_ETL_PUSHGATEWAY_URL") or None
+
+
+def prune_pushgateway_groups(policy: Any, now: Any, dry_run: bool) -> int:
+    """``airflow-etl maintenance prune``'s pruner for the Pushgateway (it never forgets a group): delete this
+    package's groups not pushed for ``policy.metrics_group_days``. No Pushgateway configured: nothing to do.
+
+    :param policy: the :class:`~airflow_etl_provider.core.retention.RetentionPolicy`.
+    :param now: the current time (an aware ``datetime``).
+    :param dry_run: count, delete nothing.
+    """
+    url = configured_pushgateway_url()
+    if not url:
+        return 0
+    stale = delete_stale_groups(url, policy.metrics_group_days * 86400.0, now=now.timestamp(), dry_run=dry_run)
+    return len(stale)

@@ -244,3 +244,31 @@ def test_the_example_maintenance_dag_runs(schema) -> None:
     assert result["dry_run"] is True
     assert result["load_log_rows"][f"{schema}.etl_load_log"] == 1  # 'old' would go ('new' is recent)
     assert _pg().get_first(f'select count(*) from "{schema}".etl_load_log')[0] == 2
+
+
+def test_prune_deletes_the_pushgateway_groups_not_pushed_for_the_retention(unique, monkeypatch) -> None:
+    """The Pushgateway never forgets a group: ``prune`` deletes this package's groups older than
+    ``metrics_group_days`` (a dry run only counts them) and keeps the younger ones."""
+    from airflow_etl_provider.core.metrics import MetricsRecorder
+    from airflow_etl_provider.hooks.maintenance import prune
+    from airflow_etl_provider.hooks.metrics import PushgatewayReporter, pushgateway_groups
+
+    url = os.environ["AIRFLOW_ETL_PUSHGATEWAY_URL"]
+    recorder = MetricsRecorder(f"dag_{unique}", "load", "orders")
+    recorder.add("etl_rows_read", 3)
+    PushgatewayReporter(url).emit(recorder.points)
+
+    def mine() -> list[dict]:
+        return [g for g in pushgateway_groups(url) if g["labels"].get("dag_id") == f"dag_{unique}"]
+
+    pushed_at = datetime.fromtimestamp(mine()[0]["push_time_seconds"], UTC)
+    policy = RetentionPolicy(metrics_group_days=2)
+    prune(policy=policy, schemas=[], now=pushed_at + timedelta(days=1))
+    assert mine()  # younger than 2 days: kept
+    counted = prune(policy=policy, schemas=[], now=pushed_at + timedelta(days=3), dry_run=True)
+    assert counted.other["pushgateway_groups"] >= 1 and mine()  # counted, not deleted
+    deleted = prune(policy=policy, schemas=[], now=pushed_at + timedelta(days=3))
+    assert deleted.other["pushgateway_groups"] >= 1 and not mine()
+    monkeypatch.delenv("AIRFLOW_ETL_PUSHGATEWAY_URL")
+    monkeypatch.delenv("AIRFLOW__ETL_PROVIDER__PUSHGATEWAY_URL", raising=False)
+    assert prune(policy=policy, schemas=[]).other["pushgateway_groups"] == 0  # none configured
