@@ -21,7 +21,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from airflow_etl_provider.core.config import parse_dead_letter
 from airflow_etl_provider.core.errors import ConfigError
 
 US_PER = {
@@ -357,6 +356,9 @@ def validate_streaming(
     if late_data == "drop":
         late: Literal["dead_letter", "drop"] = "drop"
     elif isinstance(late_data, Mapping) and set(late_data) == {"dead_letter"} and late_data["dead_letter"]:
+        # here, not at the top: the executors import this module (windows, aggregates) and have no yaml there
+        from airflow_etl_provider.core.config import parse_dead_letter
+
         if parse_dead_letter(late_data["dead_letter"], path="late_data.dead_letter") is None:
             raise ConfigError("late_data.dead_letter", "is disabled: give a DLQ config to keep late rows, or "
                               "late_data='drop' to only count them", value=late_data["dead_letter"])

@@ -170,3 +170,15 @@ def test_a_spooled_publish_fails_naming_the_rows_the_spool_and_the_full_replay_c
     assert (err.rows, err.spool_path) == (3, "/s/a.jsonl, /s/b.jsonl")
     assert err.replay_command == "airflow-etl dlq replay-spool /s/a.jsonl /s/b.jsonl --to kafka --topic t"
     assert "kafka topic t @ 127.0.0.1:1: broker down" in str(err)
+
+
+def test_executor_modules_import_in_the_executors_own_virtualenv() -> None:
+    """What the executors really have (requirements-executor.txt + this package, no Airflow, no yaml): every
+    executor module, and what it pulls in from core, imports there (a core import of yaml broke Spark Connect)."""
+    python = Path(__file__).resolve().parents[2] / ".local" / "executor-venv" / "bin" / "python"
+    assert python.exists(), f"{python} is missing: `make executor-venv` builds it (`make test` does)"
+    code = "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in EXECUTOR_MODULES)
+    code += "import sys; print('AIRFLOW' if any(m.split('.')[0] == 'airflow' for m in sys.modules) else 'CLEAN')"
+    out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("CLEAN")
