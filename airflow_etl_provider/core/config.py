@@ -129,9 +129,7 @@ class KafkaDeadLetterConfig(ConfigModel):
         if isinstance(obj, Mapping) and isinstance(obj.get("config"), Mapping) and "topic" in obj["config"]:
             config = dict(obj["config"])
             topic = config.pop("topic")
-            if obj.get("topic", topic) != topic:
-                raise ConfigError(f"{path}.config.topic", f"conflicts with {path}.topic", value=topic)
-            obj = {**obj, "topic": topic, "config": config}
+            obj = {**obj, "topic": obj.get("topic", topic), "config": config}  # a flat key wins, as for s3 and file
         return cls.from_mapping(obj, path)
 
 

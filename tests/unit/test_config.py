@@ -199,11 +199,12 @@ def test_invalid_kafka_topics(topic: str) -> None:
     )
 
 
-def test_kafka_topic_given_twice() -> None:
-    message = error_of(parse_dead_letter, {"type": "kafka", "topic": "a", "config": {"topic": "b"}})
-    assert message == "dead_letter.config.topic: conflicts with dead_letter.topic (got 'b')"
-    same = parse_dead_letter({"type": "kafka", "topic": "a", "config": {"topic": "a"}})
-    assert isinstance(same, KafkaDeadLetterConfig) and same.topic == "a"
+def test_kafka_topic_given_twice_the_flat_one_wins_as_for_every_type() -> None:
+    both = parse_dead_letter({"type": "kafka", "topic": "a", "config": {"topic": "b", "linger.ms": 5}})
+    assert isinstance(both, KafkaDeadLetterConfig) and both.topic == "a"
+    assert "topic" not in both.config and both.config["linger.ms"] == 5  # not a producer setting
+    nested = parse_dead_letter({"type": "kafka", "config": {"topic": "b"}})
+    assert isinstance(nested, KafkaDeadLetterConfig) and nested.topic == "b"
 
 
 def test_missing_topic_names_dead_letter_topic() -> None:
