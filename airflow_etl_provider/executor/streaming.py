@@ -293,12 +293,12 @@ class StreamBatchProcessor:
         no_time = F.col("_ws").isNull()  # no event time: the message did not parse with the schema
         late = ~no_time & (F.col("_we") <= F.lit(watermark_before))  # Spark's rule, with W(N-1)
         kind = F.when(no_time, 2).when(late, 1).otherwise(0)
-        payload = [f"_etl_p{i}" for i in range(len(columns))]
+        # a late or time-less pair carries its row in one struct key (NULL for on-time pairs: one NULL to hash;
+        # a struct was ~5 % faster than one key per column, benchmarks/bench_streaming.py's batch shape)
         pairs = (pairs.withColumn("_etl_kind", kind).withColumn("_etl_first", first_pair)
-                 .select(*[F.col(c) for c in columns], "_ws", "_we", "_etl_kind", "_etl_first",
-                         *[F.when(F.col("_etl_kind") != 0, F.col(c)).alias(p) for c, p in zip(columns, payload, strict=True)]))
+                 .withColumn("_etl_row", F.when(F.col("_etl_kind") != 0, F.struct(*[F.col(c) for c in columns]))))
         kafka = PARTITION in columns
-        by_window = [*self.group_by, "_ws", "_we", "_etl_kind", *payload]
+        by_window = [*self.group_by, "_ws", "_we", "_etl_kind", "_etl_row"]
         by_partition = [TOPIC, PARTITION] if kafka else []
         t = F.unix_micros(F.col(self.event_time_column))
         exprs = [*self._partial_exprs(),
@@ -323,7 +323,7 @@ class StreamBatchProcessor:
             # The dead letters are published by a Spark job from the cached result while this thread merges the
             # partials into PostgreSQL; both end before the batch commits (the DLQ is at-least-once).
             with ThreadPoolExecutor(1, thread_name_prefix="etl-stream-dlq") as pool:
-                publishing = [pool.submit(self._dead_letter, self._dead_letter_rows(agg, k, columns, payload), batch_id,
+                publishing = [pool.submit(self._dead_letter, self._dead_letter_rows(agg, k), batch_id,
                                           watermark_before, late=k == 1, few=n <= FEW_DEAD_LETTERS, expected=n)
                               for k, n in ((1, late_pairs), (2, invalid)) if n and self.dead_letter is not None]
                 try:
@@ -341,14 +341,14 @@ class StreamBatchProcessor:
             agg.unpersist()
 
     @staticmethod
-    def _dead_letter_rows(agg: Any, kind: int, columns: Sequence[str], payload: Sequence[str]) -> Any:
+    def _dead_letter_rows(agg: Any, kind: int) -> Any:
         """The late (``kind`` 1) or time-less (2) pairs of the one-pass aggregation, as rows again (a group
         holds identical pairs: ``_pairs`` copies)."""
         from pyspark.sql import functions as F
 
         return (agg.where(F.col("_etl_kind") == kind)
                 .withColumn("_etl_copy", F.explode(F.array_repeat(F.lit(0), F.col("_pairs").cast("int"))))
-                .select(*[F.col(p).alias(c) for c, p in zip(columns, payload, strict=True)], "_ws", "_we"))
+                .select("_etl_row.*", "_ws", "_we"))
 
     def _process_cached(self, df: Any, batch_id: int, watermark_before: int, cur: Any) -> BatchResult:
         """Session windows (and sources with columns Spark cannot group by, such as maps): the batch is cached
@@ -463,10 +463,15 @@ class StreamBatchProcessor:
         batch: dict[str, list[tuple[int, int, dict[str, Any]]]] = defaultdict(list)
         groups: dict[str, tuple[Any, ...]] = {}
         names = [f"{a.name}__{part}" for a in self.aggregates for part in partial_parts(a)]
+        keys: dict[tuple[Any, ...], str] = {}  # a group's key encoded once, not once per window
         for row in partials:
             p = row.asDict()  # a Row's lookup by name is a list search: once per row, not per value
             values = tuple(p[c] for c in self.group_by)
-            key = json.dumps([_encode(v) for v in values], sort_keys=True)
+            key = keys.get(values) if _hashable(values) else None
+            if key is None:
+                key = json.dumps([_encode(v) for v in values], sort_keys=True)
+                if _hashable(values):
+                    keys[values] = key
             groups[key] = values
             batch[key].append((int(p["_ws"]), int(p["_we"]), {n: p[n] for n in names}))
         merged: dict[tuple[str, int, int], dict[str, Any]] = {}
@@ -638,6 +643,14 @@ def _groupable(schema: Any) -> bool:
         return True
 
     return ok(schema)
+
+
+def _hashable(values: tuple[Any, ...]) -> bool:
+    try:
+        hash(values)
+    except TypeError:  # a list or map among the group-by values
+        return False
+    return True
 
 
 def _group_of(group_key: str) -> tuple[Any, ...]:
