@@ -219,6 +219,7 @@ class StreamBatchProcessor:
 
         started = time.monotonic()
         with psycopg.connect(**self.conn_args) as conn:  # one transaction: commits on success
+            _fast_json(conn)
             cur = conn.cursor()
             self.ensure_tables(cur)
             cur.execute(f"SELECT 1 FROM {self.ledger_table} WHERE pipeline = %s AND epoch = %s AND batch_id = %s",
@@ -424,7 +425,7 @@ class StreamBatchProcessor:
         if few:
             # From this process (the batch function's), as Arrow: no Spark task and no Python worker, and one
             # producer kept from batch to batch (a new idempotent producer costs ~0.5 s before its first send)
-            statuses = [s for b in writer(iter(frame.toArrow().to_batches())) for s in b.to_pylist()]
+            statuses = [s for b in writer(iter(frame.coalesce(1).toArrow().to_batches())) for s in b.to_pylist()]
         else:  # many: from the executors, one publisher per partition
             statuses = frame.mapInArrow(writer, STATUS_SCHEMA).collect()
         result = result_from_statuses(statuses)
@@ -512,7 +513,7 @@ class StreamBatchProcessor:
             "ON CONFLICT (pipeline, epoch, group_key, window_start_us, window_end_us) DO UPDATE SET partials = "
             "excluded.partials",
             (self.pipeline_id, self.epoch, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
-             [json.dumps({n: _encode(v) for n, v in windows[k].items()}) for k in keys]))
+             [_dumps({n: _encode(v) for n, v in windows[k].items()}) for k in keys]))
 
     def _merge(self, cur: Any, batch: Mapping[str, list[tuple[int, int, dict[str, Any]]]], df: Any,
                ) -> tuple[dict[tuple[str, int, int], dict[str, Any]], list[tuple[str, int, int]]]:
@@ -643,6 +644,31 @@ def _groupable(schema: Any) -> bool:
         return True
 
     return ok(schema)
+
+
+def _fast_json(conn: Any) -> None:
+    """Parse the state's ``jsonb`` with orjson on this connection (the standard library's parser was the
+    merge's largest cost, benchmarks/bench_streaming.py); the same documents either way."""
+    from psycopg.types.json import set_json_loads
+
+    set_json_loads(_loads, conn)
+
+
+def _loads(data: str | bytes) -> Any:
+    try:
+        import orjson
+    except ImportError:  # pragma: no cover - orjson is a dependency; the standard library is the fallback
+        return json.loads(data)
+    return orjson.loads(data)
+
+
+def _dumps(doc: Any) -> str:
+    """A state document (a ``jsonb`` value: its formatting does not matter)."""
+    try:
+        import orjson
+    except ImportError:  # pragma: no cover
+        return json.dumps(doc)
+    return orjson.dumps(doc).decode()
 
 
 def _hashable(values: tuple[Any, ...]) -> bool:
