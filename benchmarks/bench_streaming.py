@@ -40,24 +40,26 @@ it makes (``first()`` included) with timers, and reads the queries' progress (``
 seconds are printed per round (``--no-profile`` leaves the operator unwrapped; the overhead is a few
 ``perf_counter`` calls per batch).
 
-Results (1M events, ``--rounds 3`` medians, 2-core box shared with other engineers' Spark tests, load average
-3-6): ours 16.2 s (61.7k events/s), peer 8.1 s (123k events/s): **1.99x, goal 1.3x missed** (1.95-2.58x in
-runs at load average 6-12). Late rows: 10,000 placed, 10,000 in ours' XCom and DLQ topic, Spark's
-``numRowsDroppedByWatermark`` 10,000 (dropped). Sinks equal (32,976 windows). Peak RSS per side: Python driver
-~320 MiB both, Spark JVM ~1.5 GB both (the heap stays committed between sides).
+Results (1M events, ``--rounds 3`` medians, quiet 2-core box, load average ~1.6): ours 9.74 s (103k events/s),
+peer 7.68 s (130k events/s): **1.27x, goal 1.3x met** (rounds 1.15x, 1.27x, 1.29x). At load average 8-13 (other
+engineers' Spark tests on the same box) the same command gave 1.7x: our Python work slows down more than the
+peer's JVM-only query. Late rows: 10,000 placed, 10,000 in ours' XCom and DLQ topic, Spark's
+``numRowsDroppedByWatermark`` 10,000 (dropped). Sinks equal (32,976 windows). Peak RSS: Python driver ~420 MiB
+both, Spark JVM ~1.5 GB both.
 
-Where ours' 16.2 s go (the median round): 0.9 outside ``foreachBatch`` (about the peer's own query overhead);
-5.2 the first Spark action of each batch (Kafka read + ``from_json`` + building the ``persist()`` cache: the
-cache alone added ~1.1 s to a 200k-event batch in an isolated test, 1.9 -> 3.0 s), 0.8 two more scans of the
-cache (offsets per partition, late/invalid counts), 1.8 the partials ``groupBy().collect()``; 2.9 the DLQ
-publish (3 batches, ~3.3k late rows each: ~1 s per batch, mostly one new idempotent producer per Spark task,
-~0.5 s each, 4 tasks on 2 cores); 4.2 state merge + sink write (SQL 1.75: state upsert 0.57, state
-``SELECT ... FOR UPDATE`` 0.46, sink insert 0.42; the rest is Python: per-window JSON encode/decode and merge).
-Proposed (not done here): merge the state in SQL with typed state columns (one ``INSERT ... SELECT FROM
-unnest(...) ON CONFLICT DO UPDATE``, then ``WITH closed AS (DELETE ... RETURNING) INSERT INTO sink``) and send
-windows that close in the batch that opens them straight to the sink; publish late rows from one task (or
-reuse one producer per Python worker); compute counts, max event time and offsets in the partials job (the
-offsets are in ``<checkpoint>/offsets/<batchId>``).
+Where ours' 9.74 s go (the median round, summed over 5 batches): 6.1 the one aggregation per batch that reads
+Kafka, parses and computes everything (partials, late and time-less pairs, per-partition counts and offsets; two
+grouping sets; the peer's whole query is 7.7), 1.4 the merge into PostgreSQL (state 0.45, sink COPY 0.3, the
+rest Python), 1.6 the DLQ publish (in a thread alongside the merge: Arrow from the cached aggregate, envelopes,
+Kafka), 1.5 waiting for it and building plans, 0.7 outside ``foreachBatch``.
+
+Design choices, measured (``/tmp``-style experiments on static reads of the same 5 batches, 5 rounds, medians):
+the peer-like aggregation 6.03 s; ours with one key column per payload column 6.98, with the row as one struct key
+6.64 (kept), without carrying the row at all 6.42 (then the late rows must be read again: a second Kafka read
+costs ~1 s per 200k). Before this design (batch cached, scanned four times, DLQ from a Spark task with a new
+producer each) the ratio was 1.97x. Dropped: publishing the DLQ from a ``mapInArrow`` in the aggregation's own
+pass (every row through Python), and observed metrics for the counts (an observation in a map stage counts a
+retried task twice).
 
 Peak memory: the high-water marks (``VmHWM``) of the Python driver, the Spark JVM (driver and executors:
 ``local[2]``) and Spark's Python workers are reset (``/proc/<pid>/clear_refs``) before each side and read
