@@ -57,9 +57,9 @@ Design choices, measured (``/tmp``-style experiments on static reads of the same
 the peer-like aggregation 6.03 s; ours with one key column per payload column 6.98, with the row as one struct key
 6.64 (kept), without carrying the row at all 6.42 (then the late rows must be read again: a second Kafka read
 costs ~1 s per 200k). Before this design (batch cached, scanned four times, DLQ from a Spark task with a new
-producer each) the ratio was 1.97x. Dropped: publishing the DLQ from a ``mapInArrow`` in the aggregation's own
-pass (every row through Python), and observed metrics for the counts (an observation in a map stage counts a
-retried task twice).
+producer each) the ratio was 1.97x. Not tried, by reasoning only: publishing the DLQ from a ``mapInArrow`` in the
+aggregation's own pass (every row would cross into Python), and observed metrics for the counts (an observation
+in a map stage counts a retried task twice, which would break the exact accounting).
 
 Peak memory: the high-water marks (``VmHWM``) of the Python driver, the Spark JVM (driver and executors:
 ``local[2]``) and Spark's Python workers are reset (``/proc/<pid>/clear_refs``) before each side and read
