@@ -250,6 +250,15 @@ class StreamingConfig:
     late_data: Literal["dead_letter", "drop"]
 
 
+#: The settings of each sink type (the state of a non-PostgreSQL sink lives in ``state_conn_id``).
+SINK_KEYS = {"postgres": ("type", "conn_id", "table"), "parquet": ("type", "path", "state_conn_id", "state_schema"),
+             "kafka": ("type", "conn_id", "topic", "config", "state_conn_id", "state_schema")}
+#: The settings of each source type.
+SOURCE_KEYS = {"kafka": ("type", "conn_id", "topic", "starting_offsets", "format", "schema", "max_offsets_per_trigger",
+                         "options"),
+               "files": ("type", "path", "format", "schema", "options")}
+
+
 def _check_keys(value: Mapping[str, Any], field: str, allowed: Iterable[str]) -> None:
     unknown = sorted(str(k) for k in set(value) - set(allowed))
     if unknown:
@@ -276,13 +285,11 @@ def validate_streaming(
         raise ConfigError("source", "must be a mapping such as {'type': 'kafka', 'topic': ..., 'schema': ...}",
                           value=source)
     if source.get("type") not in SOURCE_TYPES:
-        _check_keys(source, "source", ["type", "conn_id", "topic", "starting_offsets", "format", "schema",
-                                       "max_offsets_per_trigger", "options", "path"])  # a misspelt 'type'
+        _check_keys(source, "source", {k for keys in SOURCE_KEYS.values() for k in keys})  # a misspelt 'type'
         raise ConfigError("source.type", "is not a supported streaming source", value=source.get("type"),
                           allowed=SOURCE_TYPES)
     if source["type"] == "kafka":
-        _check_keys(source, "source", ["type", "conn_id", "topic", "starting_offsets", "format", "schema",
-                                       "max_offsets_per_trigger", "options"])
+        _check_keys(source, "source", SOURCE_KEYS["kafka"])
         if not source.get("topic"):
             raise ConfigError("source.topic", "is required for a kafka source")
         if source.get("format", "json") != "json":
@@ -292,7 +299,7 @@ def validate_streaming(
         if mopt is not None and (not isinstance(mopt, int) or isinstance(mopt, bool) or mopt < 1):
             raise ConfigError("source.max_offsets_per_trigger", "must be a positive integer or None", value=mopt)
     else:
-        _check_keys(source, "source", ["type", "path", "format", "schema", "options"])
+        _check_keys(source, "source", SOURCE_KEYS["files"])
         if not source.get("path"):
             raise ConfigError("source.path", "is required for a files source")
         if source.get("format") not in FILE_FORMATS:
@@ -319,12 +326,10 @@ def validate_streaming(
     if not isinstance(sink, Mapping):
         raise ConfigError("sink", "must be a mapping such as {'type': 'postgres', 'conn_id': 'postgres_default', "
                           "'table': 'public.orders_5min'}", value=sink)
-    sink_keys = {"postgres": ["type", "conn_id", "table"], "parquet": ["type", "path", "state_conn_id", "state_schema"],
-                 "kafka": ["type", "conn_id", "topic", "config", "state_conn_id", "state_schema"]}
     if sink.get("type") not in SINK_TYPES:
-        _check_keys(sink, "sink", {k for keys in sink_keys.values() for k in keys})  # a misspelt 'type': name it
+        _check_keys(sink, "sink", {k for keys in SINK_KEYS.values() for k in keys})  # a misspelt 'type': name it
         raise ConfigError("sink.type", "is not a supported sink", value=sink.get("type"), allowed=SINK_TYPES)
-    _check_keys(sink, "sink", sink_keys[sink["type"]])
+    _check_keys(sink, "sink", SINK_KEYS[sink["type"]])
     if sink["type"] == "postgres" and not sink.get("table"):
         raise ConfigError("sink.table", "is required for a postgres sink (e.g. 'public.orders_5min')")
     if sink["type"] == "parquet" and not sink.get("path"):

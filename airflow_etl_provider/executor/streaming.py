@@ -49,6 +49,11 @@ from airflow_etl_provider.executor.stream_sinks import WINDOW_END, WINDOW_START,
 
 log = logging.getLogger(__name__)
 
+try:  # a dependency (requirements-executor.txt too); the standard library gives the same documents without it
+    import orjson as _orjson
+except ImportError:  # pragma: no cover
+    _orjson = None  # type: ignore[assignment]
+
 #: Columns the source adds to every row: where it was read (they never reach the sink).
 TOPIC, PARTITION, OFFSET = "_etl_topic", "_etl_partition", "_etl_offset"
 LOCATION_COLUMNS = (TOPIC, PARTITION, OFFSET)
@@ -283,7 +288,7 @@ class StreamBatchProcessor:
     def _process_one_pass(self, df: Any, batch_id: int, watermark_before: int, cur: Any) -> BatchResult:
         """Tumbling and sliding windows, in one read of the batch: one aggregation (two grouping sets) gives
         the on-time partial aggregates per (group, window), each late or time-less (row, window) pair as a
-        group of its own (its columns in the key), and per Kafka partition the rows, pairs, late and
+        group of its own (its row in one struct key), and per Kafka partition the rows, pairs, late and
         time-less pairs, offsets and newest event time. Only that small result is cached; the dead letters
         are published from it, so the source is read once (benchmarks/bench_streaming.py)."""
         from pyspark import StorageLevel
@@ -321,17 +326,17 @@ class StreamBatchProcessor:
             max_t = max((int(r["_max_t"]) for r in stats if r["_max_t"] is not None), default=None)
             offsets = {f"{r[TOPIC]}:{r[PARTITION]}": {"from": int(r["_lo"]), "to": int(r["_hi"])}
                        for r in stats if r["_pairs"]} if kafka else {}
-            # The dead letters are published by a Spark job from the cached result while this thread merges the
-            # partials into PostgreSQL; both end before the batch commits (the DLQ is at-least-once).
+            # The dead letters are published from the cached result (see _dead_letter) in a thread while this one
+            # merges the partials into PostgreSQL; both end before the batch commits (the DLQ is at-least-once).
             with ThreadPoolExecutor(1, thread_name_prefix="etl-stream-dlq") as pool:
                 publishing = [pool.submit(self._dead_letter, self._dead_letter_rows(agg, k), batch_id,
-                                          watermark_before, late=k == 1, few=n <= FEW_DEAD_LETTERS, expected=n)
+                                          watermark_before, late=k == 1, expected=n)
                               for k, n in ((1, late_pairs), (2, invalid)) if n and self.dead_letter is not None]
                 try:
                     result = self._finish(cur, df, batch_id, watermark_before, partials, max_t, input_rows,
                                           input_pairs, late_pairs, invalid, offsets)
                 except BaseException:
-                    for failed in [f.exception() for f in publishing if f.exception() is not None]:
+                    for failed in filter(None, (f.exception() for f in publishing)):
                         log.error("Stream %s batch %d: publishing dead letters failed too: %s", self.pipeline_id,
                                   batch_id, failed)
                     raise
@@ -372,11 +377,9 @@ class StreamBatchProcessor:
                            F.count(F.when(invalid_cond, 1)).alias("invalid")).first()
         input_pairs, late_pairs, invalid = int(counts["pairs"]), int(counts["late"]), int(counts["invalid"])
         if late_pairs and self.dead_letter is not None:
-            self._dead_letter(pairs.where(late_cond), batch_id, watermark_before, late=True,
-                              few=late_pairs <= FEW_DEAD_LETTERS, expected=late_pairs)
+            self._dead_letter(pairs.where(late_cond), batch_id, watermark_before, late=True, expected=late_pairs)
         if invalid and self.dead_letter is not None:
-            self._dead_letter(pairs.where(invalid_cond), batch_id, watermark_before, late=False,
-                              few=invalid <= FEW_DEAD_LETTERS, expected=invalid)
+            self._dead_letter(pairs.where(invalid_cond), batch_id, watermark_before, late=False, expected=invalid)
         partials = self._partials(pairs.where(~late_cond & ~invalid_cond))
         return self._finish(cur, df, batch_id, watermark_before, partials, int(max_t) if max_t is not None else None,
                             input_rows, input_pairs, late_pairs, invalid, offsets)
@@ -395,8 +398,7 @@ class StreamBatchProcessor:
         return BatchResult(batch_id, watermark_before, watermark_after, max_t, input_rows, input_pairs,
                            aggregated_pairs, late_pairs, output_rows, invalid, offsets)
 
-    def _dead_letter(self, rows: Any, batch_id: int, watermark_us: int, *, late: bool, few: bool,
-                     expected: int) -> None:
+    def _dead_letter(self, rows: Any, batch_id: int, watermark_us: int, *, late: bool, expected: int) -> None:
         """Publish late (row, window) pairs (stage ``late_data``) or rows without an event time (stage ``parse``)."""
         from pyspark.sql import functions as F
 
@@ -422,7 +424,7 @@ class StreamBatchProcessor:
             location_columns=locations, context_columns=("_etl_window", "_etl_watermark"),
             run_independent_ids=True,
         )
-        if few:
+        if expected <= FEW_DEAD_LETTERS:
             # From this process (the batch function's), as Arrow: no Spark task and no Python worker, and one
             # producer kept from batch to batch (a new idempotent producer costs ~0.5 s before its first send)
             statuses = [s for b in writer(iter(frame.coalesce(1).toArrow().to_batches())) for s in b.to_pylist()]
@@ -651,24 +653,13 @@ def _fast_json(conn: Any) -> None:
     merge's largest cost, benchmarks/bench_streaming.py); the same documents either way."""
     from psycopg.types.json import set_json_loads
 
-    set_json_loads(_loads, conn)
-
-
-def _loads(data: str | bytes) -> Any:
-    try:
-        import orjson
-    except ImportError:  # pragma: no cover - orjson is a dependency; the standard library is the fallback
-        return json.loads(data)
-    return orjson.loads(data)
+    if _orjson is not None:
+        set_json_loads(_orjson.loads, conn)
 
 
 def _dumps(doc: Any) -> str:
     """A state document (a ``jsonb`` value: its formatting does not matter)."""
-    try:
-        import orjson
-    except ImportError:  # pragma: no cover
-        return json.dumps(doc)
-    return orjson.dumps(doc).decode()
+    return _orjson.dumps(doc).decode() if _orjson is not None else json.dumps(doc)
 
 
 def _hashable(values: tuple[Any, ...]) -> bool:
