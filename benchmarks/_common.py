@@ -78,6 +78,18 @@ def spark_session(conf: dict[str, str]) -> Any:
     return session
 
 
+def local_spark_session(app_name: str) -> Any:
+    """The ``spark_default`` connection's session (its jars and conf) on ``local[2]``, UI and progress bar off:
+    what every benchmark compares on."""
+    from airflow_etl_provider.hooks.spark import SparkSessionHook
+
+    conf = SparkSessionHook(spark_conn_id="spark_default", app_name=app_name).resolve_conf()
+    conf["spark.master"] = "local[2]"
+    conf.setdefault("spark.ui.enabled", "false")
+    conf.setdefault("spark.ui.showConsoleProgress", "false")
+    return spark_session(conf)
+
+
 # ------------------------------------------------------------------------------------------ Kafka
 def kafka_admin(bootstrap: str) -> Any:
     """An admin client (log_level 4: no "Purging unserved events" info line when it goes)."""

@@ -259,13 +259,7 @@ class Pg:
 
 # ----------------------------------------------------------------------------------------- spark
 def spark_session() -> Any:
-    from airflow_etl_provider.hooks.spark import SparkSessionHook
-
-    conf = SparkSessionHook(spark_conn_id="spark_default", app_name="bench-load-postgres").resolve_conf()
-    conf["spark.master"] = "local[2]"
-    conf.setdefault("spark.ui.enabled", "false")
-    conf.setdefault("spark.ui.showConsoleProgress", "false")
-    return _common.spark_session(conf)
+    return _common.local_spark_session("bench-load-postgres")
 
 
 def jvm_pids(spark: Any) -> tuple[int | None, list[int]]:

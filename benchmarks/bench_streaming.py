@@ -505,13 +505,7 @@ def load_avg() -> str:
 def spark_session() -> Any:
     import _common
 
-    from airflow_etl_provider.hooks.spark import SparkSessionHook
-
-    conf = SparkSessionHook(spark_conn_id="spark_default", app_name="bench-streaming").resolve_conf()
-    conf["spark.master"] = "local[2]"
-    conf.setdefault("spark.ui.enabled", "false")
-    conf.setdefault("spark.ui.showConsoleProgress", "false")
-    return _common.spark_session(conf)
+    return _common.local_spark_session("bench-streaming")
 
 
 def describe_ours(ours: dict[str, Any], profiler: Profiler | None, events: int) -> None:
