@@ -33,6 +33,7 @@ from airflow_etl_provider.core.errors import (
 from airflow_etl_provider.core.identifiers import quote_table, validate_identifier
 from airflow_etl_provider.core.metrics import parse_backends
 from airflow_etl_provider.core.retry import RetryPolicy
+from airflow_etl_provider.core.sql import STAGE_METHODS
 from airflow_etl_provider.hooks.parquet import overwrite_parquet
 from airflow_etl_provider.hooks.sources import validate_source
 
@@ -51,7 +52,7 @@ PARQUET_MODES = ("append", "overwrite")
 
 
 TARGET_KEYS = {
-    "postgres": ("type", "conn_id", "table", "mode", "keys", "load_id"),
+    "postgres": ("type", "conn_id", "table", "mode", "keys", "load_id", "stage_method"),
     "parquet": ("type", "path", "mode", "partition_by"),
 }
 
@@ -93,6 +94,10 @@ def validate_target(target: Mapping[str, Any], field: str = "target") -> None:
             raise ConfigError(f"{field}.table", "is required for a postgres target (e.g. 'public.orders')")
         if not isinstance(mode, str) or mode not in POSTGRES_MODES:
             raise ConfigError(f"{field}.mode", "is not a supported load mode", value=mode, allowed=POSTGRES_MODES)
+        stage_method = target.get("stage_method", "copy")
+        if not _templated(stage_method) and stage_method not in STAGE_METHODS:
+            raise ConfigError(f"{field}.stage_method", "is not a staging method (copy: COPY from the executors, "
+                              "the default; jdbc: Spark's JDBC writer)", value=stage_method, allowed=STAGE_METHODS)
         keys = _names(target.get("keys"), f"{field}.keys")
         if mode == "upsert" and not keys:
             raise ConfigError(f"{field}.keys", "is required for mode 'upsert': the business key columns")
@@ -124,7 +129,9 @@ class ResilientSparkLoadOperator(BaseOperator):
         "options": {...}, "schema": "<DDL>"}``, ``{"format": "jdbc", "conn_id": ..., "table"|"query": ...}``
         or ``{"format": "table", "table": ...}``.
     :param target: where to load (templated): ``{"type": "postgres", "conn_id": "postgres_default",
-        "table": "public.orders", "mode": "append"|"overwrite"|"upsert", "keys": [...], "load_id": ...}``
+        "table": "public.orders", "mode": "append"|"overwrite"|"upsert", "keys": [...], "load_id": ...,
+        "stage_method": "copy"|"jdbc"}`` (``copy``, the default, COPYs from the executors, which need ``psycopg``
+        and ``pyarrow``; ``jdbc`` uses Spark's JDBC writer, about twice as slow)
         or ``{"type": "parquet", "path": ..., "mode": "append"|"overwrite", "partition_by": [...]}``
         (overwrite writes a hidden sibling first and swaps it in: a failed write keeps the old data, see
         :func:`overwrite_parquet`).
@@ -463,7 +470,8 @@ class ResilientSparkLoadOperator(BaseOperator):
                                                  if mode == "append" and rc.run_id else None)
         loader = PostgresLoader(SparkPostgresHook(postgres_conn_id=self.target.get("conn_id") or "postgres_default"),
                                 self.target["table"], mode, keys=self.target.get("keys") or (), load_id=load_id,
-                                guard=guard, progress_interval_s=self.progress_interval_s)
+                                guard=guard, progress_interval_s=self.progress_interval_s,
+                                stage_method=self.target.get("stage_method", "copy"))
         expected = data.count()  # the DataFrame is cached: this fills the cache the staging then reads
         outcome = loader.load(data)
         if outcome.records_read != expected:

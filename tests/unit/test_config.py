@@ -390,3 +390,11 @@ def test_parsers_refuse_what_the_fuzzing_found(parse: Any, config: dict[str, Any
 
 def test_a_single_upsert_key_may_be_a_string() -> None:
     validate_target({"type": "postgres", "table": "t", "mode": "upsert", "keys": "id"})
+
+
+def test_postgres_target_stage_method_is_checked_at_parse_time() -> None:
+    message = error_of(validate_target, {"type": "postgres", "table": "t", "stage_method": "bulk"})
+    assert message.startswith("target.stage_method: is not a staging method"), message
+    assert "copy" in message and "jdbc" in message
+    for method in ("copy", "jdbc", "{{ params.stage_method }}"):
+        validate_target({"type": "postgres", "table": "t", "stage_method": method}, "target")

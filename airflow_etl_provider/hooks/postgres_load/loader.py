@@ -60,11 +60,12 @@ class PostgresLoader(_Planning, _Staging, _Merging, _Isolation, _LoadLog):
         none, so there only the rows are logged) and the rows in staging so far (a ``count(*)`` of the
         partitions that committed plus, with COPY, the rows the running COPYs sent; the count runs under a
         statement timeout and is given up, said once, when it takes too long).
-    :param stage_method: ``jdbc`` (default: Spark's JDBC writer) or ``copy`` (COPY from the executors,
-        see the module doc). Measured on 2 cores (``benchmarks/bench_load_postgres.py``, 1M rows, quiet
-        box), COPY staging takes ~3.2 s where JDBC takes ~3.8 s (the whole upsert: 7.0 vs 7.6 s), but
-        the executors need ``psycopg`` and ``pyarrow`` and a session's first COPY load pays ~2 s to start
-        the Python workers; so JDBC stays the default.
+    :param stage_method: ``jdbc`` (default here: Spark's JDBC writer, nothing needed on the executors) or
+        ``copy`` (COPY from the executors, see the module doc; :class:`ResilientSparkLoadOperator`'s default).
+        Measured (``benchmarks/bench_load_postgres.py``, 1M rows, 2 cores), COPY staging costs about half of
+        JDBC staging; the executors' Python needs ``psycopg`` and ``pyarrow`` (``requirements-executor.txt``).
+        Executors without them fail the COPY job with a ``ModuleNotFoundError``; the rows are then staged
+        with JDBC (a warning says so).
     """
 
     def __init__(

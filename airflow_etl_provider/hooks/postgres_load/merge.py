@@ -44,8 +44,15 @@ class _Merging:
     def _merge_in(self, cur: _Counter, plan: _Plan) -> _MergeResult:
         rid = S.q(S.ROW_ID)
         cur.execute("SELECT set_config('work_mem', %s, true)", (self.merge_work_mem,))
-        cur.execute(S.staging_counts_sql(plan.staging, self.keys if self.mode == "upsert" else ()))
+        keys = self.keys if self.mode == "upsert" else ()
+        # The COPY writers reported how many rows they committed: when staging holds exactly that many, no
+        # task attempt wrote its rows twice and the distinct row ids need not be counted.
+        quick = plan.staged_rows is not None
+        cur.execute(S.staging_counts_sql(plan.staging, keys, row_ids=not quick))
         counts = [int(v) for v in cur.fetchone()]
+        if quick and counts[0] != plan.staged_rows:
+            cur.execute(S.staging_counts_sql(plan.staging, keys))
+            counts = [int(v) for v in cur.fetchone()]
         staged, read = counts[0], counts[1]
         # duplicate keys (or row ids) in the batch: the upsert collapses them first, otherwise it need not sort
         dedup = self.mode == "upsert" and (staged != read or counts[2] != counts[3])

@@ -16,7 +16,7 @@ log = logging.getLogger("airflow_etl_provider.hooks.postgres_load")  # one logge
 
 
 MODES = ("append", "overwrite", "upsert")
-STAGE_METHODS = ("copy", "jdbc")
+STAGE_METHODS = S.STAGE_METHODS
 #: psycopg connection parameters the COPY writers never take from the connection's extras.
 WORK_TABLE = "_etl_work"
 #: The durable copy of every committed load's rejected rows until the dead-letter queue confirmed them.

@@ -100,7 +100,25 @@ class _Staging:
         writer = copy_writer(
             self.copy_conn_args(), S.copy_staging_sql(plan.staging, plan.columns), to_utc, binary
         )
-        statuses = staged.mapInArrow(writer, COPY_STATUS_SCHEMA).collect()
+        try:
+            statuses = staged.mapInArrow(writer, COPY_STATUS_SCHEMA).collect()
+        except Exception as err:
+            missing = _missing_executor_module(err)
+            if missing is None:
+                raise
+            # The executors cannot COPY (no psycopg or pyarrow there): JDBC needs nothing from them. Rows some
+            # partitions may have written already are dropped with the staging table first.
+            log.warning(
+                "Staging %s with JDBC: the Spark executors have no %s module, which COPY staging needs "
+                "(install requirements-executor.txt into the executors' Python, or set stage_method='jdbc' "
+                "to skip this attempt)",
+                plan.staging_name,
+                missing,
+            )
+            self._create_staging(plan)
+            plan.stage_method = "jdbc"
+            self._stage_jdbc(df, plan)
+            return
         plan.staged_rows = sum(int(r["rows"]) for r in statuses)
         log.info(
             "Staged %d row(s) into %s with COPY from %d partition(s)",
@@ -117,3 +135,16 @@ class _Staging:
                 conn.cursor().execute(f"DROP TABLE IF EXISTS {plan.staging}, {plan.rejects}")
         except Exception as err:  # never hide the load's own error; the next run with this load id drops it
             log.warning("Could not drop staging table %s: %s", plan.staging_name, err)
+
+
+_EXECUTOR_MODULES = ("psycopg", "pyarrow")
+
+
+def _missing_executor_module(err: BaseException) -> str | None:
+    """The module COPY staging needs that an executor lacked (``psycopg``, ``pyarrow``), if that is what
+    failed the staging job: Spark reports the worker's ``ModuleNotFoundError`` inside its own exception."""
+    text = str(err)
+    for module in _EXECUTOR_MODULES:
+        if f"No module named '{module}'" in text:
+            return module
+    return None
