@@ -384,12 +384,11 @@ def timed(label: str, fn: Any) -> tuple[float, Any]:
     return seconds, result
 
 
-def upsert(spark: Any, hook: Any, parquet: Path, table: str, stage_method: str | None) -> Any:
+def upsert(spark: Any, hook: Any, parquet: Path, table: str, stage_method: str) -> Any:
     from airflow_etl_provider.hooks.postgres_load import PostgresLoader
 
     df = spark.read.parquet(str(parquet))
-    options = {} if stage_method is None else {"stage_method": stage_method}
-    return PostgresLoader(hook, table, "upsert", keys=["order_id"], **options).load(df)
+    return PostgresLoader(hook, table, "upsert", keys=["order_id"], stage_method=stage_method).load(df)
 
 
 def jdbc_append(spark: Any, hook: Any, parquet: Path, table: str) -> None:
@@ -408,8 +407,9 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1_000_000, help="orders to load (default 1000000)")
     parser.add_argument("--poison", default="100,10000",
                         help="comma-separated poison row counts for P4 (default 100,10000)")
-    parser.add_argument("--stage-method", choices=("copy", "jdbc"), default=None,
-                        help="PostgresLoader's staging (default: the loader's own default, copy)")
+    parser.add_argument("--stage-method", choices=("copy", "jdbc"), default="copy",
+                        help="PostgresLoader's staging (default copy: what ResilientSparkLoadOperator uses unless "
+                             "target.stage_method says otherwise)")
     parser.add_argument("--floor", default="merge,on_conflict,update_insert",
                         help="the PostgreSQL-only upserts timed for the floor (default: all three; the floor is the "
                              "fastest of them in each round)")
@@ -532,7 +532,7 @@ def run_round(args: argparse.Namespace, spark: Any, hook: Any, pg: Pg, tag: str,
     pg.drop_all([peer_jdbc])
 
     # ---- ours: clean upsert into a table holding half the keys
-    print(f"ours: PostgresLoader upsert (stage_method={args.stage_method or 'default'}) of {rows:,} rows into a "
+    print(f"ours: PostgresLoader upsert (stage_method={args.stage_method}) of {rows:,} rows into a "
           f"table holding {rows // 2:,} of the keys")
     target = pg.half_keys(src, f"bench_upsert_{tag}")
     ours_s, out = timed("upsert", lambda: upsert(spark, hook, clean, target, args.stage_method))

@@ -2,9 +2,9 @@
 
 ``prepare`` writes a day of orders to Parquet (3 rows break the target's rules: a NULL email, a negative
 amount, a country code that is too long) and makes sure ``public.demo_orders`` exists and already holds
-half of the keys. ``load_orders`` upserts the day: the good rows are applied atomically in one
-transaction, the three bad ones go to the Kafka topic ``example.orders.load.dlq`` with PostgreSQL's own
-error message, and the result (XCom) accounts for every row: read = loaded + dead-lettered.
+half of the keys. ``load_orders`` upserts the day, staged with COPY from the executors (``stage_method:
+copy``): the good rows are applied atomically in one transaction, the three bad ones go to the Kafka topic
+``example.orders.load.dlq`` with PostgreSQL's own error message, and the result (XCom) accounts for every row: read = loaded + dead-lettered.
 """
 
 from __future__ import annotations
@@ -61,8 +61,9 @@ def example_resilient_load() -> None:
     load = ResilientSparkLoadOperator(
         task_id="load_orders",
         source={"format": "parquet", "path": "{{ ti.xcom_pull(task_ids='prepare') }}"},
+        # stage_method copy: COPY from the executors (they need psycopg and pyarrow), about half the staging cost
         target={"type": "postgres", "conn_id": "postgres_default", "table": TABLE, "mode": "upsert",
-                "keys": ["order_id"]},
+                "keys": ["order_id"], "stage_method": "copy"},
         retry={"maxAttempts": 5, "initialDelayMs": 500, "maxDelayMs": 10000, "jitter": True},
         circuit_breaker={"enabled": True, "failureThreshold": 5, "resetTimeoutSeconds": 60},
         dead_letter={"type": "kafka", "conn_id": "kafka_default", "topic": "example.orders.load.dlq"},

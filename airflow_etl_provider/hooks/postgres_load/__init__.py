@@ -33,10 +33,10 @@ How a load runs (:meth:`PostgresLoader.load`):
    ``psycopg`` (3) and ``pyarrow``. A DataFrame with a column COPY cannot render (arrays, maps,
    structs, intervals) is staged with JDBC instead, and so is every row when the executors have no
    ``psycopg`` or ``pyarrow`` (the COPY job fails with ``ModuleNotFoundError``; a warning names the fix).
-   COPY is :class:`~airflow_etl_provider.operators.load.ResilientSparkLoadOperator`'s default
-   (``target.stage_method``): staging 1M rows costs about half of JDBC staging.
-   ``stage_method="jdbc"`` (this class's default: nothing needed on the executors): Spark's JDBC writer
-   appends the rows (batched, rewritten multi-row inserts).
+   Staging 1M rows this way costs about half of JDBC staging (``benchmarks/bench_load_postgres.py``); the
+   load operator takes it as ``target.stage_method``.
+   ``stage_method="jdbc"`` (the default: nothing needed on the executors): Spark's JDBC writer appends the
+   rows (batched, rewritten multi-row inserts).
 3. **Merge**, in ONE transaction: the load-log row is inserted first (``ON CONFLICT DO NOTHING``: a
    concurrent or earlier run with the same load id makes this one a no-op), overwrite deletes the old
    rows, then one set-based statement moves every staged row: ``INSERT ... SELECT``, or for upsert

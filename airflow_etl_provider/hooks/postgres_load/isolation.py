@@ -23,15 +23,18 @@ from airflow_etl_provider.hooks.postgres_load.savepoints import (
 class _Isolation:
     """Row isolation (a part of :class:`PostgresLoader`)."""
 
-    def _isolate(self, cur: _Counter, plan: _Plan) -> tuple[int, int]:
+    def _isolate(self, cur: _Counter, plan: _Plan, dedup: bool = True) -> tuple[int, int]:
         """Apply the staged rows, isolating the bad ones; return (rows applied, rows to apply).
+
+        :param dedup: (upsert) a key occurs more than once in staging, so the screened rows are deduplicated
+            first; ``False`` (every key once) skips that sort of every staged row.
 
         First a set-based screen picks *suspects* (a NULL for a NOT NULL column, a string longer than
         its column, a failing CHECK expression, a dangling foreign key); the other rows go in with one
         statement and each suspect under its own savepoint, so PostgreSQL itself decides and words the
         error. If the screen cannot run or the rest still fails, chunks + bisection apply everything.
         """
-        screened = self._screened(cur, plan)
+        screened = self._screened(cur, plan, dedup)
         if screened is not None:
             return screened
         work = S.q(WORK_TABLE)
@@ -104,12 +107,12 @@ class _Isolation:
                 risky.append(f"({present} AND NOT EXISTS (SELECT 1 FROM {ref} r WHERE {match}))")
         return safe, risky
 
-    def _screened(self, cur: _Counter, plan: _Plan) -> tuple[int, int] | None:
+    def _screened(self, cur: _Counter, plan: _Plan, dedup: bool = True) -> tuple[int, int] | None:
         safe, risky = self._screen_predicates(cur, plan)
         suspect = S.q("_etl_suspect")
         source = (
             S.dedup_source_sql(plan.staging, self.keys)
-            if self.mode == "upsert"
+            if self.mode == "upsert" and dedup
             else f"SELECT s.* FROM {plan.staging} s"
         )
         built = False

@@ -60,8 +60,8 @@ class PostgresLoader(_Planning, _Staging, _Merging, _Isolation, _LoadLog):
         none, so there only the rows are logged) and the rows in staging so far (a ``count(*)`` of the
         partitions that committed plus, with COPY, the rows the running COPYs sent; the count runs under a
         statement timeout and is given up, said once, when it takes too long).
-    :param stage_method: ``jdbc`` (default here: Spark's JDBC writer, nothing needed on the executors) or
-        ``copy`` (COPY from the executors, see the module doc; :class:`ResilientSparkLoadOperator`'s default).
+    :param stage_method: ``jdbc`` (default: Spark's JDBC writer, nothing needed on the executors) or
+        ``copy`` (COPY from the executors, see the module doc; the load operator's ``target.stage_method``).
         Measured (``benchmarks/bench_load_postgres.py``, 1M rows, 2 cores), COPY staging costs about half of
         JDBC staging; the executors' Python needs ``psycopg`` and ``pyarrow`` (``requirements-executor.txt``).
         Executors without them fail the COPY job with a ``ModuleNotFoundError``; the rows are then staged

@@ -103,7 +103,7 @@ class _Merging:
                 self.chunk_rows,
             )
             isolated = True
-            applied, deduped = self._isolate(cur, plan)
+            applied, deduped = self._isolate(cur, plan, dedup)
         cur.execute(f"SELECT count(*) FROM {plan.rejects}")
         rejected_winners = int(cur.fetchone()[0])
         rejected_superseded = 0
