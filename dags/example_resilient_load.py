@@ -4,7 +4,8 @@
 amount, a country code that is too long) and makes sure ``public.demo_orders`` exists and already holds
 half of the keys. ``load_orders`` upserts the day, staged with COPY from the executors (``stage_method:
 copy``): the good rows are applied atomically in one transaction, the three bad ones go to the Kafka topic
-``example.orders.load.dlq`` with PostgreSQL's own error message, and the result (XCom) accounts for every row: read = loaded + dead-lettered.
+``example.orders.load.dlq`` with PostgreSQL's own error message, and the result (XCom) accounts for every
+row: read = loaded + dead-lettered.
 """
 
 from __future__ import annotations
