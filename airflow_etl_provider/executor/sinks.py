@@ -175,7 +175,12 @@ class KafkaSink(DeadLetterSink):
             # Fetch the topic's metadata now so that an unreachable broker fails here, early. (A new producer's
             # first batch still pays ~0.5 s: librdkafka's idempotent producer asks for its producer id on a
             # fixed 500 ms timer after start; create the hook's sink early to overlap it with other work.)
-            producer.list_topics(self.topic, timeout=self._message_timeout_s())
+            try:
+                producer.list_topics(self.topic, timeout=self._message_timeout_s())
+            except Exception:
+                if _SHARED_PRODUCERS.get(key) is producer:  # an early one (connect_early): not kept either
+                    del _SHARED_PRODUCERS[key]
+                raise
             _SHARED_PRODUCERS[key] = self._producer = producer
         return self._producer
 
