@@ -3,12 +3,14 @@
 :func:`~airflow_etl_provider.executor.dead_letter.partition_publisher` receives the failed rows of a
 partition as Arrow record batches. Building one :class:`~airflow_etl_provider.core.envelope.DeadLetterEnvelope`
 per row (``to_pylist``, :func:`~airflow_etl_provider.core.envelope.build_envelope`, ``dataclasses.replace``,
-then ``to_json``, ``kafka_key`` and ``kafka_headers``) cost ~4x more CPU than producing and confirming the
-messages (``benchmarks/bench_dlq_kafka.py``). :class:`KafkaMessageBuilder` produces the same three things
-(key, value, headers), **byte for byte**, without the envelope objects:
+then ``to_json``, ``kafka_key`` and ``kafka_headers``) was ~90% of publishing 100k rejected rows
+(``benchmarks/bench_dlq_kafka.py``: 24 s, of which ~2 s producing). :class:`KafkaMessageBuilder` produces the
+same three things (key, value, headers), **byte for byte**, without the envelope objects:
 
 * each column is converted to JSON-native values once, column-wise (``Decimal`` of scale 0-6 by Arrow's
-  cast to string, which writes what ``str(Decimal)`` writes; timestamps and dates with ``isoformat``);
+  cast to string, which writes what ``str(Decimal)`` writes; UTC and naive timestamps from their integer
+  parts, not from datetime objects); the records of a batch are serialised with one ``orjson.dumps`` of the
+  list, cut at ``},{`` (checked by counting: a value holding ``},{`` sends the batch row by row);
 * every field that is the same for the whole partition (timestamp, pipeline, stage, run, task, try, source,
   target, the empty context...) is serialised once into a ``bytes`` template; per row only the record,
   the error message, class, rules, key and id are filled in;
@@ -17,9 +19,10 @@ messages (``benchmarks/bench_dlq_kafka.py``). :class:`KafkaMessageBuilder` produ
   instead of serialising the record a second time with ``json``;
 * the Kafka headers that do not change within the partition are encoded once.
 
-Rows or batches it does not handle (a location or context column, ids without the run, an error column that
-is not a string, a value orjson refuses) take the generic path, which gives the same bytes more slowly.
-``tests/unit/test_arrow_envelopes.py`` checks the equality on tricky values.
+Floating-point and nested columns are serialised row by row (their canonical JSON for the id comes from the
+standard library). Partitions it does not handle (a location or context column, ids without the run: the
+streaming late rows) and batches whose error or error-class column is not a string keep the row-by-row
+envelope path. ``tests/unit/test_arrow_envelopes.py`` checks the equality on tricky values.
 
 Executor-side code: no Airflow (see :mod:`airflow_etl_provider.executor`).
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -212,3 +213,73 @@ def test_messages_of_many_rows_and_their_envelopes_round_trip() -> None:
     assert [env.to_json().encode() for env in envelopes] == messages.values
     assert [kafka_key(env) for env in envelopes] == messages.keys
     assert [kafka_headers(env) for env in envelopes] == messages.headers
+
+
+class FakeProducer:
+    """A producer whose broker refuses the messages whose value holds ``refuse``, and confirms the others at
+    the next ``poll``."""
+
+    def __init__(self, refuse: bytes) -> None:
+        self.refuse = refuse
+        self.queue: list[tuple[Any, Any]] = []
+        self.confirmed: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = []
+
+    def produce(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]],
+                on_delivery: Any) -> None:
+        self.queue.append((on_delivery, (key, value, headers)))
+
+    def poll(self, _timeout: float = 0) -> int:
+        queue, self.queue = self.queue, []
+        for callback, (key, value, headers) in queue:
+            refused = self.refuse in value
+            if not refused:
+                self.confirmed.append((key, value, headers))
+            callback("MSG_SIZE_TOO_LARGE" if refused else None, FakeMessage(value))
+        return len(queue)
+
+    def flush(self, _timeout: float = 0) -> int:
+        self.poll()
+        return 0
+
+
+@dataclasses.dataclass
+class FakeMessage:
+    payload: bytes
+
+    def value(self) -> bytes:
+        return self.payload
+
+
+def test_the_kafka_partition_path_confirms_every_message_and_spools_only_the_refused(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """partition_publisher with a Kafka sink: column-wise messages, several batches in flight; the messages
+    the broker refuses are retried one by one, then spooled as their envelopes; the others are confirmed."""
+    from airflow_etl_provider.core.retry import RetryPolicy
+    from airflow_etl_provider.executor.dead_letter import partition_publisher, read_spool
+    from airflow_etl_provider.executor.sinks import KafkaSink
+
+    producer = FakeProducer(refuse=b'"note":"too big"')
+    sink = KafkaSink(topic="dlq", producer_config={"bootstrap.servers": "127.0.0.1:9"},
+                     retry=RetryPolicy(max_attempts=2, initial_delay_s=0.001, jitter="none"))
+    monkeypatch.setattr(KafkaSink, "_get_producer", lambda self: producer)
+    monkeypatch.setattr(KafkaSink, "connect_early", lambda self: None)
+    n = 2500
+    batch = pa.RecordBatch.from_pydict({
+        "order_id": pa.array(range(n), pa.int64()),
+        "note": pa.array(["too big" if i in (7, 1500) else f"row {i}" for i in range(n)]),
+        ERROR_COLUMN: pa.array([f"failed {i}" for i in range(n)]),
+    })
+    fn = partition_publisher(sink, spool_dir=str(tmp_path), batch_prefix="run-t1", pipeline_id="orders",
+                             run_context=RUN, stage="load", key_columns=["order_id"], source="s3://raw/o",
+                             target="etl.orders", batch_size=1000)
+    status = [s for out in fn(iter([batch.slice(0, 1200), batch.slice(1200)])) for s in out.to_pylist()]
+    assert len(status) == 1
+    assert (status[0]["delivered"], status[0]["spooled"]) == (n - 2, 2)
+    assert len(status[0]["batch_latencies_s"]) == 4  # 1000 + 200 + 1000 + 300 rows
+
+    timestamp = json.loads(producer.confirmed[0][1])["timestamp"]
+    now = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    expected = reference(batch, now=now)
+    assert sorted(producer.confirmed) == sorted(m for m in expected if b"too big" not in m[1])
+    spooled = list(read_spool(status[0]["spool_path"].split(",")))
+    assert sorted(env.to_json().encode() for env in spooled) == sorted(m[1] for m in expected if b"too big" in m[1])
