@@ -17,7 +17,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +33,7 @@ from airflow_etl_provider.core.envelope import (
     run_independent_id,
 )
 from airflow_etl_provider.core.errors import DeadLetterUnavailableError
+from airflow_etl_provider.executor.arrow_envelopes import KafkaMessageBuilder, KafkaMessages, envelopes_of
 from airflow_etl_provider.executor.sinks import (  # noqa: F401 - the sinks are part of this module's interface
     DeadLetterSink,
     FileSink,
@@ -64,7 +67,11 @@ def default_spool_dir() -> str:
     return os.path.join(os.getcwd(), ".local", "dlq-spool")
 
 #: The status row each partition of :func:`partition_publisher` returns (the only data that reaches the driver).
-STATUS_SCHEMA = "partition INT, delivered LONG, spooled LONG, spool_path STRING, error STRING, location STRING"
+STATUS_SCHEMA = ("partition INT, delivered LONG, spooled LONG, spool_path STRING, error STRING, location STRING, "
+                 "batch_latencies_s ARRAY<DOUBLE>")
+
+#: Kafka batches of a partition waiting for their acks while the next ones are built and produced
+MAX_IN_FLIGHT = 4
 
 
 @dataclass
@@ -197,6 +204,9 @@ def partition_publisher(
     """
     keys = tuple(key_columns)
     locations, contexts = tuple(location_columns), tuple(context_columns)
+    # Kafka rows without location or context columns take the column-wise path (arrow_envelopes): the same
+    # messages, byte for byte, without an envelope object per row.
+    column_wise = isinstance(sink, KafkaSink) and not locations and not contexts and not run_independent_ids
 
     def publish_partition(batches: Iterator[Any]) -> Iterator[Any]:
         import pyarrow as pa
@@ -207,13 +217,64 @@ def partition_publisher(
         now = datetime.now(UTC)
         res, n = PublishResult(), 0
         pending: list[DeadLetterEnvelope] = []
+        in_flight: deque[tuple[InFlightBatch, str]] = deque()
+        builder = None
+        if column_wise:
+            builder = KafkaMessageBuilder(
+                stage=stage, pipeline_id=pipeline_id, run_context=run_context, key_columns=keys, source=source,
+                target=target, default_error=default_error, now=now, error_column=ERROR_COLUMN,
+                error_class_column=ERROR_CLASS_COLUMN, rules_column=FAILED_RULES_COLUMN,
+            )
+            sink.connect_early()  # type: ignore[attr-defined]
+
+        def next_batch_id() -> str:
+            nonlocal n
+            n += 1
+            return f"{batch_prefix}-p{pid:05d}-b{n - 1:05d}"
 
         def flush() -> None:
-            nonlocal pending, n
-            res.merge(deliver_or_spool(sink, pending, f"{batch_prefix}-p{pid:05d}-b{n:05d}", spool_dir))
-            pending, n = [], n + 1
+            nonlocal pending
+            t0 = time.monotonic()
+            res.merge(deliver_or_spool(sink, pending, next_batch_id(), spool_dir))
+            res.batch_latencies_s.append(time.monotonic() - t0)
+            pending = []
+
+        def settle(started: InFlightBatch, batch_id: str) -> None:
+            # every message confirmed or failed; the failed ones take deliver_or_spool's retries, then the spool
+            undelivered = sink.finish(started)  # type: ignore[attr-defined]
+            if started.latency_s is not None:
+                res.batch_latencies_s.append(started.latency_s)
+            delivered = len(started.payloads) - len(undelivered)
+            res.merge(PublishResult(delivered=delivered, locations=[f"kafka://{sink.topic}"] if delivered else []))  # type: ignore[attr-defined]
+            if undelivered:
+                res.merge(deliver_or_spool(sink, undelivered, batch_id, spool_dir))
+
+        def send(messages: KafkaMessages) -> None:
+            # Up to MAX_IN_FLIGHT batches wait for their acks while the next ones are built and produced;
+            # each is settled as soon as its last report is in, and all of them before the partition returns.
+            batch_id = next_batch_id()
+            try:
+                started = sink.start_messages(messages.keys, messages.values, messages.headers)  # type: ignore[attr-defined]
+            except Exception:  # the producer cannot even start (broker unreachable): retry, then spool
+                while in_flight:
+                    settle(*in_flight.popleft())
+                res.merge(deliver_or_spool(sink, envelopes_of(messages.values), batch_id, spool_dir))
+                return
+            in_flight.append((started, batch_id))
+            while in_flight and (len(in_flight) > MAX_IN_FLIGHT or in_flight[0][0].done):
+                settle(*in_flight.popleft())
 
         for batch in batches:
+            if builder is not None and builder.handles(batch.schema):
+                # built chunk by chunk, right before it is produced, after serving the delivery reports that came
+                # in meanwhile: a confirmed batch is settled (and its latency taken) before the next is built
+                for start in range(0, batch.num_rows, batch_size):
+                    if in_flight:
+                        sink.serve_delivery_reports()  # type: ignore[attr-defined]
+                        while in_flight and in_flight[0][0].done:
+                            settle(*in_flight.popleft())
+                    send(builder.messages(batch.slice(start, batch_size)))
+                continue
             for row in batch.to_pylist():
                 error = row.pop(ERROR_COLUMN, None) or default_error
                 error_class = row.pop(ERROR_CLASS_COLUMN, None)
@@ -232,16 +293,20 @@ def partition_publisher(
                 pending.append(env)
                 if len(pending) >= batch_size:
                     flush()
+        while in_flight:
+            settle(*in_flight.popleft())
         if pending:
             flush()
         sink.close()
         status_schema = pa.schema([("partition", pa.int32()), ("delivered", pa.int64()), ("spooled", pa.int64()),
-                                   ("spool_path", pa.string()), ("error", pa.string()), ("location", pa.string())])
+                                   ("spool_path", pa.string()), ("error", pa.string()), ("location", pa.string()),
+                                   ("batch_latencies_s", pa.list_(pa.float64()))])
         yield pa.RecordBatch.from_pylist(
             [{"partition": pid, "delivered": res.delivered, "spooled": res.spooled,
               "spool_path": ",".join(res.spool_paths) or None,
               "error": res.errors[0] if res.errors else None,
-              "location": ",".join(res.locations) or None}],
+              "location": ",".join(res.locations) or None,
+              "batch_latencies_s": res.batch_latencies_s}],
             schema=status_schema,
         )
 
@@ -257,6 +322,7 @@ def result_from_statuses(statuses: Iterable[Any]) -> PublishResult:
             locations=(st["location"] or "").split(",") if st["location"] else [],
             spool_paths=st["spool_path"].split(",") if st["spool_path"] else [],
             errors=[st["error"]] if st["error"] else [],
+            batch_latencies_s=list(st["batch_latencies_s"] or []),
         ))
     return result
 

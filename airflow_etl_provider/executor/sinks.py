@@ -70,12 +70,28 @@ class DeadLetterSink(ABC):
 class InFlightBatch:
     """A Kafka batch produced and not yet confirmed (:meth:`KafkaSink.start` / :meth:`KafkaSink.finish`)."""
 
-    envelopes: Sequence[DeadLetterEnvelope]
+    envelopes: Sequence[DeadLetterEnvelope] | None
     payloads: list[bytes]
     delivered: int = 0
     failed: list[bytes] = field(default_factory=list)
     started_at: float = field(default_factory=time.monotonic)
     completed_at: float | None = None
+
+    @property
+    def done(self) -> bool:
+        """Whether every message has its delivery report."""
+        return self.delivered + len(self.failed) == len(self.payloads)
+
+    def envelopes_at(self, indices: Sequence[int]) -> list[DeadLetterEnvelope]:
+        """The envelopes of the messages at ``indices`` (rebuilt from their JSON when the batch was started
+        from built messages)."""
+        if self.envelopes is not None:
+            return [self.envelopes[i] for i in indices]
+        return [DeadLetterEnvelope.from_json(self.payloads[i]) for i in indices]
+
+    def all_envelopes(self) -> list[DeadLetterEnvelope]:
+        """Every envelope of the batch."""
+        return self.envelopes_at(range(len(self.payloads)))
 
     @property
     def latency_s(self) -> float | None:
@@ -159,9 +175,29 @@ class KafkaSink(DeadLetterSink):
             # Fetch the topic's metadata now so that an unreachable broker fails here, early. (A new producer's
             # first batch still pays ~0.5 s: librdkafka's idempotent producer asks for its producer id on a
             # fixed 500 ms timer after start; create the hook's sink early to overlap it with other work.)
-            producer.list_topics(self.topic, timeout=self._message_timeout_s())
+            try:
+                producer.list_topics(self.topic, timeout=self._message_timeout_s())
+            except Exception:
+                if _SHARED_PRODUCERS.get(key) is producer:  # an early one (connect_early): not kept either
+                    del _SHARED_PRODUCERS[key]
+                raise
             _SHARED_PRODUCERS[key] = self._producer = producer
         return self._producer
+
+    def connect_early(self) -> None:
+        """Create the producer now, without waiting for anything, so that its start (the idempotent producer's
+        id comes after ~0.5 s) overlaps with building the first batch. Errors surface at the first
+        :meth:`start`, where they take the retry and spool path: a producer the config does not allow is
+        created (and refused) again there."""
+        if self._producer is None:
+            key = self._shared_key()
+            if key not in _SHARED_PRODUCERS:
+                from confluent_kafka import KafkaException, Producer
+
+                try:
+                    _SHARED_PRODUCERS[key] = Producer(self._config())
+                except KafkaException as err:
+                    log.debug("DLQ %s: no early producer (%s); the first batch creates it", self.description, err)
 
     def _discard_producer(self) -> None:
         """Never reuse a producer that failed a delivery (it may be fenced or in a fatal state)."""
@@ -190,8 +226,30 @@ class KafkaSink(DeadLetterSink):
         callback per message, it was the p99 batch).
         """
         producer = self._get_producer()
-        produce, topic = producer.produce, self.topic
         batch = InFlightBatch(envelopes=envelopes, payloads=[env.to_json().encode() for env in envelopes])
+        self._produce(producer, batch, [kafka_key(env) for env in envelopes], [kafka_headers(env) for env in envelopes])
+        return batch
+
+    def start_messages(self, keys: Sequence[bytes], values: Sequence[bytes],
+                       headers: Sequence[list[tuple[str, bytes]]]) -> InFlightBatch:
+        """:meth:`start` for messages already built (keys, values and headers, as
+        :class:`~airflow_etl_provider.executor.arrow_envelopes.KafkaMessageBuilder` builds them from Arrow rows):
+        the batch holds no envelope objects; :meth:`finish` rebuilds only those of failed messages from their
+        JSON.
+
+        :param keys: the message keys.
+        :param values: the envelopes' JSON.
+        :param headers: the messages' headers.
+        """
+        producer = self._get_producer()
+        batch = InFlightBatch(envelopes=None, payloads=list(values))
+        self._produce(producer, batch, keys, headers)
+        return batch
+
+    def _produce(self, producer: Any, batch: InFlightBatch, keys: Sequence[bytes],
+                 headers: Sequence[list[tuple[str, bytes]]]) -> None:
+        produce, topic, payloads, poll_every = producer.produce, self.topic, batch.payloads, self.POLL_EVERY
+        n = len(payloads)
 
         def on_delivery(err: Any, msg: Any) -> None:
             if err is None:
@@ -199,20 +257,24 @@ class KafkaSink(DeadLetterSink):
             else:
                 batch.failed.append(msg.value())
                 self.last_error = str(err)
-            if batch.delivered + len(batch.failed) == len(batch.payloads):
+            if batch.delivered + len(batch.failed) == n:
                 batch.completed_at = time.monotonic()
 
-        for i, (env, payload) in enumerate(zip(envelopes, batch.payloads, strict=True)):
+        batch.started_at = time.monotonic()
+        for i, (key, payload, message_headers) in enumerate(zip(keys, payloads, headers, strict=True)):
             while True:
                 try:
-                    produce(topic, key=kafka_key(env), value=payload, headers=kafka_headers(env),
-                            on_delivery=on_delivery)
+                    produce(topic, key=key, value=payload, headers=message_headers, on_delivery=on_delivery)
                     break
                 except BufferError:  # local queue full: serve delivery reports, then try again
                     producer.poll(0.1)
-            if i % self.POLL_EVERY == self.POLL_EVERY - 1:  # serve delivery reports now and then
+            if i % poll_every == poll_every - 1:  # serve delivery reports now and then
                 producer.poll(0)
-        return batch
+
+    def serve_delivery_reports(self) -> None:
+        """Run the delivery callbacks of the reports that have arrived, without waiting."""
+        if self._producer is not None:
+            self._producer.poll(0)
 
     def finish(self, batch: InFlightBatch) -> list[DeadLetterEnvelope]:
         """Wait for every delivery report of a started batch; return the envelopes whose delivery failed.
@@ -232,14 +294,14 @@ class KafkaSink(DeadLetterSink):
         if batch.delivered + len(batch.failed) < n:
             log.warning("DLQ %s: %d of %d messages got no delivery report; resending the batch",
                         self.description, n - batch.delivered - len(batch.failed), n)
-            return list(batch.envelopes)
+            return batch.all_envelopes()
         remaining = Counter(batch.failed)
-        undelivered = []
-        for env, payload in zip(batch.envelopes, batch.payloads, strict=True):
+        failed = []
+        for i, payload in enumerate(batch.payloads):
             if remaining[payload] > 0:
                 remaining[payload] -= 1
-                undelivered.append(env)
-        return undelivered
+                failed.append(i)
+        return batch.envelopes_at(failed)
 
     #: On a retry, at most this many failed messages are re-sent one by one (one record batch each).
     ISOLATE_MAX = 200

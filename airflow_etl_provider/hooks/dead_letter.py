@@ -181,7 +181,7 @@ class DeadLetterHook(BaseHook):
             undelivered = sink.finish(started)  # type: ignore[attr-defined]
             if started.latency_s is not None:
                 result.batch_latencies_s.append(started.latency_s)
-            result.merge(PublishResult(delivered=len(started.envelopes) - len(undelivered),
+            result.merge(PublishResult(delivered=len(started.payloads) - len(undelivered),
                                        locations=[f"kafka://{sink.topic}"]))  # type: ignore[attr-defined]
             if undelivered:
                 result.merge(deliver_or_spool(sink, undelivered, batch_id, self.spool_dir))
