@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The physical floor of an upsert on this machine, with psql alone (no Spark, no Python, no loader):
 # what PostgreSQL itself needs to upsert the benchmark's orders into a table holding half the keys,
-# next to the P3 peer (COPY of the same CSV into an empty table). See bench_load_postgres.py.
+# next to COPY of the same CSV into an empty table. bench_load_postgres.py measures the same floor (merge,
+# on_conflict, update_insert) in the same run as ours, with psycopg; this script is the psql-only cross-check
+# and adds copy_new_half / update_half.
 #
-#   copy_peer      COPY the CSV into an empty table (PRIMARY KEY, CHECK, NOT NULL): the P3 peer
+#   copy_peer      COPY the CSV into an empty table (PRIMARY KEY, CHECK, NOT NULL)
 #   stage_copy     COPY the CSV into an UNLOGGED staging table without constraints (like the loader's)
 #   on_conflict    INSERT INTO target SELECT * FROM staging ON CONFLICT (order_id) DO UPDATE SET ...
 #   merge          MERGE INTO target USING staging ON order_id ... UPDATE / INSERT

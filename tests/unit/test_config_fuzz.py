@@ -31,7 +31,7 @@ from airflow_etl_provider.core.errors import ConfigError
 from airflow_etl_provider.core.retry import RetryPolicy
 from airflow_etl_provider.core.rules import CONDITION_KEYS, parse_rules
 from airflow_etl_provider.core.rules.models import _MODELS
-from airflow_etl_provider.core.streaming import validate_streaming
+from airflow_etl_provider.core.streaming import SINK_KEYS, SOURCE_KEYS, validate_streaming
 from airflow_etl_provider.hooks.sources import validate_source
 from airflow_etl_provider.operators.load import validate_target
 
@@ -546,7 +546,11 @@ STREAMING_TYPOS = [(s, _strict(s, free=("aggregations",))) for s in STREAMING_SE
 @FUZZ
 @given(
     typo_case(
-        [(s, [p for p in paths if p]) for s, paths in STREAMING_TYPOS], KNOWN_KEYS | set(STREAMING_SEEDS[0])
+        [(s, [p for p in paths if p]) for s, paths in STREAMING_TYPOS],
+        # a typo must be a name no parser knows: not another window, source or sink setting either ("type"
+        # misspelt into "gap" is a session window's gap, not a typo)
+        KNOWN_KEYS | set(STREAMING_SEEDS[0]) | {"duration", "slide", "gap"}
+        | {k for keys in (*SOURCE_KEYS.values(), *SINK_KEYS.values()) for k in keys},
     )
 )
 def test_streaming_config_refuses_a_misspelt_key_naming_it(case: Any) -> None:
