@@ -22,8 +22,7 @@ def cur() -> Iterator[object]:
     conn.close()
 
 
-def _load(spark, table: str, in_server: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[object, dict[int, tuple]]:
-    monkeypatch.setattr(PostgresLoader, "apply_in_server", in_server)
+def _load(spark, table: str, in_server: bool) -> tuple[object, dict[int, tuple]]:
     rows = [(i, f"n{i}", 1 + i % 5, i % 3 + 1, "ab") for i in range(1, 301)]
     rows[10] = (11, None, 1, 1, "ab")        # NOT NULL
     rows[20] = (21, "n21", -4, 1, "ab")      # CHECK
@@ -31,13 +30,15 @@ def _load(spark, table: str, in_server: bool, monkeypatch: pytest.MonkeyPatch) -
     rows[40] = (41, "n41", 1, 1, "abcdef")   # too long for varchar(4)
     rows[50] = (51, "n51", 0, 2, "abcd")     # CHECK again
     df = spark.createDataFrame(rows, "id INT, name STRING, qty INT, cat_id INT, code STRING")
-    out = PostgresLoader(SparkPostgresHook(postgres_conn_id="postgres_default"), table, "upsert", keys=["id"],
-                         stage_method="copy").load(df)
+    loader = PostgresLoader(SparkPostgresHook(postgres_conn_id="postgres_default"), table, "upsert", keys=["id"],
+                            stage_method="copy")
+    loader.apply_in_server = in_server  # the path to compare: both run against the real PostgreSQL
+    out = loader.load(df)
     rejected = {r["id"]: (r["_etl_error"], r["_etl_error_class"]) for r in out.rejected.collect()}
     return out, rejected
 
 
-def test_suspects_applied_in_the_server_match_the_savepoint_path(spark, cur, monkeypatch) -> None:
+def test_suspects_applied_in_the_server_match_the_savepoint_path(spark, cur) -> None:
     tag = uuid.uuid4().hex[:8]
     cats, table = f"lsc_{tag}", f"lss_{tag}"
     cur.execute(f"CREATE TABLE {cats} (id int PRIMARY KEY)")
@@ -45,11 +46,11 @@ def test_suspects_applied_in_the_server_match_the_savepoint_path(spark, cur, mon
     cur.execute(f"""CREATE TABLE {table} (id int PRIMARY KEY, name text NOT NULL, qty int CHECK (qty > 0),
                     cat_id int REFERENCES {cats}, code varchar(4))""")
     try:
-        per_row, per_row_rejected = _load(spark, table, False, monkeypatch)
+        per_row, per_row_rejected = _load(spark, table, False)
         cur.execute(f"SELECT * FROM {table} ORDER BY id")
         per_row_target = cur.fetchall()
         cur.execute(f"TRUNCATE {table}")
-        in_server, in_server_rejected = _load(spark, table, True, monkeypatch)
+        in_server, in_server_rejected = _load(spark, table, True)
         cur.execute(f"SELECT * FROM {table} ORDER BY id")
         in_server_target = cur.fetchall()
     finally:

@@ -16,6 +16,7 @@ from airflow_etl_provider.hooks.postgres_load.savepoints import (
     _Counter,
     _in_savepoint,
     error_class,
+    error_class_name,
     error_message,
 )
 
@@ -194,7 +195,7 @@ class _Isolation:
     ) -> tuple[int, list[tuple[int, str, str]]] | None:
         """Apply each suspect row with ``one`` (its row id as the one parameter) in its own subtransaction,
         all in one call; return (rows applied, [(row id, message, error class)]) -- the same messages and
-        classes psycopg 3 reports for the same statements (``tests/integration/test_postgres_load.py``) -- or
+        classes psycopg 3 reports for the same statements (``tests/integration/test_suspect_rows_in_server.py``) -- or
         ``None`` when this cannot run here (psycopg 2, no PL/pgSQL): then the caller applies them one by one."""
         driver = type(cur.cursor).__module__.split(".")[0]
         if not self.apply_in_server or driver != "psycopg":
@@ -224,8 +225,7 @@ class _Isolation:
                 cls = psycopg.errors.lookup(state)
             except KeyError:  # a code psycopg does not know: the class it would raise for it
                 cls = psycopg.errors.DataError if state.startswith("22") else psycopg.errors.IntegrityError
-            message = S.server_error_message(message, detail, hint)
-            bad.append((int(row_id), message, f"{cls.__module__}.{cls.__qualname__}"))
+            bad.append((int(row_id), S.server_error_message(message, detail, hint), error_class_name(cls)))
         return applied, bad
 
     def _apply_range(self, cur: _Counter, sql: str, lo: int, hi: int, bad: list[tuple[str, str, int]]) -> int:

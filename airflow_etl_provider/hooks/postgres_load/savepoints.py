@@ -53,7 +53,11 @@ def _in_savepoint(cur: _Counter, name: str, sql: str, params: Sequence[Any] | No
 
 def error_class(exc: BaseException) -> str:
     """``module.QualName`` of a driver error, e.g. ``psycopg.errors.NotNullViolation``."""
-    cls = type(exc)
+    return error_class_name(type(exc))
+
+
+def error_class_name(cls: type) -> str:
+    """``module.QualName`` of a driver error class (what :func:`error_class` reports for its instances)."""
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
