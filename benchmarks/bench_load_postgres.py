@@ -112,9 +112,11 @@ and UPDATE of only the existing half.)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import statistics
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -357,8 +359,8 @@ class PgMemory:
         self.root = next((p for p in psutil.process_iter(["name", "cmdline"]) if p.info["name"] == "postgres"
                           and f"-p {port} " in " ".join(p.info["cmdline"] or ()) + " "), None)
         self.peak_sum = self.peak_one = 0.0
-        self._stop = __import__("threading").Event()
-        self._thread = __import__("threading").Thread(target=self._run, daemon=True)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> PgMemory:
         if self.root is not None:
@@ -376,7 +378,7 @@ class PgMemory:
                 procs = [self.root, *self.root.children()]
                 sizes = []
                 for proc in procs:
-                    with __import__("contextlib").suppress(self.psutil.Error):
+                    with contextlib.suppress(self.psutil.Error):
                         sizes.append(proc.memory_info().rss / 2**20)
             except self.psutil.Error:
                 continue
@@ -407,7 +409,7 @@ def jvm_pids(spark: Any) -> tuple[int | None, list[int]]:
         pid = kids[0].pid if kids else None
     workers: list[int] = []
     if pid is not None:
-        with __import__("contextlib").suppress(psutil.Error):
+        with contextlib.suppress(psutil.Error):
             workers = [p.pid for p in psutil.Process(pid).children(recursive=True)]
     return pid, workers
 
