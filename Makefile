@@ -13,7 +13,7 @@ LOCAL := $(ROOT)/.local
 PYTHON ?= python3
 STACK := $(ROOT)/scripts/stack.sh
 
-.PHONY: help setup system-deps venv executor-venv jars kafka-jars spark-jars services-up services-down services-status \
+.PHONY: help setup system-deps venv executor-venv jars kafka-jars spark-jars jvm-jar services-up services-down services-status \
         airflow-up airflow-down e2e \
         airflow-db test unit integration demo lint typecheck bench constraints clean distclean
 
@@ -21,14 +21,14 @@ help:
 	@echo "make demo | make test | make airflow-up | make airflow-down | make services-up | make services-down | make services-status | make bench | make lint"
 
 # ------------------------------------------------------------------ set-up (idempotent, cached)
-setup: system-deps venv executor-venv jars
+setup: system-deps venv executor-venv jars jvm-jar
 
 system-deps: $(LOCAL)/.system-deps
 $(LOCAL)/.system-deps: Makefile
 	@mkdir -p $(LOCAL)
 	@echo "[setup] checking Debian packages (PostgreSQL, Pushgateway, JDK, Maven, curl, Chromium for the report test)"
 	@missing=""; \
-	 for p in postgresql prometheus-pushgateway openjdk-17-jre-headless maven curl chromium; do \
+	 for p in postgresql prometheus-pushgateway openjdk-17-jdk-headless maven curl chromium; do \
 	   dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	 if [ -n "$$missing" ]; then \
 	   echo "[setup] apt-get install$$missing"; \
@@ -82,6 +82,19 @@ $(LOCAL)/jars/.fetched: build/maven/spark-pom.xml
 	@mvn -q -B -f build/maven/spark-pom.xml dependency:copy-dependencies -DexcludeTransitive=true \
 	    -DoutputDirectory=$(LOCAL)/jars
 	@touch $@
+
+# The COPY staging writer on Spark's JVM side (jvm/src): compiled against PySpark's own jars and the PostgreSQL
+# JDBC driver (nothing downloaded), into .local/jars, which the stack puts on spark.jars.
+JVM_SOURCES := $(shell find $(ROOT)/jvm/src -name '*.java' 2>/dev/null)
+JVM_JAR := $(LOCAL)/jars/airflow-etl-jvm.jar
+jvm-jar: $(JVM_JAR)
+$(JVM_JAR): $(JVM_SOURCES) $(LOCAL)/jars/.fetched $(VENV)/.installed
+	@echo "[setup] compiling the JVM COPY writer: $(JVM_JAR)"
+	@rm -rf $(LOCAL)/jvm-classes && mkdir -p $(LOCAL)/jvm-classes
+	@spark_jars=$$($(PY) -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "jars"))'); \
+	 javac -nowarn --release 17 -d $(LOCAL)/jvm-classes \
+	    -cp "$$spark_jars/*:$$(ls $(LOCAL)/jars/postgresql-*.jar | head -1)" $(JVM_SOURCES)
+	@jar cf $@.tmp -C $(LOCAL)/jvm-classes . && mv $@.tmp $@
 
 # ------------------------------------------------------------------ the local stack
 services-up: setup

@@ -20,6 +20,7 @@ from airflow_etl_provider.hooks.postgres_load.model import (
     NONE,
     PENDING,
     REJECT_STORE_TABLE,
+    COPY_WRITERS,
     STAGE_METHODS,
     LoadOutcome,
     _Plan,
@@ -66,6 +67,11 @@ class PostgresLoader(_Planning, _Staging, _Merging, _Isolation, _LoadLog):
         JDBC staging; the executors' Python needs ``psycopg`` and ``pyarrow`` (``requirements-executor.txt``).
         Executors without them fail the COPY job with a ``ModuleNotFoundError``; the rows are then staged
         with JDBC (a warning says so).
+    :param copy_writer: with ``stage_method="copy"``, who renders and sends the rows: ``jvm`` (Spark's JVM,
+        PgJDBC's ``CopyManager``: the fastest, a classic session with ``airflow-etl-jvm.jar`` on
+        ``spark.jars``), ``python`` (the executors' Python workers through Arrow and psycopg; also on
+        Spark Connect) or ``auto`` (default): ``jvm`` where it can run, else ``python`` (logged with the
+        reason). The same rows and text either way (:mod:`~airflow_etl_provider.hooks.postgres_load.jvm_copy`).
     """
 
     def __init__(
@@ -86,6 +92,7 @@ class PostgresLoader(_Planning, _Staging, _Merging, _Isolation, _LoadLog):
         stage_method: Literal["copy", "jdbc"] = "jdbc",
         reject_store: str = REJECT_STORE_TABLE,
         progress_interval_s: float | None = 30.0,
+        copy_writer: Literal["auto", "jvm", "python"] = "auto",
     ) -> None:
         if mode not in MODES:
             raise ConfigError("mode", "is not a load mode", value=mode, allowed=MODES)
@@ -115,6 +122,9 @@ class PostgresLoader(_Planning, _Staging, _Merging, _Isolation, _LoadLog):
         if stage_method not in STAGE_METHODS:
             raise ConfigError("stage_method", "is not known", value=stage_method, allowed=STAGE_METHODS)
         self.stage_method = stage_method
+        if copy_writer not in COPY_WRITERS:
+            raise ConfigError("copy_writer", "is not known", value=copy_writer, allowed=COPY_WRITERS)
+        self.copy_writer = copy_writer
         self.log_table_name = validate_identifier(log_table, "log_table")
         self.reject_store_name = validate_identifier(reject_store, "reject_store")
         if progress_interval_s is not None and (

@@ -17,6 +17,8 @@ log = logging.getLogger("airflow_etl_provider.hooks.postgres_load")  # one logge
 
 MODES = ("append", "overwrite", "upsert")
 STAGE_METHODS = S.STAGE_METHODS
+#: Who writes the COPY staging (``PostgresLoader(copy_writer=...)``).
+COPY_WRITERS = ("auto", "jvm", "python")
 #: psycopg connection parameters the COPY writers never take from the connection's extras.
 WORK_TABLE = "_etl_work"
 #: The durable copy of every committed load's rejected rows until the dead-letter queue confirmed them.
@@ -97,6 +99,7 @@ class _Plan:
     recorded: tuple[int, int, int] | None = None  # (read, loaded, rejected) from the load log
     staged_rows: int | None = None  # rows the COPY writers reported (None: JDBC staging)
     stage_method: str = ""
+    copy_writer: str = ""  # with COPY: jvm | python
     reject_store: str = ""  # quoted: the durable copy of the rejected rows (etl_load_rejects)
     dead_letter_state: str | None = None  # of the recorded load: none | pending | delivered (NULL: legacy)
     dead_letter_spooled: int = 0  # rows an earlier try left in its local spool (pending)

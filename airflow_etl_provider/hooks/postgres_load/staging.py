@@ -6,7 +6,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from airflow_etl_provider.core import sql as S
+from airflow_etl_provider.core.errors import ConfigError
 from airflow_etl_provider.executor.postgres_copy import COPY_STATUS_SCHEMA, copy_writer
+from airflow_etl_provider.hooks.postgres_load.jvm_copy import (
+    column_kinds,
+    jdbc_target,
+    jvm_copy_unavailable,
+    stage_on_jvm,
+)
 from airflow_etl_provider.hooks.postgres_load.model import (
     _Plan,
     log,
@@ -97,9 +104,22 @@ class _Staging:
             and staging_types.get(f.name) == "timestamp with time zone"
         ]
         binary = [i for i, f in enumerate(fields) if f.dataType.simpleString() == "binary"]
-        writer = copy_writer(
-            self.copy_conn_args(), S.copy_staging_sql(plan.staging, plan.columns), to_utc, binary
-        )
+        copy_sql = S.copy_staging_sql(plan.staging, plan.columns)
+        conn_args = self.copy_conn_args()
+        jvm_target, why_not = self._jvm_copy_target(df, conn_args)
+        if jvm_target is not None:
+            plan.copy_writer = "jvm"
+            url, properties = jvm_target
+            kinds = column_kinds([f.dataType.simpleString() for f in fields], to_utc)
+            statuses = stage_on_jvm(staged, url, properties, copy_sql, kinds)
+            self._staged_with_copy(plan, statuses)
+            return
+        if self.copy_writer == "jvm":
+            raise ConfigError("copy_writer", f"'jvm' cannot run here: {why_not}", value="jvm")
+        if self.copy_writer == "auto":
+            log.info("Staging %s with the Python COPY writer: %s", plan.staging_name, why_not)
+        plan.copy_writer = "python"
+        writer = copy_writer(conn_args, copy_sql, to_utc, binary)
         try:
             statuses = staged.mapInArrow(writer, COPY_STATUS_SCHEMA).collect()
         except Exception as err:
@@ -119,11 +139,30 @@ class _Staging:
             plan.stage_method = "jdbc"
             self._stage_jdbc(df, plan)
             return
+        self._staged_with_copy(plan, statuses)
+
+    def _jvm_copy_target(
+        self, df: DataFrame, conn_args: dict[str, Any]
+    ) -> tuple[tuple[str, dict[str, str]] | None, str | None]:
+        """PgJDBC's URL and properties for the JVM COPY writer, or why it cannot run (``copy_writer``)."""
+        if self.copy_writer == "python":
+            return None, "copy_writer='python'"
+        why_not = jvm_copy_unavailable(df.sparkSession)
+        if why_not is not None:
+            return None, why_not
+        target = jdbc_target(conn_args)
+        if isinstance(target, str):
+            return None, target
+        return target, None
+
+    @staticmethod
+    def _staged_with_copy(plan: _Plan, statuses: list[Any]) -> None:
         plan.staged_rows = sum(int(r["rows"]) for r in statuses)
         log.info(
-            "Staged %d row(s) into %s with COPY from %d partition(s)",
+            "Staged %d row(s) into %s with COPY (%s writer) from %d partition(s)",
             plan.staged_rows,
             plan.staging_name,
+            plan.copy_writer,
             len(statuses),
         )
 

@@ -1,0 +1,188 @@
+"""COPY staging rendered on Spark's JVM side (``copy_writer="jvm"``, ``jvm/src/.../PostgresCopyStager.java``)
+against the real PostgreSQL and an embedded Spark session: the same table, value for value, as the Python
+writer; atomic per task attempt; chosen automatically where it can run and refused with a named reason where
+it cannot."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from airflow_etl_provider.hooks.postgres import SparkPostgresHook
+from airflow_etl_provider.hooks.postgres_load import PostgresLoader
+from airflow_etl_provider.hooks.postgres_load.jvm_copy import jvm_copy_unavailable
+
+pytestmark = pytest.mark.spark
+
+
+@pytest.fixture
+def hook() -> SparkPostgresHook:
+    return SparkPostgresHook(postgres_conn_id="postgres_default")
+
+
+@pytest.fixture
+def pg(hook: SparkPostgresHook) -> Iterator[tuple]:
+    conn = hook.get_conn()
+    conn.autocommit = True
+    drop: list[str] = []
+    yield conn.cursor(), drop
+    for name in reversed(drop):
+        conn.cursor().execute(f"DROP TABLE IF EXISTS {name} CASCADE")
+    conn.close()
+
+
+STRINGS = ["", None, "tab\there", "new\nline", "cr\rlf\r\n", "back\\slash\\", "\\.", "a\n\\.\nb", 'quote"d""',
+           "comma,sep", "\\N", "NULL", "  spaces  ", "ü€😀 日本語 e\u0301", "\\x41", ",", '"', "\n"]
+DDL = """(id int PRIMARY KEY, s text, v varchar(40), c char(3), n numeric(38,18), d double precision, r real,
+    ts timestamptz, local_ts timestamp, ntz timestamp, dt date, b boolean, bin bytea, big bigint, small smallint,
+    tiny smallint)"""
+SCHEMA = ("id INT, s STRING, v STRING, c STRING, n DECIMAL(38,18), d DOUBLE, r FLOAT, ts TIMESTAMP, local_ts TIMESTAMP, "
+          "ntz TIMESTAMP_NTZ, dt DATE, b BOOLEAN, bin BINARY, big BIGINT, small SMALLINT, tiny TINYINT")
+
+
+def _rows() -> list[tuple]:
+    nums = [Decimal("12345678901234567890.123456789012345678"), Decimal("-0.000000000000000001"), Decimal(0), None,
+            Decimal("99999999999999999999.999999999999999999"), Decimal("-1E-18")]
+    doubles = [0.1, 1e300, 5e-324, -0.0, float("nan"), float("inf"), float("-inf"), None, 1 / 3, 123456789.0, 1e-7]
+    floats = [0.1, 3.4028234663852886e38, None, -0.0, 1.5e-45, float("nan"), 16777217.0]
+    stamps = [datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=UTC), datetime(1850, 1, 1, 12, tzinfo=UTC),
+              datetime(2025, 3, 30, 1, 30, tzinfo=timezone(timedelta(hours=5, minutes=30))), None,
+              datetime(1970, 1, 1, tzinfo=UTC), datetime(1500, 6, 1, 0, 0, 0, 1, tzinfo=UTC),
+              datetime(1, 1, 2, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+              datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)]
+    ntz = [datetime(2024, 3, 10, 2, 30), None, datetime(1582, 10, 10, 12), datetime(1, 1, 1), datetime(2000, 1, 1, 0, 0, 0, 5)]
+    dates = [date(2024, 2, 29), date(1, 1, 1), date(9999, 12, 31), None, date(1582, 10, 10), date(1969, 12, 31)]
+    bins = [b"\x00\x01\xff,\n\"", b"", None, bytes(range(256))]
+    rows = []
+    for i, s in enumerate(STRINGS * 2):
+        rows.append((i, s, s, None if s is None else s[:3], nums[i % len(nums)], doubles[i % len(doubles)],
+                     floats[i % len(floats)], stamps[i % len(stamps)], stamps[(i + 3) % len(stamps)], ntz[i % len(ntz)],
+                     dates[i % len(dates)], (True, False, None)[i % 3], bins[i % len(bins)],
+                     (2**63 - 1, -(2**63), None, 0)[i % 4], (32767, -32768, None)[i % 3], (127, -128, None)[i % 3]))
+    return rows
+
+
+def _table_text(cur, table: str) -> list[str]:
+    """Every row as PostgreSQL's own text of it: equal lists mean equal values, byte for byte."""
+    cur.execute(f"SELECT t::text FROM {table} t ORDER BY id")
+    return [r[0] for r in cur.fetchall()]
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/New_York", "Asia/Kolkata"])
+def test_jvm_and_python_writers_stage_the_same_values(spark, hook, pg, unique, caplog, zone) -> None:
+    cur, drop = pg
+    previous = spark.conf.get("spark.sql.session.timeZone")
+    spark.conf.set("spark.sql.session.timeZone", zone)
+    texts = {}
+    try:
+        df = spark.createDataFrame(_rows(), SCHEMA).repartition(3)
+        for writer in ("python", "jvm"):
+            t = f"jc_{writer}_{unique}"
+            cur.execute(f"CREATE TABLE {t} {DDL}")
+            drop.append(t)
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="airflow_etl_provider"):
+                out = PostgresLoader(hook, t, "upsert", keys=["id"], stage_method="copy", copy_writer=writer).load(df)
+            assert f"with COPY ({writer} writer) from 2 partition(s)" in caplog.text  # local[2]: coalesced to 2
+            assert (out.stage_method, out.records_read, out.records_loaded, out.records_rejected) == (
+                "copy", len(_rows()), len(_rows()), 0)
+            texts[writer] = _table_text(cur, t)
+    finally:
+        spark.conf.set("spark.sql.session.timeZone", previous)
+    assert len(texts["jvm"]) == len(_rows())
+    assert texts["jvm"] == texts["python"]
+
+
+def test_jvm_writer_keeps_what_postgres_reads_back(spark, hook, pg, unique) -> None:
+    """Not only equal to the Python writer: the values themselves, where Python can say what they must be."""
+    cur, drop = pg
+    t = f"jv_{unique}"
+    cur.execute(f"CREATE TABLE {t} {DDL}")
+    drop.append(t)
+    rows = _rows()
+    PostgresLoader(hook, t, "append", stage_method="copy", copy_writer="jvm").load(spark.createDataFrame(rows, SCHEMA))
+    cur.execute(f"SELECT id, s, v, n, ts, ntz, dt, bin, big FROM {t} ORDER BY id")
+    back = {r[0]: r for r in cur.fetchall()}
+    for row in rows:
+        got = back[row[0]]
+        assert got[1:4] == (row[1], row[2], row[4]), row[0]  # "" stays "", None stays NULL, every digit
+        assert got[4] == row[7] and got[5] == row[9] and got[6] == row[10], row[0]  # instants, wall times, dates
+        assert got[7] == row[12] and got[8] == row[13], row[0]
+
+
+def test_a_failing_jvm_attempt_leaves_nothing_and_the_load_fails_with_postgres_message(spark, hook, pg, unique) -> None:
+    """A value PostgreSQL refuses inside COPY itself (a NUL character) fails that partition's transaction:
+    nothing of it stays in staging and the load raises PostgreSQL's message (no row lost silently)."""
+    cur, drop = pg
+    t = f"jn_{unique}"
+    cur.execute(f"CREATE TABLE {t} (id int PRIMARY KEY, s text)")
+    drop.append(t)
+    df = spark.createDataFrame([(i, "ok" if i != 700 else "nul\x00here") for i in range(1000)], "id INT, s STRING")
+    with pytest.raises(Exception, match="0x00"):
+        PostgresLoader(hook, t, "append", stage_method="copy", copy_writer="jvm").load(df.repartition(1))
+    cur.execute(f"SELECT count(*) FROM {t}")
+    assert cur.fetchone()[0] == 0
+
+
+def test_auto_picks_the_jvm_writer_on_a_classic_session_with_the_jar(spark, hook, pg, unique, caplog) -> None:
+    cur, drop = pg
+    t = f"ja_{unique}"
+    cur.execute(f"CREATE TABLE {t} (id int PRIMARY KEY, s text)")
+    drop.append(t)
+    assert jvm_copy_unavailable(spark) is None
+    with caplog.at_level(logging.INFO, logger="airflow_etl_provider"):
+        out = PostgresLoader(hook, t, "upsert", keys=["id"], stage_method="copy").load(
+            spark.createDataFrame([(1, "a"), (2, "b")], "id INT, s STRING"))
+    assert out.records_loaded == 2 and "(jvm writer)" in caplog.text
+
+
+CONNECT_SCRIPT = """
+import logging, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True)
+from airflow_etl_provider.core.errors import ConfigError
+from airflow_etl_provider.hooks.postgres import SparkPostgresHook
+from airflow_etl_provider.hooks.postgres_load import PostgresLoader
+from airflow_etl_provider.hooks.postgres_load.jvm_copy import jvm_copy_unavailable
+from airflow_etl_provider.hooks.spark import SparkSessionHook
+
+hook = SparkPostgresHook(postgres_conn_id="postgres_default")
+with SparkSessionHook("spark_connect_default").session() as spark:
+    print("UNAVAILABLE", jvm_copy_unavailable(spark))
+    df = spark.createDataFrame([(1, "a")], "id INT, s STRING")
+    try:
+        PostgresLoader(hook, sys.argv[1], "append", stage_method="copy", copy_writer="jvm").load(df)
+    except ConfigError as err:
+        print("REFUSED", err)
+    out = PostgresLoader(hook, sys.argv[1], "append", stage_method="copy").load(df)
+    print("LOADED", out.records_loaded)
+"""
+
+
+@pytest.mark.slow
+def test_jvm_writer_is_refused_by_name_on_spark_connect(hook, pg, unique) -> None:
+    """Spark Connect has no client JVM: ``copy_writer='jvm'`` fails naming the setting, ``auto`` says why it
+    uses the Python writer and loads with it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([str(root / "scripts/stack.sh"), "up", "spark-connect"], check=True, timeout=240)
+    cur, drop = pg
+    t = f"jx_{unique}"
+    cur.execute(f"CREATE TABLE {t} (id int PRIMARY KEY, s text)")
+    drop.append(t)
+    out = subprocess.run([sys.executable, "-c", CONNECT_SCRIPT, f"public.{t}"], capture_output=True, text=True,
+                         env=os.environ, timeout=600, cwd=root)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "UNAVAILABLE a Spark Connect session (no JVM in the client)" in out.stdout
+    assert "REFUSED copy_writer: 'jvm' cannot run here: a Spark Connect session" in out.stdout, out.stdout[-3000:]
+    assert "with the Python COPY writer: a Spark Connect session" in out.stdout
+    assert "(python writer)" in out.stdout and "LOADED 1" in out.stdout
+    cur.execute(f"SELECT id, s FROM {t}")
+    assert cur.fetchall() == [(1, "a")]
