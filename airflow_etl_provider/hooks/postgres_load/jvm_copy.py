@@ -11,9 +11,9 @@ Spark Connect clients cannot reach the JVM, a session without the jar has no suc
 setting PgJDBC has no equivalent for cannot be passed on: in each case :func:`jvm_copy_unavailable` says
 why and the loader uses the Python writer (same rows, same text, same accounting).
 
-Values are rendered by kind (see the Java constants): timestamps travel as ``unix_micros``, dates as
-``unix_date`` (plain numbers, so no ``java.sql.Timestamp`` calendar rebasing can shift an old date), and
-the same rules as the Python writer apply: strings always quoted, NULL an unquoted empty field, timestamps
+Values are rendered by kind (see the Java constants) from Spark's internal rows (strings as UTF-8 bytes,
+timestamps as microseconds, dates as days, decimals unscaled: nothing decoded into Java objects, no
+``java.sql.Timestamp`` calendar rebasing), with the same rules as the Python writer: strings always quoted, NULL an unquoted empty field, timestamps
 into ``timestamptz`` in UTC, other timestamps as the session time zone's wall time, binary as ``\\x`` hex.
 """
 
@@ -116,30 +116,19 @@ def _stager(jvm: Any) -> Any:
 
 def stage_on_jvm(
     staged: DataFrame, url: str, properties: Mapping[str, str], copy_sql: str, kinds: str
-) -> list[Any]:
+) -> list[dict[str, int]]:
     """Run the JVM COPY job over ``staged`` (columns in the COPY statement's order) and return its status
-    rows (``partition``, ``attempt``, ``rows``), one per partition.
+    (``partition``, ``attempt``, ``rows``), one per partition.
 
-    :param staged: the staged DataFrame; its ``timestamp`` and ``date`` columns are converted here.
+    :param staged: the staged DataFrame.
     :param properties: PgJDBC properties (hold the password: never log them).
     :param kinds: :func:`column_kinds` of ``staged``.
     """
-    from pyspark.sql import DataFrame as _DataFrame
-    from pyspark.sql import functions as F
-
-    cols = []
-    for field, kind in zip(staged.schema.fields, kinds, strict=True):
-        col = F.col(f"`{field.name}`")
-        if kind in ("T", "t"):
-            col = F.unix_micros(col)
-        elif kind == "D":
-            col = F.unix_date(col)
-        cols.append(col.alias(field.name))
     spark = staged.sparkSession
     jvm = spark._jvm  # type: ignore[attr-defined]
     props = jvm.java.util.HashMap()
     for key, value in properties.items():
         props.put(key, value)
     zone = spark.conf.get("spark.sql.session.timeZone") or "UTC"
-    jdf = _stager(jvm).stage(staged.select(*cols)._jdf, url, props, copy_sql, kinds, zone)
-    return _DataFrame(jdf, spark).collect()
+    statuses = _stager(jvm).stage(staged._jdf, url, props, copy_sql, kinds, zone)
+    return [{"partition": int(s[0]), "attempt": int(s[1]), "rows": int(s[2])} for s in statuses]

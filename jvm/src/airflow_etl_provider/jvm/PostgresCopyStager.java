@@ -9,8 +9,9 @@
  * sends, value for value (tests/integration/test_postgres_load.py runs the same edge values through both).
  *
  * Contract with the driver (airflow_etl_provider/hooks/postgres_load/jvm_copy.py):
- *   - the Dataset's columns are the staging table's, in order; timestamps arrive as unix_micros(),
- *     dates as unix_date(): plain longs and ints, so no java.sql.Timestamp calendar rebasing is involved;
+ *   - the Dataset's columns are the staging table's, in order; the writer reads Spark's internal rows
+ *     (InternalRow: UTF-8 strings as bytes, timestamps as microseconds, dates as days, decimals unscaled),
+ *     so nothing is decoded into Java objects and no java.sql.Timestamp calendar rebasing is involved;
  *   - kinds: one letter per column (see KIND_* below);
  *   - one connection and one transaction per task attempt: an attempt that fails rolls back, one that
  *     succeeds commits (a re-executed partition writes the same row ids again; the merge deduplicates);
@@ -22,7 +23,6 @@
 package airflow_etl_provider.jvm;
 
 import java.io.Serializable;
-import java.math.BigDecimal;
 import java.nio.charset.StandardCharsets;
 import java.sql.Connection;
 import java.sql.SQLException;
@@ -32,26 +32,31 @@ import java.time.LocalDate;
 import java.time.LocalDateTime;
 import java.time.ZoneId;
 import java.time.ZoneOffset;
+import java.util.Arrays;
 import java.util.Collections;
 import java.util.Iterator;
+import java.util.List;
 import java.util.Map;
 import java.util.Properties;
 
 import org.apache.spark.TaskContext;
-import org.apache.spark.api.java.function.MapPartitionsFunction;
+import org.apache.spark.api.java.function.FlatMapFunction;
 import org.apache.spark.sql.Dataset;
-import org.apache.spark.sql.Encoders;
 import org.apache.spark.sql.Row;
+import org.apache.spark.sql.catalyst.InternalRow;
+import org.apache.spark.sql.types.DataType;
+import org.apache.spark.sql.types.DecimalType;
+import org.apache.spark.sql.types.StructField;
+import org.apache.spark.sql.types.Decimal;
+import org.apache.spark.unsafe.types.UTF8String;
 import org.postgresql.PGConnection;
 import org.postgresql.copy.CopyIn;
-
-import scala.Tuple3;
 
 public final class PostgresCopyStager {
 
     /** A string: always quoted ("" doubled), so "" is not NULL and newlines or a lone \. are data. */
     public static final char KIND_STRING = 's';
-    /** Integers and booleans: their Java text. */
+    /** Integers and booleans: their decimal text, true/false. */
     public static final char KIND_PLAIN = 'p';
     /** double: Java's shortest round-trip text (NaN, Infinity, -Infinity as PostgreSQL spells them). */
     public static final char KIND_DOUBLE = 'd';
@@ -59,13 +64,13 @@ public final class PostgresCopyStager {
     public static final char KIND_FLOAT = 'f';
     /** decimal: plain notation with the column's scale. */
     public static final char KIND_DECIMAL = 'n';
-    /** date as days since 1970-01-01 (unix_date). */
+    /** date (days since 1970-01-01). */
     public static final char KIND_DATE_DAYS = 'D';
-    /** timestamp as microseconds since the epoch (unix_micros), going to timestamptz: UTC with +00. */
+    /** timestamp (microseconds since the epoch) going to timestamptz: UTC with +00. */
     public static final char KIND_TS_UTC = 'T';
-    /** timestamp as microseconds since the epoch, going elsewhere: the session time zone's wall time. */
+    /** timestamp going elsewhere: the session time zone's wall time. */
     public static final char KIND_TS_LOCAL = 't';
-    /** timestamp_ntz (java.time.LocalDateTime): as is. */
+    /** timestamp_ntz (wall-time microseconds): as is. */
     public static final char KIND_TS_NTZ = 'L';
     /** binary: \x hex, bytea's input. */
     public static final char KIND_BINARY = 'b';
@@ -74,7 +79,7 @@ public final class PostgresCopyStager {
     }
 
     /**
-     * The staging job, lazily: collect() the result to run it.
+     * Run the staging job: every partition COPYs its rows in its own transaction.
      *
      * @param rows the staged columns, in the COPY statement's order
      * @param url jdbc:postgresql://host:port/db
@@ -82,46 +87,52 @@ public final class PostgresCopyStager {
      * @param copySql COPY staging (cols) FROM STDIN (FORMAT csv)
      * @param kinds one KIND_* letter per column
      * @param sessionZone the session time zone, for KIND_TS_LOCAL
-     * @return one row (partition INT, attempt INT, rows BIGINT) per partition
+     * @return one {partition, attempt, rows} per partition
      */
-    public static Dataset<Row> stage(Dataset<Row> rows, String url, Map<String, String> properties, String copySql,
+    public static List<long[]> stage(Dataset<Row> rows, String url, Map<String, String> properties, String copySql,
                                      String kinds, String sessionZone) {
-        if (kinds.length() != rows.schema().fields().length) {
-            throw new IllegalArgumentException("kinds has " + kinds.length() + " letters for "
-                    + rows.schema().fields().length + " columns");
+        StructField[] fields = rows.schema().fields();
+        if (kinds.length() != fields.length) {
+            throw new IllegalArgumentException("kinds has " + kinds.length() + " letters for " + fields.length
+                    + " columns");
+        }
+        DataType[] types = new DataType[fields.length];
+        for (int i = 0; i < fields.length; i++) {
+            types[i] = fields[i].dataType();
         }
         Properties props = new Properties();
         props.putAll(properties);
-        Writer writer = new Writer(url, props, copySql, kinds, sessionZone);
-        return rows.mapPartitions(writer, Encoders.tuple(Encoders.INT(), Encoders.INT(), Encoders.LONG()))
-                .toDF("partition", "attempt", "rows");
+        Writer writer = new Writer(url, props, copySql, kinds, sessionZone, types);
+        return rows.queryExecution().toRdd().toJavaRDD().mapPartitions(writer).collect();
     }
 
     /** The per-partition function (serialized to the executors). */
-    static final class Writer implements MapPartitionsFunction<Row, Tuple3<Integer, Integer, Long>>, Serializable {
-        private static final long serialVersionUID = 1L;
-        private static final int FLUSH_CHARS = 1 << 16;
+    static final class Writer implements FlatMapFunction<Iterator<InternalRow>, long[]>, Serializable {
+        private static final long serialVersionUID = 2L;
+        private static final int FLUSH_BYTES = 1 << 16;
 
         private final String url;
         private final Properties props;
         private final String copySql;
         private final char[] kinds;
         private final String sessionZone;
+        private final DataType[] types;
 
-        Writer(String url, Properties props, String copySql, String kinds, String sessionZone) {
+        Writer(String url, Properties props, String copySql, String kinds, String sessionZone, DataType[] types) {
             this.url = url;
             this.props = props;
             this.copySql = copySql;
             this.kinds = kinds.toCharArray();
             this.sessionZone = sessionZone;
+            this.types = types;
         }
 
         @Override
-        public Iterator<Tuple3<Integer, Integer, Long>> call(Iterator<Row> input) throws SQLException {
+        public Iterator<long[]> call(Iterator<InternalRow> input) throws SQLException {
             TaskContext ctx = TaskContext.get();
-            int partition = ctx != null ? ctx.partitionId() : -1;
-            int attempt = ctx != null ? ctx.attemptNumber() : 0;
-            ZoneId zone = ZoneId.of(sessionZone);
+            long partition = ctx != null ? ctx.partitionId() : -1;
+            long attempt = ctx != null ? ctx.attemptNumber() : 0;
+            Renderer renderer = new Renderer(kinds, types, ZoneId.of(sessionZone));
             long count = 0;
             // The driver class directly, not DriverManager: Spark loads it in a child class loader
             // DriverManager does not search.
@@ -135,15 +146,18 @@ public final class PostgresCopyStager {
                 }
                 CopyIn copy = conn.unwrap(PGConnection.class).getCopyAPI().copyIn(copySql);
                 try {
-                    StringBuilder sb = new StringBuilder(FLUSH_CHARS + 4096);
+                    Bytes out = new Bytes(FLUSH_BYTES + 8192);
                     while (input.hasNext()) {
-                        appendRow(sb, input.next(), zone);
+                        renderer.row(out, input.next());
                         count++;
-                        if (sb.length() >= FLUSH_CHARS) {
-                            flush(copy, sb);
+                        if (out.size >= FLUSH_BYTES) {
+                            copy.writeToCopy(out.buf, 0, out.size);
+                            out.size = 0;
                         }
                     }
-                    flush(copy, sb);
+                    if (out.size > 0) {
+                        copy.writeToCopy(out.buf, 0, out.size);
+                    }
                     copy.endCopy();
                 } finally {
                     if (copy.isActive()) {
@@ -152,133 +166,246 @@ public final class PostgresCopyStager {
                 }
                 conn.commit();
             }
-            return Collections.singletonList(new Tuple3<>(partition, attempt, count)).iterator();
+            return Collections.singletonList(new long[] {partition, attempt, count}).iterator();
+        }
+    }
+
+    /** A growable byte buffer (no synchronisation, unlike ByteArrayOutputStream). */
+    static final class Bytes {
+        byte[] buf;
+        int size;
+
+        Bytes(int capacity) {
+            buf = new byte[capacity];
         }
 
-        private static void flush(CopyIn copy, StringBuilder sb) throws SQLException {
-            if (sb.length() == 0) {
-                return;
+        void ensure(int more) {
+            if (size + more > buf.length) {
+                buf = Arrays.copyOf(buf, Math.max(buf.length * 2, size + more));
             }
-            byte[] bytes = sb.toString().getBytes(StandardCharsets.UTF_8);
-            copy.writeToCopy(bytes, 0, bytes.length);
-            sb.setLength(0);
         }
 
-        private void appendRow(StringBuilder sb, Row row, ZoneId zone) {
+        void put(byte b) {
+            ensure(1);
+            buf[size++] = b;
+        }
+
+        void ascii(String s) {
+            int n = s.length();
+            ensure(n);
+            for (int k = 0; k < n; k++) {
+                buf[size++] = (byte) s.charAt(k);
+            }
+        }
+
+        /** A non-negative number, zero-padded to width digits. */
+        void digits(long value, int width) {
+            int n = 1;
+            for (long v = value; v >= 10; v /= 10) {
+                n++;
+            }
+            int pad = Math.max(0, width - n);
+            ensure(pad + n);
+            for (int k = 0; k < pad; k++) {
+                buf[size++] = '0';
+            }
+            int end = size + n;
+            for (int k = end - 1; k >= size; k--) {
+                buf[k] = (byte) ('0' + (value % 10));
+                value /= 10;
+            }
+            size = end;
+        }
+
+        void number(long value) {
+            if (value < 0) {
+                if (value == Long.MIN_VALUE) {
+                    ascii(Long.toString(value));
+                    return;
+                }
+                put((byte) '-');
+                value = -value;
+            }
+            digits(value, 1);
+        }
+    }
+
+    /** Renders internal rows as COPY CSV lines. */
+    static final class Renderer {
+        private static final byte[] HEX = "0123456789abcdef".getBytes(StandardCharsets.US_ASCII);
+        private final char[] kinds;
+        private final DataType[] types;
+        private final int[] precision;
+        private final int[] scale;
+        private final ZoneId zone;
+
+        Renderer(char[] kinds, DataType[] types, ZoneId zone) {
+            this.kinds = kinds;
+            this.types = types;
+            this.zone = zone;
+            precision = new int[kinds.length];
+            scale = new int[kinds.length];
+            for (int i = 0; i < kinds.length; i++) {
+                if (types[i] instanceof DecimalType) {
+                    precision[i] = ((DecimalType) types[i]).precision();
+                    scale[i] = ((DecimalType) types[i]).scale();
+                }
+            }
+        }
+
+        void row(Bytes out, InternalRow row) {
             for (int i = 0; i < kinds.length; i++) {
                 if (i > 0) {
-                    sb.append(',');
+                    out.put((byte) ',');
                 }
                 if (row.isNullAt(i)) {
                     continue; // an unquoted empty field: NULL
                 }
                 switch (kinds[i]) {
                     case KIND_STRING:
-                        appendQuoted(sb, row.getString(i));
+                        quoted(out, row.getUTF8String(i));
                         break;
                     case KIND_PLAIN:
-                        sb.append(row.get(i));
+                        plain(out, row, i);
                         break;
                     case KIND_DOUBLE:
-                        sb.append(Double.toString(row.getDouble(i)));
+                        out.ascii(Double.toString(row.getDouble(i)));
                         break;
                     case KIND_FLOAT:
-                        sb.append(Float.toString(row.getFloat(i)));
+                        out.ascii(Float.toString(row.getFloat(i)));
                         break;
                     case KIND_DECIMAL:
-                        sb.append(((BigDecimal) row.get(i)).toPlainString());
+                        decimal(out, row.getDecimal(i, precision[i], scale[i]));
                         break;
                     case KIND_DATE_DAYS:
-                        appendDate(sb, LocalDate.ofEpochDay(((Number) row.get(i)).longValue()), true);
+                        date(out, LocalDate.ofEpochDay(row.getInt(i)), true);
                         break;
                     case KIND_TS_UTC:
-                        appendTimestamp(sb, row.getLong(i), null);
+                        timestamp(out, row.getLong(i), null);
                         break;
                     case KIND_TS_LOCAL:
-                        appendTimestamp(sb, row.getLong(i), zone);
+                        timestamp(out, row.getLong(i), zone);
                         break;
                     case KIND_TS_NTZ:
-                        appendDateTime(sb, (LocalDateTime) row.get(i), "");
+                        timestamp(out, row.getLong(i), ZoneOffset.UTC);
                         break;
                     case KIND_BINARY:
-                        appendHex(sb, (byte[]) row.get(i));
+                        hex(out, row.getBinary(i));
                         break;
                     default:
                         throw new IllegalStateException("unknown column kind '" + kinds[i] + "'");
                 }
             }
-            sb.append('\n');
+            out.put((byte) '\n');
         }
-    }
 
-    static void appendQuoted(StringBuilder sb, String s) {
-        sb.append('"');
-        if (s.indexOf('"') < 0) {
-            sb.append(s);
-        } else {
-            for (int k = 0; k < s.length(); k++) {
-                char c = s.charAt(k);
-                if (c == '"') {
-                    sb.append('"');
-                }
-                sb.append(c);
+        private void plain(Bytes out, InternalRow row, int i) {
+            String name = types[i].typeName();
+            switch (name) {
+                case "boolean":
+                    out.ascii(row.getBoolean(i) ? "true" : "false");
+                    break;
+                case "byte":
+                    out.number(row.getByte(i));
+                    break;
+                case "short":
+                    out.number(row.getShort(i));
+                    break;
+                case "integer":
+                    out.number(row.getInt(i));
+                    break;
+                case "long":
+                    out.number(row.getLong(i));
+                    break;
+                default:
+                    throw new IllegalStateException("column " + i + " (" + name + ") is not an integer or boolean");
             }
         }
-        sb.append('"');
-    }
 
-    /** A timestamp in microseconds since the epoch: UTC with "+00" (zone null) or the zone's wall time. */
-    static void appendTimestamp(StringBuilder sb, long micros, ZoneId zone) {
-        long seconds = Math.floorDiv(micros, 1_000_000L);
-        int fraction = (int) Math.floorMod(micros, 1_000_000L);
-        ZoneOffset offset = zone == null ? ZoneOffset.UTC : zone.getRules().getOffset(Instant.ofEpochSecond(seconds));
-        appendDateTime(sb, LocalDateTime.ofEpochSecond(seconds, fraction * 1000, offset), zone == null ? "+00" : "");
-    }
-
-    /** yyyy-mm-dd hh:mm:ss.ffffff[suffix][ BC]: the ISO form PostgreSQL reads in every DateStyle. */
-    static void appendDateTime(StringBuilder sb, LocalDateTime t, String suffix) {
-        appendDate(sb, t.toLocalDate(), false);
-        sb.append(' ');
-        pad(sb, t.getHour(), 2);
-        sb.append(':');
-        pad(sb, t.getMinute(), 2);
-        sb.append(':');
-        pad(sb, t.getSecond(), 2);
-        sb.append('.');
-        pad(sb, t.getNano() / 1000, 6);
-        sb.append(suffix);
-        if (t.getYear() <= 0) {
-            sb.append(" BC");
+        private static void quoted(Bytes out, UTF8String s) {
+            byte[] bytes = s.getBytes();
+            out.ensure(bytes.length + 2);
+            out.buf[out.size++] = '"';
+            for (byte b : bytes) {
+                if (b == '"') {
+                    out.put((byte) '"');
+                    out.put(b);
+                } else {
+                    out.ensure(1);
+                    out.buf[out.size++] = b;
+                }
+            }
+            out.put((byte) '"');
         }
-    }
 
-    /** yyyy-mm-dd; ISO year 0 is 1 BC, -1 is 2 BC (PostgreSQL has no year 0). */
-    static void appendDate(StringBuilder sb, LocalDate d, boolean era) {
-        int year = d.getYear();
-        pad(sb, year <= 0 ? 1 - year : year, 4);
-        sb.append('-');
-        pad(sb, d.getMonthValue(), 2);
-        sb.append('-');
-        pad(sb, d.getDayOfMonth(), 2);
-        if (era && year <= 0) {
-            sb.append(" BC");
+        private static void decimal(Bytes out, Decimal d) {
+            int scale = d.scale();
+            if (d.precision() > 18) {
+                out.ascii(d.toJavaBigDecimal().toPlainString());
+                return;
+            }
+            long unscaled = d.toUnscaledLong();
+            if (unscaled < 0) {
+                out.put((byte) '-');
+                unscaled = -unscaled; // |unscaled| < 10^18: no overflow
+            }
+            long pow = 1;
+            for (int k = 0; k < scale; k++) {
+                pow *= 10;
+            }
+            out.digits(unscaled / pow, 1);
+            if (scale > 0) {
+                out.put((byte) '.');
+                out.digits(unscaled % pow, scale);
+            }
         }
-    }
 
-    private static void pad(StringBuilder sb, int value, int width) {
-        String s = Integer.toString(value);
-        for (int k = s.length(); k < width; k++) {
-            sb.append('0');
+        /** Microseconds: UTC with "+00" (zone null), else the wall time at that offset or zone. */
+        private static void timestamp(Bytes out, long micros, ZoneId zone) {
+            long seconds = Math.floorDiv(micros, 1_000_000L);
+            int fraction = (int) Math.floorMod(micros, 1_000_000L);
+            ZoneOffset offset = zone == null ? ZoneOffset.UTC
+                    : zone instanceof ZoneOffset ? (ZoneOffset) zone
+                    : zone.getRules().getOffset(Instant.ofEpochSecond(seconds));
+            LocalDateTime t = LocalDateTime.ofEpochSecond(seconds, fraction * 1000, offset);
+            date(out, t.toLocalDate(), false);
+            out.put((byte) ' ');
+            out.digits(t.getHour(), 2);
+            out.put((byte) ':');
+            out.digits(t.getMinute(), 2);
+            out.put((byte) ':');
+            out.digits(t.getSecond(), 2);
+            out.put((byte) '.');
+            out.digits(fraction, 6);
+            if (zone == null) {
+                out.ascii("+00");
+            }
+            if (t.getYear() <= 0) {
+                out.ascii(" BC");
+            }
         }
-        sb.append(s);
-    }
 
-    private static final char[] HEX = "0123456789abcdef".toCharArray();
+        /** yyyy-mm-dd; ISO year 0 is 1 BC, -1 is 2 BC (PostgreSQL has no year 0). */
+        private static void date(Bytes out, LocalDate d, boolean era) {
+            int year = d.getYear();
+            out.digits(year <= 0 ? 1 - year : year, 4);
+            out.put((byte) '-');
+            out.digits(d.getMonthValue(), 2);
+            out.put((byte) '-');
+            out.digits(d.getDayOfMonth(), 2);
+            if (era && year <= 0) {
+                out.ascii(" BC");
+            }
+        }
 
-    static void appendHex(StringBuilder sb, byte[] bytes) {
-        sb.append("\\x");
-        for (byte b : bytes) {
-            sb.append(HEX[(b >> 4) & 0xf]).append(HEX[b & 0xf]);
+        private static void hex(Bytes out, byte[] bytes) {
+            out.ensure(2 + 2 * bytes.length);
+            out.buf[out.size++] = '\\';
+            out.buf[out.size++] = 'x';
+            for (byte b : bytes) {
+                out.buf[out.size++] = HEX[(b >> 4) & 0xf];
+                out.buf[out.size++] = HEX[b & 0xf];
+            }
         }
     }
 }
