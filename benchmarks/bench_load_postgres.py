@@ -423,11 +423,12 @@ def timed(label: str, fn: Any) -> tuple[float, Any]:
     return seconds, result
 
 
-def upsert(spark: Any, hook: Any, parquet: Path, table: str, stage_method: str) -> Any:
+def upsert(spark: Any, hook: Any, parquet: Path, table: str, stage_method: str, copy_writer: str = "auto") -> Any:
     from airflow_etl_provider.hooks.postgres_load import PostgresLoader
 
     df = spark.read.parquet(str(parquet))
-    return PostgresLoader(hook, table, "upsert", keys=["order_id"], stage_method=stage_method).load(df)
+    return PostgresLoader(hook, table, "upsert", keys=["order_id"], stage_method=stage_method,
+                          copy_writer=copy_writer).load(df)
 
 
 def jdbc_append(spark: Any, hook: Any, parquet: Path, table: str) -> None:
@@ -446,6 +447,9 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1_000_000, help="orders to load (default 1000000)")
     parser.add_argument("--poison", default="100,10000",
                         help="comma-separated poison row counts for P4 (default 100,10000)")
+    parser.add_argument("--copy-writer", choices=("auto", "jvm", "python"), default="auto",
+                        help="with --stage-method copy: who renders and sends the rows (default auto, as the load "
+                             "operator: Spark's JVM where the jar is on spark.jars)")
     parser.add_argument("--stage-method", choices=("copy", "jdbc"), default="copy",
                         help="PostgresLoader's staging (default copy: what ResilientSparkLoadOperator uses unless "
                              "target.stage_method says otherwise)")
@@ -489,8 +493,8 @@ def main() -> int:
         # session, reused afterwards) and the JVM's JDBC and COPY code paths get compiled
         spark.read.parquet(str(clean)).limit(20_000).repartition(2).write.mode("overwrite").parquet(str(warm_pq))
         timed("warm-up upsert of 20,000 rows (cold: starts the Python workers)",
-              lambda: upsert(spark, hook, warm_pq, warm, args.stage_method))
-        timed("warm-up upsert of 20,000 rows (warm)", lambda: upsert(spark, hook, warm_pq, warm, args.stage_method))
+              lambda: upsert(spark, hook, warm_pq, warm, args.stage_method, args.copy_writer))
+        timed("warm-up upsert of 20,000 rows (warm)", lambda: upsert(spark, hook, warm_pq, warm, args.stage_method, args.copy_writer))
         timed("warm-up jdbc append of 20,000 rows",
               lambda: jdbc_append(spark, hook, warm_pq, pg.fresh(f"bench_warm2_{tag}")))
         with memory:
@@ -571,10 +575,10 @@ def run_round(args: argparse.Namespace, spark: Any, hook: Any, pg: Pg, tag: str,
     pg.drop_all([peer_jdbc])
 
     # ---- ours: clean upsert into a table holding half the keys
-    print(f"ours: PostgresLoader upsert (stage_method={args.stage_method}) of {rows:,} rows into a "
+    print(f"ours: PostgresLoader upsert (stage_method={args.stage_method}, copy_writer={args.copy_writer}) of {rows:,} rows into a "
           f"table holding {rows // 2:,} of the keys")
     target = pg.half_keys(src, f"bench_upsert_{tag}")
-    ours_s, out = timed("upsert", lambda: upsert(spark, hook, clean, target, args.stage_method))
+    ours_s, out = timed("upsert", lambda: upsert(spark, hook, clean, target, args.stage_method, args.copy_writer))
     print(f"    {describe(out)}")
     if (out.records_read, out.records_loaded, out.records_rejected) != (rows, rows, 0) or pg.count(target) != rows:
         print("FAIL: ours: the clean upsert did not load every row")
@@ -616,7 +620,7 @@ def run_round(args: argparse.Namespace, spark: Any, hook: Any, pg: Pg, tag: str,
         print(f"P4: the same upsert with {n:,} poison rows ({', '.join(f'{v} {k}' for k, v in kinds.items())})")
         target_bad = pg.half_keys(src, f"bench_poison{n}_{tag}")
         poison_s, bad_out = timed(f"upsert with {n:,} poison rows",
-                                  lambda p=path, t=target_bad: upsert(spark, hook, p, t, args.stage_method))
+                                  lambda p=path, t=target_bad: upsert(spark, hook, p, t, args.stage_method, args.copy_writer))
         print(f"    {describe(bad_out)}")
         if bad_out.records_rejected != n or bad_out.records_loaded != rows - n:
             print(f"FAIL: P4: expected {n} rejected rows")

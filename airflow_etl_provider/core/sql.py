@@ -28,6 +28,9 @@ STAGING_PREFIX = "_etl_stg_"
 LOAD_LOG_TABLE = "etl_load_log"
 #: How the rows reach the staging table: COPY from the executors (the default) or Spark's JDBC writer.
 STAGE_METHODS = ("copy", "jdbc")
+#: Who renders and sends the rows of COPY staging: Spark's JVM (PgJDBC), the executors' Python workers
+#: (Arrow, psycopg), or the JVM where it can run and else Python.
+COPY_WRITERS = ("auto", "jvm", "python")
 
 # Spark SQL simple type strings -> the PostgreSQL type Spark's JDBC writer naturally binds.
 _NATURAL = {

@@ -33,7 +33,7 @@ from airflow_etl_provider.core.errors import (
 from airflow_etl_provider.core.identifiers import quote_table, validate_identifier
 from airflow_etl_provider.core.metrics import parse_backends
 from airflow_etl_provider.core.retry import RetryPolicy
-from airflow_etl_provider.core.sql import STAGE_METHODS
+from airflow_etl_provider.core.sql import COPY_WRITERS, STAGE_METHODS
 from airflow_etl_provider.hooks.parquet import overwrite_parquet
 from airflow_etl_provider.hooks.sources import validate_source
 
@@ -52,7 +52,7 @@ PARQUET_MODES = ("append", "overwrite")
 
 
 TARGET_KEYS = {
-    "postgres": ("type", "conn_id", "table", "mode", "keys", "load_id", "stage_method"),
+    "postgres": ("type", "conn_id", "table", "mode", "keys", "load_id", "stage_method", "copy_writer"),
     "parquet": ("type", "path", "mode", "partition_by"),
 }
 
@@ -99,6 +99,10 @@ def validate_target(target: Mapping[str, Any], field: str = "target") -> None:
             raise ConfigError(f"{field}.stage_method", "is not a staging method (jdbc: Spark's JDBC writer, the "
                               "default; copy: COPY from the executors, about twice as fast)", value=stage_method,
                               allowed=STAGE_METHODS)
+        copy_writer = target.get("copy_writer", "auto")
+        if not _templated(copy_writer) and copy_writer not in COPY_WRITERS:
+            raise ConfigError(f"{field}.copy_writer", "is not a COPY writer (auto: Spark's JVM where it can run, "
+                              "else the executors' Python; jvm; python)", value=copy_writer, allowed=COPY_WRITERS)
         keys = _names(target.get("keys"), f"{field}.keys")
         if mode == "upsert" and not keys:
             raise ConfigError(f"{field}.keys", "is required for mode 'upsert': the business key columns")
@@ -131,9 +135,11 @@ class ResilientSparkLoadOperator(BaseOperator):
         or ``{"format": "table", "table": ...}``.
     :param target: where to load (templated): ``{"type": "postgres", "conn_id": "postgres_default",
         "table": "public.orders", "mode": "append"|"overwrite"|"upsert", "keys": [...], "load_id": ...,
-        "stage_method": "jdbc"|"copy"}`` (``jdbc``, the default, stages with Spark's JDBC writer and needs nothing
-        on the executors; ``copy`` COPYs from the executors, which need ``psycopg`` and ``pyarrow``: staging
-        costs about half)
+        "stage_method": "jdbc"|"copy", "copy_writer": "auto"|"jvm"|"python"}`` (``jdbc``, the default, stages
+        with Spark's JDBC writer and needs nothing on the executors; ``copy`` COPYs from the executors: staging
+        costs about half. With ``copy``, ``copy_writer`` ``auto`` (default) renders and sends the rows in
+        Spark's JVM with PgJDBC where the session is classic and ``airflow-etl-jvm.jar`` is on ``spark.jars``,
+        else in the executors' Python, which then needs ``psycopg`` and ``pyarrow``)
         or ``{"type": "parquet", "path": ..., "mode": "append"|"overwrite", "partition_by": [...]}``
         (overwrite writes a hidden sibling first and swaps it in: a failed write keeps the old data, see
         :func:`overwrite_parquet`).
@@ -473,7 +479,8 @@ class ResilientSparkLoadOperator(BaseOperator):
         loader = PostgresLoader(SparkPostgresHook(postgres_conn_id=self.target.get("conn_id") or "postgres_default"),
                                 self.target["table"], mode, keys=self.target.get("keys") or (), load_id=load_id,
                                 guard=guard, progress_interval_s=self.progress_interval_s,
-                                stage_method=self.target.get("stage_method", "jdbc"))
+                                stage_method=self.target.get("stage_method", "jdbc"),
+                                copy_writer=self.target.get("copy_writer", "auto"))
         expected = data.count()  # the DataFrame is cached: this fills the cache the staging then reads
         outcome = loader.load(data)
         if outcome.records_read != expected:

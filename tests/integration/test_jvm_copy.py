@@ -135,7 +135,7 @@ def test_auto_picks_the_jvm_writer_on_a_classic_session_with_the_jar(spark, hook
     drop.append(t)
     assert jvm_copy_unavailable(spark) is None
     with caplog.at_level(logging.INFO, logger="airflow_etl_provider"):
-        out = PostgresLoader(hook, t, "upsert", keys=["id"], stage_method="copy").load(
+        out = PostgresLoader(hook, t, "upsert", keys=["id"], stage_method="copy", copy_writer="auto").load(
             spark.createDataFrame([(1, "a"), (2, "b")], "id INT, s STRING"))
     assert out.records_loaded == 2 and "(jvm writer)" in caplog.text
 
@@ -157,7 +157,7 @@ with SparkSessionHook("spark_connect_default").session() as spark:
         PostgresLoader(hook, sys.argv[1], "append", stage_method="copy", copy_writer="jvm").load(df)
     except ConfigError as err:
         print("REFUSED", err)
-    out = PostgresLoader(hook, sys.argv[1], "append", stage_method="copy").load(df)
+    out = PostgresLoader(hook, sys.argv[1], "append", stage_method="copy", copy_writer="auto").load(df)
     print("LOADED", out.records_loaded)
 """
 

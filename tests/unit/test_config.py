@@ -398,3 +398,11 @@ def test_postgres_target_stage_method_is_checked_at_parse_time() -> None:
     assert "copy" in message and "jdbc" in message
     for method in ("copy", "jdbc", "{{ params.stage_method }}"):
         validate_target({"type": "postgres", "table": "t", "stage_method": method}, "target")
+
+
+def test_postgres_target_copy_writer_is_checked_at_parse_time() -> None:
+    message = error_of(validate_target, {"type": "postgres", "table": "t", "stage_method": "copy", "copy_writer": "c"})
+    assert message.startswith("target.copy_writer: is not a COPY writer"), message
+    assert "'auto', 'jvm', 'python'" in message or "auto, jvm, python" in message, message
+    for writer in ("auto", "jvm", "python", "{{ params.copy_writer }}"):
+        validate_target({"type": "postgres", "table": "t", "stage_method": "copy", "copy_writer": writer}, "target")

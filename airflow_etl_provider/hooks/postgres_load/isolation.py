@@ -175,6 +175,10 @@ class _Isolation:
                 bad,
             )
         total = applied + len(bad)
+        # every rejected row is a suspect (nothing superseded without a repeated key): the reject store copies
+        # them from the suspects, not from a join with every staged row
+        if not (self.mode == "upsert" and dedup):
+            plan.reject_source = suspect
         log.info(
             "Isolated %d bad row(s) of %d in %s: %d suspect(s) screened set-based (%d statements)",
             len(bad),

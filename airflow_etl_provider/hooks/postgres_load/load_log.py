@@ -73,7 +73,7 @@ class _LoadLog:
         cur.execute(
             f"INSERT INTO {plan.reject_store} (table_name, load_id, row_id, record, error, error_class) "
             f"SELECT %s, %s, s.{rid}, {record}, r.{S.q(S.ERROR)}, r.{S.q(S.ERROR_CLASS)} "
-            f"FROM {plan.staging} s JOIN {plan.rejects} r ON r.{rid} = s.{rid}",
+            f"FROM {plan.reject_source or plan.staging} s JOIN {plan.rejects} r ON r.{rid} = s.{rid}",
             (*key, S.ROW_ID),
         )
         if cur.rowcount != rejected:

@@ -16,11 +16,11 @@ from airflow_etl_provider.hooks.postgres_load.isolation import _Isolation
 from airflow_etl_provider.hooks.postgres_load.load_log import _LoadLog
 from airflow_etl_provider.hooks.postgres_load.merge import _Merging
 from airflow_etl_provider.hooks.postgres_load.model import (
+    COPY_WRITERS,
     MODES,
     NONE,
     PENDING,
     REJECT_STORE_TABLE,
-    COPY_WRITERS,
     STAGE_METHODS,
     LoadOutcome,
     _Plan,
@@ -70,8 +70,9 @@ class PostgresLoader(_Planning, _Staging, _Merging, _Isolation, _LoadLog):
     :param copy_writer: with ``stage_method="copy"``, who renders and sends the rows: ``jvm`` (Spark's JVM,
         PgJDBC's ``CopyManager``: the fastest, a classic session with ``airflow-etl-jvm.jar`` on
         ``spark.jars``), ``python`` (the executors' Python workers through Arrow and psycopg; also on
-        Spark Connect) or ``auto`` (default): ``jvm`` where it can run, else ``python`` (logged with the
-        reason). The same rows and text either way (:mod:`~airflow_etl_provider.hooks.postgres_load.jvm_copy`).
+        Spark Connect; the default here, as before the JVM writer existed) or ``auto`` (the load operator's
+        default): ``jvm`` where it can run, else ``python`` (logged with the reason). The same rows and text
+        either way (:mod:`~airflow_etl_provider.hooks.postgres_load.jvm_copy`).
     """
 
     def __init__(
@@ -92,7 +93,7 @@ class PostgresLoader(_Planning, _Staging, _Merging, _Isolation, _LoadLog):
         stage_method: Literal["copy", "jdbc"] = "jdbc",
         reject_store: str = REJECT_STORE_TABLE,
         progress_interval_s: float | None = 30.0,
-        copy_writer: Literal["auto", "jvm", "python"] = "auto",
+        copy_writer: Literal["auto", "jvm", "python"] = "python",
     ) -> None:
         if mode not in MODES:
             raise ConfigError("mode", "is not a load mode", value=mode, allowed=MODES)

@@ -17,8 +17,7 @@ log = logging.getLogger("airflow_etl_provider.hooks.postgres_load")  # one logge
 
 MODES = ("append", "overwrite", "upsert")
 STAGE_METHODS = S.STAGE_METHODS
-#: Who writes the COPY staging (``PostgresLoader(copy_writer=...)``).
-COPY_WRITERS = ("auto", "jvm", "python")
+COPY_WRITERS = S.COPY_WRITERS
 #: psycopg connection parameters the COPY writers never take from the connection's extras.
 WORK_TABLE = "_etl_work"
 #: The durable copy of every committed load's rejected rows until the dead-letter queue confirmed them.
@@ -101,6 +100,8 @@ class _Plan:
     stage_method: str = ""
     copy_writer: str = ""  # with COPY: jvm | python
     reject_store: str = ""  # quoted: the durable copy of the rejected rows (etl_load_rejects)
+    reject_source: str = ""  # quoted: a table of the merge transaction holding every rejected row's staged
+    #                          columns (the screen's suspects); empty: the staging table
     dead_letter_state: str | None = None  # of the recorded load: none | pending | delivered (NULL: legacy)
     dead_letter_spooled: int = 0  # rows an earlier try left in its local spool (pending)
     dead_letter_spool: list[str] = field(default_factory=list)  # those spool files
