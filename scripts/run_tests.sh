@@ -39,7 +39,7 @@ echo "[test] migrating the Airflow metadata DB"
   || { tail -30 "$ROOT/.local/logs/airflow-db-migrate.log"; exit 1; }
 
 echo "[test] 3/4 integration tests against the real stack"
-"$PY" -m pytest tests/integration -q -p no:cacheprovider "${PYTEST_ARGS[@]}"
+"$PY" -m pytest tests/integration -q -p no:cacheprovider --durations=25 "${PYTEST_ARGS[@]}"
 int_rc=$?
 
 echo "[test] 4/4 end to end through a real Airflow (scheduler + LocalExecutor, REST API, a real browser)"
@@ -51,7 +51,7 @@ t_e2e=$SECONDS
 e2e_rc=0
 "$STACK" up airflow || e2e_rc=1
 if [[ $e2e_rc -eq 0 ]]; then
-  "$PY" -m pytest tests/e2e -q -p no:cacheprovider "${PYTEST_ARGS[@]}"
+  "$PY" -m pytest tests/e2e -q -p no:cacheprovider --durations=10 "${PYTEST_ARGS[@]}"
   e2e_rc=$?
 fi
 echo "[test] end-to-end wall time: $((SECONDS - t_e2e))s (artifacts: .local/e2e-artifacts)"

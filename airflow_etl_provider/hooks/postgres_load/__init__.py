@@ -34,7 +34,11 @@ How a load runs (:meth:`PostgresLoader.load`):
    structs, intervals) is staged with JDBC instead, and so is every row when the executors have no
    ``psycopg`` or ``pyarrow`` (the COPY job fails with ``ModuleNotFoundError``; a warning names the fix).
    Staging 1M rows this way costs about half of JDBC staging (``benchmarks/bench_load_postgres.py``); the
-   load operator takes it as ``target.stage_method``.
+   load operator takes it as ``target.stage_method``. ``copy_writer="jvm"`` (what ``auto``, the load
+   operator's default, picks on a classic session with ``airflow-etl-jvm.jar`` on ``spark.jars``) renders the
+   same CSV on Spark's JVM side from its internal rows and streams it with PgJDBC's ``CopyManager``, one
+   connection and transaction per task attempt, one status row per partition, no Python worker and no Arrow
+   hand-over (:mod:`.jvm_copy`); ``copy_writer="python"`` is the Arrow writer above (this class's default).
    ``stage_method="jdbc"`` (the default: nothing needed on the executors): Spark's JDBC writer appends the
    rows (batched, rewritten multi-row inserts).
 3. **Merge**, in ONE transaction: the load-log row is inserted first (``ON CONFLICT DO NOTHING``: a
