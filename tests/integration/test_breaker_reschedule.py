@@ -48,14 +48,17 @@ def _reschedule_dates(dag_id: str) -> list[float]:
 
 
 def test_open_breaker_reschedules_the_task_until_half_open(unique) -> None:
-    name, reset_s = f"resched_{unique}", 15.0
+    # the reset timeout must outlast ``airflow dags test``'s start up to the task's first try (~7 s here, over 15 s
+    # on a slow CI machine, which then found the breaker already half-open and never rescheduled)
+    name, reset_s = f"resched_{unique}", 30.0
     breaker = breaker_for(CircuitBreakerPolicy(failure_threshold=1, reset_timeout_s=reset_s), name)
     opened = breaker.force_open("the database is down (test)")
     opened_at = time.time()
     out = _dags_test("test_breaker_open_reschedule", name, reset_s)
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-3000:]
-    assert "marking task as UP_FOR_RESCHEDULE" in log
+    assert "marking task as UP_FOR_RESCHEDULE" in log, "\n".join(
+        ln[:300] for ln in log.splitlines() if "Task started" in ln or "Circuit breaker" in ln or "Created dag run" in ln)
     assert "open -> half_open" in log and "half_open -> closed" in log
     assert time.time() - opened_at >= reset_s  # it waited for the breaker, not for a retry delay
     # the reschedule date Airflow stored: the half-open moment plus at most the policy's jitter, never before
