@@ -2,11 +2,13 @@
 poison rows.
 
 What is compared (same rows, each side on a freshly prepared table, ``--rounds`` times, medians)
-    *Ours*: ``PostgresLoader(hook, table, "upsert", keys=["order_id"], stage_method="copy").load(df)`` --
-    the real API, as ``ResilientSparkLoadOperator`` runs it with ``target.stage_method: copy`` (``--stage-method
-    jdbc`` for the default JDBC staging): every executor COPYs its partition into an UNLOGGED staging table,
-    then one transaction counts the staged rows (checks for repeated keys), ``MERGE``\\s them into a target
-    that already holds half the keys (every even ``order_id``) and writes the load log.
+    *Ours*: ``PostgresLoader(hook, table, "upsert", keys=["order_id"], stage_method="copy",
+    copy_writer="auto").load(df)`` -- the real API, as ``ResilientSparkLoadOperator`` runs it with
+    ``target.stage_method: copy`` (``--stage-method jdbc`` for the default JDBC staging, ``--copy-writer python``
+    for the executors' Python writer): every partition is rendered as COPY CSV on Spark's JVM side and COPYed
+    into an UNLOGGED staging table (the JVM writer, ``jvm/src/.../PostgresCopyStager.java``), then one
+    transaction counts the staged rows (checks for repeated keys), ``MERGE``\\s them into a target that
+    already holds half the keys (every even ``order_id``) and writes the load log.
     ``df`` is ``spark.read.parquet`` of the generated orders (Spark ``local[2]``).
 
     *P3 peer, the PostgreSQL floor*: what PostgreSQL itself needs for the same upsert, atomically, from a
@@ -29,29 +31,29 @@ What is compared (same rows, each side on a freshly prepared table, ``--rounds``
     Goals (issue #15): P3 ours <= 1.15x the floor; P2 ours <= 1.0x the JDBC append; P4 <= 1.5x the clean
     upsert with 100 poison rows, <= 2.0x with 10,000. Peak memory of the driver, Spark and PostgreSQL.
 
-Results (1M rows, ``--rounds 3``, medians; 2026-12-02, this 2-core machine quiet but ~2-4x slower than the
-one that gave the issue's figures (a 20M-iteration Python loop: 5.8 s); PostgreSQL 15 with fsync,
-full_page_writes and synchronous_commit off for every side)::
+Results (1M rows, ``--rounds 3``, medians; PostgreSQL 15 with fsync, full_page_writes and synchronous_commit
+off for every side)::
 
                                      ours    stage  merge | floor   JDBC    COPY | P3     P2     P4/100  P4/10k
+    2026-12-02, a machine ~2-4x slower than the issue's (a 20M-iteration Python loop: 5.8 s):
     CSV timestamps (before)          27.3 s  9.54   17.47 | 15.8*   25.7*  10.9* | ~1.7   1.06   1.17    -
     vectorised timestamps            16.55   6.92   9.42  | 12.82   13.79  5.81  | 1.29   1.20   1.36    2.27
     + suspects applied in the server 16.89   7.90   8.73  | 11.45   14.70  7.07  | 1.48   1.15   1.52    1.76
+    2026-12-06, a faster machine (same 2 cores):
+    Python writer, one round          11.33   4.11   7.12  |  7.25    9.12  5.58  | 1.56   1.24   1.11    -
+    JVM writer (Row objects), 1 round  8.22   -      -     |  6.67    9.07  3.07  | 1.23   0.91   1.26    1.98
+    JVM writer (internal rows)         9.32   3.40   5.79  |  8.42    9.85  4.44  | 1.11   0.95   1.54    2.06
+    + poison-path joins trimmed       10.57   3.84   6.58  |  9.32   11.00  5.07  | 1.13   0.96   1.18    1.70
 
     (stage and merge: the median round's. * the first row: one round on a busier machine, the floor from
-    ``pg_upsert_floor.sh`` in a separate run.)
-    Floor, per way (the same run): MERGE 10.91-13.94 s (stage + statement), UPDATE + INSERT
-    11.67-13.42 s, ON CONFLICT 14.64-20.02 s; the fastest per round 10.91 / 11.45 / 12.27 s.
-    Peak memory (same run): Python driver 253 MiB, Spark JVM 1,259 MiB, Spark Python workers 175 MiB
-    each; PostgreSQL's largest process 329 MiB, all its processes together 948 MiB (shared buffers counted
-    in each process that touched them). Only one status row per partition reaches the driver.
-
-    The two runs disagree by more than the gaps (single rounds of the same side vary by 20-90 % on this
-    machine: the 100-poison rounds of the last run took 33.8, 25.7 and 18.0 s). P4/10k is met in the last
-    run (1.76x; 2.27x before the server-side suspects), P4/100 is at the goal (1.36x, 1.52x). **P3 and P2
-    are missed**: ours spends about as long in the merge as the floor (``MERGE`` is also the floor's
-    fastest way here), so the gap is staging: 6.7-7.9 s from Spark where PostgreSQL's own COPY of the same
-    rows takes 3.4-4.9 s.
+    ``pg_upsert_floor.sh`` in a separate run.) The last row is the run the README quotes: **every goal met**
+    (P3 1.13x <= 1.15, P2 0.96x <= 1.0, P4 1.18x <= 1.5 and 1.70x <= 2.0), with little margin for P3 and P2
+    on a machine whose rounds of the same side vary by 10-40 % (the floor's rounds in that run: 7.07, 9.32,
+    9.88 s). P4 is a ratio to the clean upsert, so a faster clean upsert made it harder: the row before the
+    last missed it (1.54x, 2.06x) until the poison path stopped joining every staged row twice (below).
+    Peak memory (last run): Python driver 300 MiB, Spark JVM 1,088 MiB, PostgreSQL's largest process 264
+    MiB, all its processes together 859 MiB (shared buffers counted in each process that touched them). Only
+    one status row per partition reaches the driver.
 
 Where the time went, and what was changed
     * Staging, COPY from the executors: Arrow's CSV writer formats a *zoned* timestamp value by value
@@ -67,14 +69,30 @@ Where the time went, and what was changed
       ~18 s of the merge (1.8 ms each), P4/10k 2.27x -> 1.76x. Messages and error classes are the ones
       psycopg reports for the same statements (``tests/integration/test_suspect_rows_in_server.py``).
 
-    What is left in staging (CPU seconds, 1M rows, ``psutil`` over the Spark JVM and its Python workers):
-    a JVM-only scan of the same DataFrame costs 1.0-1.4 s; handing it to Python through Arrow 6.9-8.3 s,
-    of which the two decimal columns ~2 s (Spark's Arrow writer builds a ``BigDecimal`` per value); the
-    CSV encoding ~1.3 s; PostgreSQL's COPY backends ~4 s. That is ~13 CPU-s on 2 cores where the floor's
-    COPY is one backend's ~4 s. The next step is a COPY writer on the JVM side (PgJDBC's ``CopyManager``
-    fed from Spark's rows, as the JDBC writer is): no Arrow hand-over, no Python worker.
+    * Staging on the JVM side (2026-12-06): the Arrow hand-over to a Python worker cost 6.9-8.3 CPU-s per 1M
+      rows on the slow machine against 1.0-1.4 s for the JVM's own scan. ``PostgresCopyStager`` renders
+      Spark's internal rows (UTF-8 bytes, microseconds, days, unscaled decimals: no ``Row`` objects, no
+      ``String`` decoding) as the Python writer's CSV into a byte buffer and streams it with PgJDBC's
+      ``CopyManager``, one connection and transaction per task attempt. Its first version went through
+      ``Row`` objects (``mapPartitions`` with ``Encoders``): 4.2-4.5 JVM CPU-s for the staging; internal rows:
+      3.6-3.9. Staging 4.1-4.6 s (Python writer) -> 3.4-4.0 s; the upsert 11.3 -> 8.2-10.6 s.
+    * Poison rows: with no repeated key no row can be superseded by a rejected one, so the statement that
+      joins staging with itself to find such rows (0.4-1.1 s per 1M) no longer runs then, and the reject
+      store copies the rejected rows from the screen's suspects (100-10,000 rows) instead of joining every
+      staged row (0.4-0.9 s): P4 1.54x -> 1.18x, 2.06x -> 1.70x.
+
+    What is left in staging (1M rows, this machine, the staging job alone after a warm-up): 3.6-4.0 s wall,
+    3.6-3.9 CPU-s in the JVM, of which ~2 CPU-s is Spark reading the parquet into rows (a no-op write of the
+    same columns: 1.0-1.2 s wall, 1.9-2.2 CPU-s); PostgreSQL's two COPY backends need ~1.5-1.9 s wall for the
+    two halves of the same CSV in parallel (psql, no Spark). On 2 cores the JVM and the two backends share
+    the CPU, so the staging is within ~1.3x of the CPU it needs; the floor's COPY is one backend on one core.
 
 Alternatives measured and not taken
+    * The JVM writer through ``Row`` objects (``Dataset.mapPartitions`` with an encoder): ~0.5 CPU-s more per
+      1M rows than internal rows (see above).
+    * Parallel COPY into one staging table vs one table per partition (psql, the CSV's two halves): 1.8-1.9 s
+      vs 1.5-1.7 s: the relation-extension lock costs little here; one table kept (the merge, the dedup and
+      the progress count read one table).
     * Binary COPY from Arrow with ``adbc-driver-postgresql`` 1.13 (``adbc_ingest``, one connection, 1M
       rows): client 2.5 CPU-s + server 2.1-2.8 vs CSV (vectorised timestamps) 1.3 + 4.0-4.3: about 10 % less
       CPU in all, for a new native dependency on every executor.
@@ -99,7 +117,7 @@ How to run (the local stack must be up: ``make services-up``)::
 
     set -a; . .local/airflow.env; set +a
     .venv/bin/python benchmarks/bench_load_postgres.py [--rows 1000000] [--rounds 3] [--poison 100,10000]
-        [--stage-method copy|jdbc] [--floor merge,on_conflict,update_insert]
+        [--stage-method copy|jdbc] [--copy-writer auto|jvm|python] [--floor merge,on_conflict,update_insert]
 
 Each round times every side once, in turn, on fresh tables; the load average is printed per round. The
 last lines are one ``bench <id>: ours=<s> peer=<s> ratio=<ours/peer>`` per comparison (medians). Peak RSS of
