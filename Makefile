@@ -84,9 +84,10 @@ $(LOCAL)/jars/.fetched: build/maven/spark-pom.xml
 	@touch $@
 
 # The COPY staging writer on Spark's JVM side (jvm/src): compiled against PySpark's own jars and the PostgreSQL
-# JDBC driver (nothing downloaded), into .local/jars, which the stack puts on spark.jars.
+# JDBC driver (nothing downloaded), into the package (airflow_etl_provider/jars, git-ignored, shipped in a wheel
+# built from this tree): SparkSessionHook puts the package's jars on spark.jars.
 JVM_SOURCES := $(shell find $(ROOT)/jvm/src -name '*.java' 2>/dev/null)
-JVM_JAR := $(LOCAL)/jars/airflow-etl-jvm.jar
+JVM_JAR := $(ROOT)/airflow_etl_provider/jars/airflow-etl-jvm.jar
 jvm-jar: $(JVM_JAR)
 $(JVM_JAR): $(JVM_SOURCES) $(LOCAL)/jars/.fetched $(VENV)/.installed
 	@echo "[setup] compiling the JVM COPY writer: $(JVM_JAR)"
@@ -94,6 +95,7 @@ $(JVM_JAR): $(JVM_SOURCES) $(LOCAL)/jars/.fetched $(VENV)/.installed
 	@spark_jars=$$($(PY) -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "jars"))'); \
 	 javac -nowarn --release 17 -d $(LOCAL)/jvm-classes \
 	    -cp "$$spark_jars/*:$$(ls $(LOCAL)/jars/postgresql-*.jar | head -1)" $(JVM_SOURCES)
+	@mkdir -p $(dir $@) && rm -f $(LOCAL)/jars/airflow-etl-jvm.jar
 	@jar cf $@.tmp -C $(LOCAL)/jvm-classes . && mv $@.tmp $@
 
 # ------------------------------------------------------------------ the local stack

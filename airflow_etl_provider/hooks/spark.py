@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
@@ -29,6 +30,19 @@ log = logging.getLogger(__name__)
 #: for embedded and standalone sessions. ``make spark-jars`` fetches the Kafka source and the
 #: PostgreSQL JDBC driver into ``.local/jars`` and the env file points this variable at them.
 SPARK_JARS_ENV = "AIRFLOW_ETL_SPARK_JARS"
+
+#: The jars this package carries (``make jvm-jar`` builds ``airflow-etl-jvm.jar``, the JVM COPY writer, into
+#: ``airflow_etl_provider/jars``; a wheel built from that tree ships it). Classic sessions this hook builds get
+#: them on ``spark.jars``, so the executors of a cluster receive them too.
+PACKAGED_JARS_DIR = Path(__file__).resolve().parents[1] / "jars"
+
+
+def packaged_jars() -> list[str]:
+    """The paths of the jars this package carries (none when it was installed without building them)."""
+    if not PACKAGED_JARS_DIR.is_dir():
+        return []
+    return sorted(str(p) for p in PACKAGED_JARS_DIR.glob("*.jar"))
+
 
 #: Spark's setting for the executors' Python (documented for spark-submit). A Python driver ignores it: the
 #: SparkContext takes ``$PYSPARK_PYTHON`` when it starts. The hook honours it, so a connection to a cluster
@@ -108,12 +122,14 @@ class SparkSessionHook(BaseHook):
             conf.pop("spark.jars", None)
         else:
             conf.setdefault("spark.master", url)
-            extra_jars = os.environ.get(SPARK_JARS_ENV, "")
+            extra_jars = [j for j in os.environ.get(SPARK_JARS_ENV, "").split(",") if j] + packaged_jars()
             if extra_jars:
                 jars = [j for j in conf.get("spark.jars", "").split(",") if j]
-                for jar in extra_jars.split(","):
-                    if jar and jar not in jars:
+                names = {os.path.basename(j) for j in jars}
+                for jar in extra_jars:
+                    if jar not in jars and os.path.basename(jar) not in names:  # one copy of a class
                         jars.append(jar)
+                        names.add(os.path.basename(jar))
                 conf["spark.jars"] = ",".join(jars)
         return conf
 

@@ -1,7 +1,8 @@
 """COPY staging on Spark's JVM side: the driver half of ``jvm/src/.../PostgresCopyStager.java``.
 
 On a classic session (embedded ``local[*]``, a standalone or YARN cluster) whose ``spark.jars`` hold
-``airflow-etl-jvm.jar`` (``make jvm-jar``), the executors render each partition's rows as the same COPY CSV
+``airflow-etl-jvm.jar`` (``make jvm-jar`` builds it into this package; sessions built by
+:class:`~airflow_etl_provider.hooks.spark.SparkSessionHook` get it on ``spark.jars``), the executors render each partition's rows as the same COPY CSV
 the Python writer (:mod:`airflow_etl_provider.executor.postgres_copy`) sends and stream it with PgJDBC's
 ``CopyManager``, where Spark already holds the rows: no Arrow hand-over, no Python worker. Measured on 1M
 orders (``benchmarks/bench_load_postgres.py``) that is most of the staging cost gone (the Arrow hand-over
@@ -102,7 +103,8 @@ def jvm_copy_unavailable(spark: Any) -> str | None:
     if jvm is None:
         return "a Spark Connect session (no JVM in the client)"
     if not _stager(jvm).__class__.__name__ == "JavaClass":  # py4j: a JavaPackage when no such class
-        return "airflow-etl-jvm.jar is not on spark.jars (make jvm-jar builds it into .local/jars)"
+        return ("airflow-etl-jvm.jar is not on spark.jars (make jvm-jar builds it into airflow_etl_provider/jars, "
+                "which sessions built by SparkSessionHook put there; add it to spark.jars of other sessions)")
     return None
 
 

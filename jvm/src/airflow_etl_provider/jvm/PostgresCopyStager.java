@@ -17,8 +17,8 @@
  *     succeeds commits (a re-executed partition writes the same row ids again; the merge deduplicates);
  *   - one status row (partition, attempt, rows) per partition, like the Python writer's.
  *
- * Built by `make jvm-jar` into .local/jars/airflow-etl-jvm.jar (javac against PySpark's jars and the
- * PostgreSQL JDBC driver), which the stack puts on spark.jars. No dependency beyond those two.
+ * Built by `make jvm-jar` into airflow_etl_provider/jars/airflow-etl-jvm.jar (javac against PySpark's jars and
+ * the PostgreSQL JDBC driver), which SparkSessionHook puts on spark.jars. No dependency beyond those two.
  */
 package airflow_etl_provider.jvm;
 
