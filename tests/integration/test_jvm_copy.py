@@ -186,3 +186,42 @@ def test_jvm_writer_is_refused_by_name_on_spark_connect(hook, pg, unique) -> Non
     assert "(python writer)" in out.stdout and "LOADED 1" in out.stdout
     cur.execute(f"SELECT id, s FROM {t}")
     assert cur.fetchall() == [(1, "a")]
+
+
+STANDALONE_SCRIPT = """
+import logging, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True)
+from airflow_etl_provider.hooks.postgres import SparkPostgresHook
+from airflow_etl_provider.hooks.postgres_load import PostgresLoader
+from airflow_etl_provider.hooks.spark import SparkSessionHook
+
+with SparkSessionHook("spark_standalone").session() as spark:
+    print("MASTER", spark.sparkContext.master)
+    df = spark.range(0, 5000, 1, 4).selectExpr("CAST(id AS INT) AS id", "concat('v', id) AS s")
+    out = PostgresLoader(SparkPostgresHook(postgres_conn_id="postgres_default"), sys.argv[1], "upsert", keys=["id"],
+                         stage_method="copy", copy_writer="jvm").load(df)
+    print("LOADED", out.records_loaded)
+"""
+
+
+@pytest.mark.slow
+def test_jvm_writer_runs_on_a_standalone_cluster_with_the_packaged_jar(hook, pg, unique) -> None:
+    """The jar SparkSessionHook puts on ``spark.jars`` reaches a cluster's executors: the writer runs there."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([str(root / "scripts/stack.sh"), "up", "spark-standalone"], check=True, timeout=240)
+    cur, drop = pg
+    t = f"js_{unique}"
+    cur.execute(f"CREATE TABLE {t} (id int PRIMARY KEY, s text)")
+    drop.append(t)
+    out = subprocess.run([sys.executable, "-c", STANDALONE_SCRIPT, f"public.{t}"], capture_output=True, text=True,
+                         env=os.environ, timeout=600, cwd=root)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "MASTER spark://127.0.0.1:" in out.stdout and "LOADED 5000" in out.stdout, out.stdout[-3000:]
+    assert "with COPY (jvm writer) from" in out.stdout  # on the cluster executors, not the Python writer
+    cur.execute(f"SELECT count(*), count(DISTINCT s) FROM {t}")
+    assert cur.fetchone() == (5000, 5000)
