@@ -77,6 +77,15 @@ issue #15 had 2.33 s, so the machine ran ~4.7x slower than when the issue's figu
     one ``orjson.dumps`` and its split ~13%, Arrow kernels ~5%), ``poll`` + delivery callbacks 14%, the
     rest imports and waiting.
 
+    2026-12-06, a faster machine (same 2 cores, the broker freshly started, nothing else running), two runs of
+    ``--rows 100000``: ours 2.635 / 2.406 s (37,950 / 41,566 envelopes/s), building alone 6.4-9.2 us/row, p99
+    batch latency 741.7 ms (the broker's first minute) / 115.0 ms; the peer 1,195 / 2,993 rows/s (its
+    loopback round trip halved between the runs), so 31.7x / 13.9x. Still short of 100,000 envelopes/s and
+    of p99 < 100 ms in one Python process: ``produce()`` with the 12 headers and the building cost ~20 us a
+    row together. What would reach it: more partitions publishing in parallel (the real path runs one
+    publisher per Spark partition; this benchmark times one), or fewer headers per message (a contract
+    change for the DLQ's consumers). Not done.
+
     Tried and not kept: ``Producer.produce_batch`` (confluent-kafka 2.16 takes no headers); building a
     whole 10,000-row Arrow batch at once (amortises Arrow's per-call cost, but the ~0.2 s pause serves no
     delivery reports: every tenth batch showed 180-250 ms, p99 failed; now 1,000-row chunks, with the
