@@ -34,6 +34,26 @@ def unique() -> str:
     return uuid.uuid4().hex[:10]
 
 
+@pytest.fixture
+def hook():
+    """The ``postgres_default`` connection as the load engine's hook."""
+    from airflow_etl_provider.hooks.postgres import SparkPostgresHook
+
+    return SparkPostgresHook(postgres_conn_id="postgres_default")
+
+
+@pytest.fixture
+def pg(hook) -> Iterator[tuple]:
+    """An autocommit cursor, and a list of tables to drop at the end."""
+    conn = hook.get_conn()
+    conn.autocommit = True
+    drop: list[str] = []
+    yield conn.cursor(), drop
+    for name in reversed(drop):
+        conn.cursor().execute(f"DROP TABLE IF EXISTS {name} CASCADE")
+    conn.close()
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> str:
     return f"127.0.0.1:{os.environ['ETL_STACK_KAFKA_PORT']}"

@@ -6,33 +6,15 @@ it cannot."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
 
-from airflow_etl_provider.hooks.postgres import SparkPostgresHook
 from airflow_etl_provider.hooks.postgres_load import PostgresLoader
 from airflow_etl_provider.hooks.postgres_load.jvm_copy import jvm_copy_unavailable
 
 pytestmark = pytest.mark.spark
-
-
-@pytest.fixture
-def hook() -> SparkPostgresHook:
-    return SparkPostgresHook(postgres_conn_id="postgres_default")
-
-
-@pytest.fixture
-def pg(hook: SparkPostgresHook) -> Iterator[tuple]:
-    conn = hook.get_conn()
-    conn.autocommit = True
-    drop: list[str] = []
-    yield conn.cursor(), drop
-    for name in reversed(drop):
-        conn.cursor().execute(f"DROP TABLE IF EXISTS {name} CASCADE")
-    conn.close()
 
 
 STRINGS = ["", None, "tab\there", "new\nline", "cr\rlf\r\n", "back\\slash\\", "\\.", "a\n\\.\nb", 'quote"d""',
@@ -140,6 +122,25 @@ def test_auto_picks_the_jvm_writer_on_a_classic_session_with_the_jar(spark, hook
     assert out.records_loaded == 2 and "(jvm writer)" in caplog.text
 
 
+def _run_script_on(service: str, script: str, pg: tuple, table: str) -> str:
+    """Start ``service`` of the stack, create ``table`` (id, s), run ``script`` with the table's name in its own
+    process (a session of another kind than the suite's shared one) and return its stdout."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([str(root / "scripts/stack.sh"), "up", service], check=True, timeout=240)
+    cur, drop = pg
+    cur.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, s text)")
+    drop.append(table)
+    out = subprocess.run([sys.executable, "-c", script, f"public.{table}"], capture_output=True, text=True,
+                         env=os.environ, timeout=600, cwd=root)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return out.stdout
+
+
 CONNECT_SCRIPT = """
 import logging, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True)
@@ -163,28 +164,16 @@ with SparkSessionHook("spark_connect_default").session() as spark:
 
 
 @pytest.mark.slow
-def test_jvm_writer_is_refused_by_name_on_spark_connect(hook, pg, unique) -> None:
+def test_jvm_writer_is_refused_by_name_on_spark_connect(pg, unique) -> None:
     """Spark Connect has no client JVM: ``copy_writer='jvm'`` fails naming the setting, ``auto`` says why it
     uses the Python writer and loads with it."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
-    subprocess.run([str(root / "scripts/stack.sh"), "up", "spark-connect"], check=True, timeout=240)
-    cur, drop = pg
-    t = f"jx_{unique}"
-    cur.execute(f"CREATE TABLE {t} (id int PRIMARY KEY, s text)")
-    drop.append(t)
-    out = subprocess.run([sys.executable, "-c", CONNECT_SCRIPT, f"public.{t}"], capture_output=True, text=True,
-                         env=os.environ, timeout=600, cwd=root)
-    assert out.returncode == 0, out.stderr[-4000:]
-    assert "UNAVAILABLE a Spark Connect session (no JVM in the client)" in out.stdout
-    assert "REFUSED copy_writer: 'jvm' cannot run here: a Spark Connect session" in out.stdout, out.stdout[-3000:]
-    assert "with the Python COPY writer: a Spark Connect session" in out.stdout
-    assert "(python writer)" in out.stdout and "LOADED 1" in out.stdout
-    cur.execute(f"SELECT id, s FROM {t}")
+    stdout = _run_script_on("spark-connect", CONNECT_SCRIPT, pg, f"jx_{unique}")
+    assert "UNAVAILABLE a Spark Connect session (no JVM in the client)" in stdout
+    assert "REFUSED copy_writer: 'jvm' cannot run here: a Spark Connect session" in stdout, stdout[-3000:]
+    assert "with the Python COPY writer: a Spark Connect session" in stdout
+    assert "(python writer)" in stdout and "LOADED 1" in stdout
+    cur = pg[0]
+    cur.execute(f"SELECT id, s FROM jx_{unique}")
     assert cur.fetchall() == [(1, "a")]
 
 
@@ -205,23 +194,11 @@ with SparkSessionHook("spark_standalone").session() as spark:
 
 
 @pytest.mark.slow
-def test_jvm_writer_runs_on_a_standalone_cluster_with_the_packaged_jar(hook, pg, unique) -> None:
+def test_jvm_writer_runs_on_a_standalone_cluster_with_the_packaged_jar(pg, unique) -> None:
     """The jar SparkSessionHook puts on ``spark.jars`` reaches a cluster's executors: the writer runs there."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
-    subprocess.run([str(root / "scripts/stack.sh"), "up", "spark-standalone"], check=True, timeout=240)
-    cur, drop = pg
-    t = f"js_{unique}"
-    cur.execute(f"CREATE TABLE {t} (id int PRIMARY KEY, s text)")
-    drop.append(t)
-    out = subprocess.run([sys.executable, "-c", STANDALONE_SCRIPT, f"public.{t}"], capture_output=True, text=True,
-                         env=os.environ, timeout=600, cwd=root)
-    assert out.returncode == 0, out.stderr[-4000:]
-    assert "MASTER spark://127.0.0.1:" in out.stdout and "LOADED 5000" in out.stdout, out.stdout[-3000:]
-    assert "with COPY (jvm writer) from" in out.stdout  # on the cluster executors, not the Python writer
-    cur.execute(f"SELECT count(*), count(DISTINCT s) FROM {t}")
+    stdout = _run_script_on("spark-standalone", STANDALONE_SCRIPT, pg, f"js_{unique}")
+    assert "MASTER spark://127.0.0.1:" in stdout and "LOADED 5000" in stdout, stdout[-3000:]
+    assert "with COPY (jvm writer) from" in stdout  # on the cluster executors, not the Python writer
+    cur = pg[0]
+    cur.execute(f"SELECT count(*), count(DISTINCT s) FROM js_{unique}")
     assert cur.fetchone() == (5000, 5000)

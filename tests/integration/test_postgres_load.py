@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -14,27 +13,9 @@ import pytest
 from airflow_etl_provider.core import sql as S
 from airflow_etl_provider.core.errors import ConfigError
 from airflow_etl_provider.executor.postgres_copy import copy_writer
-from airflow_etl_provider.hooks.postgres import SparkPostgresHook
 from airflow_etl_provider.hooks.postgres_load import PostgresLoader
 
 pytestmark = pytest.mark.spark
-
-
-@pytest.fixture
-def hook() -> SparkPostgresHook:
-    return SparkPostgresHook(postgres_conn_id="postgres_default")
-
-
-@pytest.fixture
-def pg(hook: SparkPostgresHook) -> Iterator[tuple]:
-    """An autocommit cursor, and a list of tables to drop at the end."""
-    conn = hook.get_conn()
-    conn.autocommit = True
-    drop: list[str] = []
-    yield conn.cursor(), drop
-    for name in reversed(drop):
-        conn.cursor().execute(f"DROP TABLE IF EXISTS {name} CASCADE")
-    conn.close()
 
 
 def _rows(cur, table: str) -> list[tuple]:
