@@ -2,9 +2,9 @@
 
 On a classic session (embedded ``local[*]``, a standalone or YARN cluster) whose ``spark.jars`` hold
 ``airflow-etl-jvm.jar`` (``make jvm-jar`` builds it into this package; sessions built by
-:class:`~airflow_etl_provider.hooks.spark.SparkSessionHook` get it on ``spark.jars``), the executors render each partition's rows as the same COPY CSV
-the Python writer (:mod:`airflow_etl_provider.executor.postgres_copy`) sends and stream it with PgJDBC's
-``CopyManager``, where Spark already holds the rows: no Arrow hand-over, no Python worker. Measured on 1M
+:class:`~airflow_etl_provider.hooks.spark.SparkSessionHook` get it on ``spark.jars``), the executors render
+each partition's rows as the same COPY CSV the Python writer (:mod:`airflow_etl_provider.executor.postgres_copy`)
+sends and stream it with PgJDBC's ``CopyManager``, where Spark already holds the rows: no Arrow hand-over, no Python worker. Measured on 1M
 orders (``benchmarks/bench_load_postgres.py``) that is most of the staging cost gone (the Arrow hand-over
 alone was ~7 CPU-s against ~1 s for the JVM's own scan).
 
@@ -14,8 +14,9 @@ why and the loader uses the Python writer (same rows, same text, same accounting
 
 Values are rendered by kind (see the Java constants) from Spark's internal rows (strings as UTF-8 bytes,
 timestamps as microseconds, dates as days, decimals unscaled: nothing decoded into Java objects, no
-``java.sql.Timestamp`` calendar rebasing), with the same rules as the Python writer: strings always quoted, NULL an unquoted empty field, timestamps
-into ``timestamptz`` in UTC, other timestamps as the session time zone's wall time, binary as ``\\x`` hex.
+``java.sql.Timestamp`` calendar rebasing), with the same rules as the Python writer: strings always quoted,
+NULL an unquoted empty field, timestamps into ``timestamptz`` in UTC, other timestamps as the session time
+zone's wall time, binary as ``\\x`` hex.
 """
 
 from __future__ import annotations
@@ -102,7 +103,9 @@ def jvm_copy_unavailable(spark: Any) -> str | None:
     jvm = getattr(spark, "_jvm", None)
     if jvm is None:
         return "a Spark Connect session (no JVM in the client)"
-    if not _stager(jvm).__class__.__name__ == "JavaClass":  # py4j: a JavaPackage when no such class
+    from py4j.java_gateway import JavaClass
+
+    if not isinstance(_stager(jvm), JavaClass):  # py4j gives a JavaPackage for a name that is no class
         return ("airflow-etl-jvm.jar is not on spark.jars (make jvm-jar builds it into airflow_etl_provider/jars, "
                 "which sessions built by SparkSessionHook put there; add it to spark.jars of other sessions)")
     return None

@@ -234,15 +234,13 @@ public final class PostgresCopyStager {
     static final class Renderer {
         private static final byte[] HEX = "0123456789abcdef".getBytes(StandardCharsets.US_ASCII);
         private final char[] kinds;
-        private final DataType[] types;
         private final int[] precision;
         private final int[] scale;
         private final ZoneId zone;
 
         Renderer(char[] kinds, DataType[] types, ZoneId zone) {
-            this.kinds = kinds;
-            this.types = types;
             this.zone = zone;
+            this.kinds = kinds.clone();
             precision = new int[kinds.length];
             scale = new int[kinds.length];
             for (int i = 0; i < kinds.length; i++) {
@@ -250,6 +248,33 @@ public final class PostgresCopyStager {
                     precision[i] = ((DecimalType) types[i]).precision();
                     scale[i] = ((DecimalType) types[i]).scale();
                 }
+                if (kinds[i] == KIND_PLAIN) { // resolved once per column, not per value
+                    this.kinds[i] = plainKind(types[i], i);
+                }
+            }
+        }
+
+        private static final char BOOLEAN = '1';
+        private static final char BYTE = '2';
+        private static final char SHORT = '3';
+        private static final char INT = '4';
+        private static final char LONG = '5';
+
+        private static char plainKind(DataType type, int i) {
+            switch (type.typeName()) {
+                case "boolean":
+                    return BOOLEAN;
+                case "byte":
+                    return BYTE;
+                case "short":
+                    return SHORT;
+                case "integer":
+                    return INT;
+                case "long":
+                    return LONG;
+                default:
+                    throw new IllegalStateException("column " + i + " (" + type.typeName()
+                            + ") is not an integer or boolean");
             }
         }
 
@@ -265,8 +290,20 @@ public final class PostgresCopyStager {
                     case KIND_STRING:
                         quoted(out, row.getUTF8String(i));
                         break;
-                    case KIND_PLAIN:
-                        plain(out, row, i);
+                    case BOOLEAN:
+                        out.ascii(row.getBoolean(i) ? "true" : "false");
+                        break;
+                    case BYTE:
+                        out.number(row.getByte(i));
+                        break;
+                    case SHORT:
+                        out.number(row.getShort(i));
+                        break;
+                    case INT:
+                        out.number(row.getInt(i));
+                        break;
+                    case LONG:
+                        out.number(row.getLong(i));
                         break;
                     case KIND_DOUBLE:
                         out.ascii(Double.toString(row.getDouble(i)));
@@ -297,29 +334,6 @@ public final class PostgresCopyStager {
                 }
             }
             out.put((byte) '\n');
-        }
-
-        private void plain(Bytes out, InternalRow row, int i) {
-            String name = types[i].typeName();
-            switch (name) {
-                case "boolean":
-                    out.ascii(row.getBoolean(i) ? "true" : "false");
-                    break;
-                case "byte":
-                    out.number(row.getByte(i));
-                    break;
-                case "short":
-                    out.number(row.getShort(i));
-                    break;
-                case "integer":
-                    out.number(row.getInt(i));
-                    break;
-                case "long":
-                    out.number(row.getLong(i));
-                    break;
-                default:
-                    throw new IllegalStateException("column " + i + " (" + name + ") is not an integer or boolean");
-            }
         }
 
         private static void quoted(Bytes out, UTF8String s) {
