@@ -90,11 +90,12 @@ JVM_SOURCES := $(shell find $(ROOT)/jvm/src -name '*.java' 2>/dev/null)
 JVM_JAR := $(ROOT)/airflow_etl_provider/jars/airflow-etl-jvm.jar
 jvm-jar: $(JVM_JAR)
 $(JVM_JAR): $(JVM_SOURCES) $(LOCAL)/jars/.fetched $(VENV)/.installed
-	@echo "[setup] compiling the JVM COPY writer: $(JVM_JAR)"
+	@echo "[setup] compiling the JVM COPY writer and Kafka dead-letter publisher: $(JVM_JAR)"
 	@rm -rf $(LOCAL)/jvm-classes && mkdir -p $(LOCAL)/jvm-classes
 	@spark_jars=$$($(PY) -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "jars"))'); \
 	 javac -nowarn --release 17 -d $(LOCAL)/jvm-classes \
-	    -cp "$$spark_jars/*:$$(ls $(LOCAL)/jars/postgresql-*.jar | head -1)" $(JVM_SOURCES)
+	    -cp "$$spark_jars/*:$$(ls $(LOCAL)/jars/postgresql-*.jar | head -1):$$(ls $(LOCAL)/jars/kafka-clients-*.jar | head -1)" \
+	    $(JVM_SOURCES)
 	@mkdir -p $(dir $@) && rm -f $(LOCAL)/jars/airflow-etl-jvm.jar
 	@jar cf $@.tmp -C $(LOCAL)/jvm-classes . && mv $@.tmp $@
 

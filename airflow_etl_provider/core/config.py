@@ -76,6 +76,11 @@ class KafkaDeadLetterConfig(ConfigModel):
     :param conn_id: an Airflow Kafka connection; ``kafka_default`` when neither it nor
         ``config["bootstrap.servers"]`` is given.
     :param config: producer settings (librdkafka), applied over the connection's.
+    :param writer: who publishes the rows of a DataFrame (``DeadLetterHook.publish_dataframe``): ``"jvm"``
+        Kafka's Java producer inside Spark's JVM, the rows never handed to Python (needs a classic session
+        with airflow-etl-jvm.jar and kafka-clients on its jars, column types it renders, producer settings
+        it can translate); ``"python"`` confluent-kafka in Spark's Python workers; ``"auto"`` (default) the
+        JVM where it can, else Python (the reason is logged).
     :param enabled: ``False`` disables the dead-letter queue.
     """
 
@@ -87,12 +92,14 @@ class KafkaDeadLetterConfig(ConfigModel):
         "conn_id": to_field("conn_id"),
         "connId": to_field("conn_id"),
         "config": to_field("config"),
+        "writer": to_field("writer"),
     }
 
     type: Literal["kafka"] = "kafka"
     topic: str
     conn_id: str | None = None
     config: dict[str, Any] = Field(default_factory=dict)
+    writer: Literal["auto", "jvm", "python"] = "auto"
     enabled: bool = True
 
     @model_validator(mode="before")

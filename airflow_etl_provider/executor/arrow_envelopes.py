@@ -66,7 +66,8 @@ _RULES_HEADER = HEADER_PREFIX + "rules"
 _ID_HEADER = HEADER_PREFIX + "envelope.id"
 #: the fields filled in per row, in the (sorted) order of the envelope's JSON
 _ROW_FIELDS = ("envelope_id", "error_class", "error_message", "failed_rules", "record", "record_key")
-_DEFAULT_ERROR_CLASS = f"{DataError.__module__}.{DataError.__qualname__}"
+#: the error class of rows without one
+DEFAULT_ERROR_CLASS = f"{DataError.__module__}.{DataError.__qualname__}"
 #: Decimal scales for which Arrow's cast to string writes exactly ``str(Decimal)`` (plain notation: Python
 #: switches to exponents below an adjusted exponent of -6)
 _PLAIN_DECIMAL_SCALES = range(0, 7)
@@ -273,6 +274,33 @@ class KafkaMessageBuilder:
         self._constant_headers = tuple(_constant_headers(template)[1])
         self._classes: dict[str, tuple[bytes, tuple[tuple[str, bytes], ...]]] = {}
 
+    def value_parts(self) -> list[bytes]:
+        """The envelope JSON cut around its per-row fields, in :data:`_ROW_FIELDS` order (7 parts, the id's
+        quotes included in the parts): what the JVM publisher fills in
+        (``jvm/src/airflow_etl_provider/jvm/KafkaDeadLetterPublisher.java``)."""
+        slots = [b"\x00%d\x00" % k for k in range(len(_ROW_FIELDS))]  # NUL never occurs in JSON text
+        text = self._value_format % tuple(slots)
+        parts = []
+        for slot in slots:
+            head, text = text.split(slot)
+            parts.append(head)
+        return [*parts, text]
+
+    @property
+    def identity_prefix(self) -> bytes:
+        """The envelope id's SHA-256 input before the record's JSON (the id hashes this + record + ``]``)."""
+        return self._identity_prefix
+
+    @property
+    def pipeline_key(self) -> bytes:
+        """The Kafka key of rows without a record key."""
+        return self._pipeline_key
+
+    @property
+    def constant_headers(self) -> tuple[tuple[str, bytes], ...]:
+        """The headers between the exception message and the envelope id, the same for every row."""
+        return self._constant_headers
+
     def _error_class(self, name: str) -> tuple[bytes, tuple[tuple[str, bytes], ...]]:
         known = self._classes.get(name)
         if known is None:
@@ -373,7 +401,7 @@ class KafkaMessageBuilder:
             message = self.default_error[:MAX_ERROR_MESSAGE_CHARS]
             message_jsons = [_orjson.dumps(message)] * n
             message_headers = [message[:MAX_HEADER_MESSAGE_CHARS].encode()] * n
-        default_class = self._error_class(_DEFAULT_ERROR_CLASS)
+        default_class = self._error_class(DEFAULT_ERROR_CLASS)
         if classes is not None:
             class_names = classes.cast(pa.string()).to_pylist()
             known = {c: self._error_class(c) if c else default_class for c in set(class_names)}

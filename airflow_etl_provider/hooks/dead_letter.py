@@ -39,6 +39,7 @@ from airflow_etl_provider.core.config import (
     parse_dead_letter,
 )
 from airflow_etl_provider.core.envelope import DeadLetterEnvelope, RunContext, build_envelope
+from airflow_etl_provider.core.errors import ConfigError
 
 # The executor-side half, re-exported: these names were public here before they moved.
 from airflow_etl_provider.executor.dead_letter import (  # noqa: F401
@@ -68,6 +69,8 @@ from airflow_etl_provider.executor.dead_letter import (  # noqa: F401
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
+
+    from airflow_etl_provider.hooks.dead_letter_jvm import JvmPublish
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +233,21 @@ class DeadLetterHook(BaseHook):
         return f"airflow-etl dlq replay-spool {' '.join(spool_paths)} {self.replay_target()}"
 
     # -- executor-side publish of a DataFrame
+    def _jvm_publish(self, failed: DataFrame) -> JvmPublish | None:
+        """The JVM publish of ``failed`` when the config's ``writer`` allows it and it can run (see
+        :mod:`airflow_etl_provider.hooks.dead_letter_jvm`), else ``None`` (the Python path)."""
+        cfg = self.config
+        if not isinstance(cfg, KafkaDeadLetterConfig) or cfg.writer == "python":
+            return None
+        from airflow_etl_provider.hooks.dead_letter_jvm import JvmPublish
+
+        publish = JvmPublish(failed, self.sink, (ERROR_COLUMN, ERROR_CLASS_COLUMN, FAILED_RULES_COLUMN))  # type: ignore[arg-type]
+        reason = publish.unavailable()
+        if reason is not None:
+            _no_jvm(cfg.writer, reason)
+            return None
+        return publish
+
     def publish_dataframe(
         self,
         failed: DataFrame,
@@ -258,16 +276,34 @@ class DeadLetterHook(BaseHook):
         :param raise_on_spool: raise when rows had to be spooled (see :meth:`publish`).
         :param batch_size: envelopes per delivery confirmation / per object.
         """
-        writer = partition_publisher(
-            self.sink, spool_dir=self.spool_dir, batch_prefix=self._batch_prefix(), pipeline_id=self.pipeline_id,
-            run_context=self.run_context, stage=stage, key_columns=key_columns, source=source, target=target,
-            default_error=default_error, batch_size=batch_size,
-        )
-        result = result_from_statuses(failed.mapInArrow(writer, STATUS_SCHEMA).collect())
-        log.info("Dead letters: %d delivered to %s, %d spooled", result.delivered, self.location, result.spooled)
+        batch_prefix = self._batch_prefix()
+        jvm = self._jvm_publish(failed)
+        if jvm is not None:
+            statuses: list[Any] = jvm.run(
+                spool_dir=self.spool_dir, batch_prefix=batch_prefix, pipeline_id=self.pipeline_id,
+                run_context=self.run_context, stage=stage, key_columns=key_columns, source=source, target=target,
+                default_error=default_error, batch_size=batch_size,
+            )
+        else:
+            writer = partition_publisher(
+                self.sink, spool_dir=self.spool_dir, batch_prefix=batch_prefix, pipeline_id=self.pipeline_id,
+                run_context=self.run_context, stage=stage, key_columns=key_columns, source=source, target=target,
+                default_error=default_error, batch_size=batch_size,
+            )
+            statuses = failed.mapInArrow(writer, STATUS_SCHEMA).collect()
+        result = result_from_statuses(statuses)
+        log.info("Dead letters: %d delivered to %s, %d spooled (%s publisher)", result.delivered, self.location,
+                 result.spooled, "jvm" if jvm is not None else "python")
         if raise_on_spool:
             self.raise_if_spooled(result)
         return result
+
+
+def _no_jvm(writer: str, reason: str) -> None:
+    if writer == "jvm":
+        raise ConfigError("dead_letter.writer", f"'jvm' cannot run here: {reason}; use 'auto' (the JVM where it "
+                          "can run, else Python) or 'python'")
+    log.info("Dead letters published from Python workers: %s", reason)
 
 
 def envelopes_from_rows(

@@ -1,0 +1,867 @@
+/*
+ * The Kafka dead-letter publisher on the JVM side of Spark (DeadLetterHook.publish_dataframe on a classic
+ * session: embedded local[*] or a standalone cluster, with kafka-clients on the classpath).
+ *
+ * Why it exists (benchmarks/bench_dlq_kafka.py): in a Python worker, building one envelope message costs
+ * ~8 us and confluent-kafka's produce() of it with its 12 headers ~9 us, ~2.6 CPU-s per 100k envelopes,
+ * so one partition tops out near 40k envelopes/s and two partitions on two cores no higher (measured: 38-39k/s
+ * with 1 or 2 publishers, the cores saturated). Here the rows never leave the JVM: Spark's internal rows
+ * (UTF-8 bytes, micros, days, unscaled decimals) are written straight into the envelope's JSON and sent with
+ * Kafka's Java producer.
+ *
+ * Contract with the driver (airflow_etl_provider/hooks/dead_letter_jvm.py), which computes everything that is
+ * the same for the whole publish:
+ *   - valueParts: the envelope JSON cut around its six per-row fields (envelope_id, error_class,
+ *     error_message, failed_rules, record, record_key, in this order): 7 byte arrays;
+ *   - identityPrefix: the canonical JSON of [version, pipeline, run, stage, null, ; the id is the SHA-256 hex
+ *     of identityPrefix + record JSON + "]" (the record's JSON here is the canonical one: sorted keys, no
+ *     spaces, no floats);
+ *   - record columns: indexes into the row in sorted-name order, with their JSON names and a kind letter;
+ *   - the error, error-class columns (-1 when absent), the key columns, the headers that do not change.
+ * The messages are byte for byte those of the Python path (airflow_etl_provider/executor/arrow_envelopes.py);
+ * tests/integration/test_dead_letter_jvm.py compares them.
+ *
+ * Delivery: idempotent producer, acks=all; a message counts as delivered on its acknowledgement. Messages
+ * whose delivery fails (after the producer's own retries, within delivery.timeout.ms), and every later one
+ * once the producer cannot even reach the broker, are written to a JSON Lines spool file in spoolDir, one
+ * envelope per line, exactly as the Python path spools them; the status names it. Nothing is dropped.
+ *
+ * One status per partition: a JSON object with partition, delivered, spooled, spool_path, error, location,
+ * batch_latencies_s (first send to last acknowledgement of each run of batchSize messages) and timings_s
+ * (producer_start, build, send, flush, total: wall seconds; task_cpu: the task thread's CPU seconds).
+ */
+package airflow_etl_provider.jvm;
+
+import java.io.FileOutputStream;
+import java.io.IOException;
+import java.io.Serializable;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.Paths;
+import java.security.MessageDigest;
+import java.security.NoSuchAlgorithmException;
+import java.time.Instant;
+import java.time.LocalDate;
+import java.time.LocalDateTime;
+import java.time.ZoneId;
+import java.time.ZoneOffset;
+import java.util.ArrayList;
+import java.util.Base64;
+import java.util.Collections;
+import java.util.Iterator;
+import java.util.List;
+import java.util.Map;
+import java.util.Properties;
+import java.util.UUID;
+import java.util.concurrent.ConcurrentLinkedQueue;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
+import java.util.concurrent.atomic.AtomicLong;
+
+import org.apache.kafka.clients.producer.KafkaProducer;
+import org.apache.kafka.clients.producer.ProducerRecord;
+import org.apache.kafka.common.header.Header;
+import org.apache.kafka.common.header.internals.RecordHeader;
+import org.apache.kafka.common.serialization.ByteArraySerializer;
+import org.apache.spark.TaskContext;
+import org.apache.spark.api.java.function.FlatMapFunction;
+import org.apache.spark.sql.Dataset;
+import org.apache.spark.sql.Row;
+import org.apache.spark.sql.catalyst.InternalRow;
+import org.apache.spark.sql.types.DataType;
+import org.apache.spark.sql.types.Decimal;
+import org.apache.spark.sql.types.DecimalType;
+import org.apache.spark.unsafe.Platform;
+import org.apache.spark.unsafe.types.UTF8String;
+
+public final class KafkaDeadLetterPublisher {
+
+    /** A string column: a JSON string. */
+    public static final char KIND_STRING = 's';
+    /** byte, short, int, long: a JSON number. */
+    public static final char KIND_INTEGER = 'i';
+    /** boolean: true / false (its key text is Python's True / False). */
+    public static final char KIND_BOOLEAN = 'B';
+    /** decimal of scale 0-6: its plain text as a JSON string (what str(Decimal) writes). */
+    public static final char KIND_DECIMAL = 'n';
+    /** date: "YYYY-MM-DD". */
+    public static final char KIND_DATE = 'D';
+    /** timestamp (an instant): ISO-8601 in the session time zone with its offset, as datetime.isoformat(). */
+    public static final char KIND_TIMESTAMP = 'T';
+    /** timestamp_ntz: ISO-8601 without offset. */
+    public static final char KIND_TIMESTAMP_NTZ = 'L';
+    /** binary: base64 (standard alphabet, padded) as a JSON string. */
+    public static final char KIND_BINARY = 'b';
+
+    private KafkaDeadLetterPublisher() {
+    }
+
+    private static final char BYTE = '1';
+    private static final char SHORT = '2';
+    private static final char INT = '4';
+    private static final char LONG = '8';
+
+    private static char integerKind(DataType type, String name) {
+        switch (type.typeName()) {
+            case "byte":
+                return BYTE;
+            case "short":
+                return SHORT;
+            case "integer":
+                return INT;
+            case "long":
+                return LONG;
+            default:
+                throw new IllegalArgumentException("column " + name + " (" + type.typeName() + ") is not an integer");
+        }
+    }
+
+    /** Everything the executors need, computed on the driver (serialized with the task). */
+    public static final class Plan implements Serializable {
+        private static final long serialVersionUID = 1L;
+        String topic;
+        Map<String, String> producerConfig;
+        byte[][] valueParts;
+        byte[] identityPrefix;
+        int[] recordIndexes;
+        byte[][] recordNames; // '"name":' as JSON, the first without a leading comma
+        char[] kinds;
+        int[] precision;
+        int[] scale;
+        int errorIndex;
+        int classIndex;
+        int[] keyIndexes;
+        byte[] pipelineKey;
+        byte[] defaultErrorJson;
+        byte[] defaultErrorHeader;
+        String defaultClass;
+        String[] constantHeaderNames;
+        byte[][] constantHeaderValues;
+        String classHeader;
+        String messageHeader;
+        String idHeader;
+        int maxErrorChars;
+        int maxHeaderChars;
+        String sessionZone;
+        String spoolDir;
+        String batchPrefix;
+        int batchSize;
+    }
+
+    /**
+     * Publish every row of {@code rows} as a dead letter, one task per partition.
+     *
+     * @return one JSON status per partition
+     */
+    public static List<String> publish(Dataset<Row> rows, String topic, Map<String, String> producerConfig,
+                                       List<byte[]> valueParts, byte[] identityPrefix, int[] recordIndexes,
+                                       List<String> recordNames, String kinds, int errorIndex, int classIndex,
+                                       int[] keyIndexes, byte[] pipelineKey, String defaultError,
+                                       String defaultClass, List<String> constantHeaderNames,
+                                       List<byte[]> constantHeaderValues, String headerPrefix, int maxErrorChars,
+                                       int maxHeaderChars, String sessionZone, String spoolDir, String batchPrefix,
+                                       int batchSize) {
+        if (valueParts.size() != 7) {
+            throw new IllegalArgumentException("valueParts must hold 7 parts, not " + valueParts.size());
+        }
+        if (kinds.length() != recordIndexes.length || recordNames.size() != recordIndexes.length) {
+            throw new IllegalArgumentException("one kind and one name per record column");
+        }
+        DataType[] types = new DataType[rows.schema().fields().length];
+        for (int i = 0; i < types.length; i++) {
+            types[i] = rows.schema().fields()[i].dataType();
+        }
+        Plan plan = new Plan();
+        plan.topic = topic;
+        plan.producerConfig = new java.util.HashMap<>(producerConfig);
+        plan.valueParts = valueParts.toArray(new byte[0][]);
+        plan.identityPrefix = identityPrefix;
+        plan.recordIndexes = recordIndexes.clone();
+        plan.kinds = kinds.toCharArray();
+        plan.recordNames = new byte[recordIndexes.length][];
+        plan.precision = new int[recordIndexes.length];
+        plan.scale = new int[recordIndexes.length];
+        for (int c = 0; c < recordIndexes.length; c++) {
+            Bytes name = new Bytes(64);
+            if (c > 0) {
+                name.put((byte) ',');
+            }
+            Json.string(name, recordNames.get(c).getBytes(StandardCharsets.UTF_8));
+            name.put((byte) ':');
+            plan.recordNames[c] = name.toArray();
+            DataType type = types[recordIndexes[c]];
+            if (plan.kinds[c] == KIND_INTEGER) { // resolved once per column, not per value
+                plan.kinds[c] = integerKind(type, recordNames.get(c));
+            }
+            if (type instanceof DecimalType) {
+                plan.precision[c] = ((DecimalType) type).precision();
+                plan.scale[c] = ((DecimalType) type).scale();
+            }
+        }
+        plan.errorIndex = errorIndex;
+        plan.classIndex = classIndex;
+        plan.keyIndexes = keyIndexes.clone();
+        plan.pipelineKey = pipelineKey;
+        byte[] defaultErrorBytes = defaultError.getBytes(StandardCharsets.UTF_8);
+        Bytes defaultJson = new Bytes(64);
+        Json.string(defaultJson, Json.prefix(defaultErrorBytes, maxErrorChars));
+        plan.defaultErrorJson = defaultJson.toArray();
+        plan.defaultErrorHeader = Json.prefix(defaultErrorBytes, maxHeaderChars);
+        plan.defaultClass = defaultClass;
+        plan.constantHeaderNames = constantHeaderNames.toArray(new String[0]);
+        plan.constantHeaderValues = constantHeaderValues.toArray(new byte[0][]);
+        plan.classHeader = headerPrefix + "class.name";
+        plan.messageHeader = headerPrefix + "exception.message";
+        plan.idHeader = headerPrefix + "envelope.id";
+        plan.maxErrorChars = maxErrorChars;
+        plan.maxHeaderChars = maxHeaderChars;
+        plan.sessionZone = sessionZone;
+        plan.spoolDir = spoolDir;
+        plan.batchPrefix = batchPrefix;
+        plan.batchSize = batchSize;
+        return rows.queryExecution().toRdd().toJavaRDD().mapPartitions(new Publisher(plan)).collect();
+    }
+
+    /** The per-partition function (serialized to the executors). */
+    static final class Publisher implements FlatMapFunction<Iterator<InternalRow>, String>, Serializable {
+        private static final long serialVersionUID = 1L;
+        private final Plan plan;
+
+        Publisher(Plan plan) {
+            this.plan = plan;
+        }
+
+        @Override
+        public Iterator<String> call(Iterator<InternalRow> input) throws Exception {
+            TaskContext ctx = TaskContext.get();
+            int partition = ctx != null ? ctx.partitionId() : 0;
+            Properties props = new Properties();
+            props.putAll(plan.producerConfig);
+            Envelopes envelopes = new Envelopes(plan);
+            Delivery delivery = new Delivery(plan.batchSize);
+            long maxBlockMs = Long.parseLong(plan.producerConfig.getOrDefault("max.block.ms", "60000"));
+            // Spark's executor class loader holds kafka-clients; the producer looks its classes up by name
+            // through the context class loader, which must be that one.
+            Thread thread = Thread.currentThread();
+            ClassLoader previous = thread.getContextClassLoader();
+            thread.setContextClassLoader(KafkaDeadLetterPublisher.class.getClassLoader());
+            KafkaProducer<byte[], byte[]> producer = null;
+            Spool spool = new Spool(plan.spoolDir, plan.batchPrefix + "-p" + String.format("%05d", partition));
+            long t0 = System.nanoTime();
+            java.lang.management.ThreadMXBean threads = java.lang.management.ManagementFactory.getThreadMXBean();
+            long cpu0 = threads.getCurrentThreadCpuTime();
+            long buildNs = 0;
+            long sendNs = 0;
+            long startNs = 0;
+            long flushNs = 0;
+            try {
+                try {
+                    producer = new KafkaProducer<>(props, new ByteArraySerializer(), new ByteArraySerializer());
+                } catch (RuntimeException err) { // a setting the producer refuses: everything goes to the spool
+                    delivery.fail(err, true);
+                }
+                startNs = System.nanoTime() - t0;
+                while (input.hasNext()) {
+                    long b0 = System.nanoTime();
+                    Envelopes.Message m = envelopes.build(input.next());
+                    long b1 = System.nanoTime();
+                    buildNs += b1 - b0;
+                    if (producer == null || delivery.broken()) {
+                        spool.write(m.value); // the broker is unreachable: no point waiting per message
+                        continue;
+                    }
+                    ProducerRecord<byte[], byte[]> record =
+                            new ProducerRecord<>(plan.topic, null, m.key, m.value, java.util.Arrays.asList(m.headers));
+                    int batch = delivery.sent();
+                    try {
+                        producer.send(record, (meta, err) -> delivery.done(batch, err, m.value));
+                    } catch (RuntimeException err) { // no metadata within max.block.ms, a producer in a fatal state
+                        delivery.fail(err, true);
+                        delivery.done(batch, err, m.value);
+                    }
+                    sendNs += System.nanoTime() - b1;
+                }
+                long f0 = System.nanoTime();
+                if (producer != null) {
+                    producer.flush();
+                }
+                flushNs = System.nanoTime() - f0;
+            } finally {
+                if (producer != null) {
+                    producer.close(java.time.Duration.ofMillis(maxBlockMs));
+                }
+                thread.setContextClassLoader(previous);
+            }
+            // every callback has run (flush): what failed goes to the spool too
+            for (byte[] value : delivery.failed) {
+                spool.write(value);
+            }
+            spool.close();
+            long delivered = delivery.delivered.get();
+            StringBuilder s = new StringBuilder(256);
+            s.append("{\"partition\":").append(partition)
+                    .append(",\"delivered\":").append(delivered)
+                    .append(",\"spooled\":").append(spool.count)
+                    .append(",\"spool_path\":").append(Json.text(spool.path))
+                    .append(",\"error\":").append(Json.text(delivery.firstError()))
+                    .append(",\"location\":").append(delivered > 0 ? Json.text("kafka://" + plan.topic) : "null")
+                    .append(",\"timings_s\":{\"producer_start\":").append(startNs / 1e9)
+                    .append(",\"build\":").append(buildNs / 1e9)
+                    .append(",\"send\":").append(sendNs / 1e9)
+                    .append(",\"flush\":").append(flushNs / 1e9)
+                    .append(",\"total\":").append((System.nanoTime() - t0) / 1e9)
+                    .append(",\"task_cpu\":").append((threads.getCurrentThreadCpuTime() - cpu0) / 1e9)
+                    .append("},\"batch_latencies_s\":[");
+            List<Double> latencies = delivery.latencies();
+            for (int k = 0; k < latencies.size(); k++) {
+                if (k > 0) {
+                    s.append(',');
+                }
+                s.append(latencies.get(k));
+            }
+            s.append("]}");
+            return Collections.singletonList(s.toString()).iterator();
+        }
+    }
+
+    /** Delivery accounting, shared with the producer's I/O thread (callbacks). */
+    static final class Delivery {
+        final AtomicLong delivered = new AtomicLong();
+        final ConcurrentLinkedQueue<byte[]> failed = new ConcurrentLinkedQueue<>();
+        private final int batchSize;
+        private final List<AtomicInteger> pending = Collections.synchronizedList(new ArrayList<>());
+        private final List<Long> started = Collections.synchronizedList(new ArrayList<>());
+        private final List<Long> finished = Collections.synchronizedList(new ArrayList<>());
+        private volatile String error;
+        private volatile boolean broken;
+        private int sentCount;
+
+        Delivery(int batchSize) {
+            this.batchSize = Math.max(1, batchSize);
+        }
+
+        /** A message is about to be sent; returns its batch. */
+        synchronized int sent() {
+            int batch = sentCount / batchSize;
+            if (sentCount % batchSize == 0) {
+                pending.add(new AtomicInteger());
+                started.add(System.nanoTime());
+                finished.add(0L);
+            }
+            pending.get(batch).incrementAndGet();
+            sentCount++;
+            return batch;
+        }
+
+        /** A message's outcome (the producer's I/O thread, or the task's thread when send() threw). */
+        void done(int batch, Exception err, byte[] value) {
+            if (err == null) {
+                delivered.incrementAndGet();
+            } else {
+                failed.add(value);
+                // not delivered within delivery.timeout.ms: the broker is gone, later messages would wait as long
+                fail(err, err instanceof org.apache.kafka.common.errors.TimeoutException);
+            }
+            if (pending.get(batch).decrementAndGet() == 0 && batchComplete(batch)) {
+                finished.set(batch, System.nanoTime());
+            }
+        }
+
+        private synchronized boolean batchComplete(int batch) {
+            return (batch + 1) * (long) batchSize <= sentCount;
+        }
+
+        /** Record an error; fatal: send no more, spool the rest of the partition. */
+        void fail(Exception err, boolean fatal) {
+            if (error == null) {
+                error = err.getClass().getName() + ": " + err.getMessage();
+            }
+            if (fatal) {
+                broken = true;
+            }
+        }
+
+        boolean broken() {
+            return broken;
+        }
+
+        String firstError() {
+            return error;
+        }
+
+        List<Double> latencies() {
+            List<Double> out = new ArrayList<>();
+            long now = System.nanoTime();
+            for (int k = 0; k < started.size(); k++) {
+                long end = finished.get(k) != 0L ? finished.get(k) : now;
+                out.add((end - started.get(k)) / 1e9);
+            }
+            return out;
+        }
+    }
+
+    /** A JSON Lines spool file, opened at the first envelope written to it. */
+    static final class Spool {
+        final String dir;
+        final String prefix;
+        String path;
+        long count;
+        private FileOutputStream out;
+
+        Spool(String dir, String prefix) {
+            this.dir = dir;
+            this.prefix = prefix.replaceAll("[^A-Za-z0-9._-]", "_");
+        }
+
+        void write(byte[] value) throws IOException {
+            if (out == null) {
+                Path directory = Paths.get(dir);
+                Files.createDirectories(directory);
+                Path file = directory.resolve("spool-" + prefix + "-jvm-"
+                        + UUID.randomUUID().toString().replace("-", "").substring(0, 8) + ".jsonl");
+                out = new FileOutputStream(file.toFile());
+                path = file.toString();
+            }
+            out.write(value);
+            out.write('\n');
+            count++;
+        }
+
+        void close() throws IOException {
+            if (out != null) {
+                out.flush();
+                out.getFD().sync();
+                out.close();
+            }
+        }
+    }
+
+    /** Builds the key, value and headers of each row's message. */
+    static final class Envelopes {
+        private static final byte[] HEX = "0123456789abcdef".getBytes(StandardCharsets.US_ASCII);
+        private final Plan plan;
+        private final ZoneId zone;
+        private final MessageDigest sha256;
+        private final Bytes record = new Bytes(1024);
+        private final Bytes value = new Bytes(4096);
+        private final Bytes key = new Bytes(64);
+        private final Bytes raw = new Bytes(256);
+        private final java.util.HashMap<UTF8String, ErrorClass> classes = new java.util.HashMap<>();
+        private final ErrorClass defaultClass;
+        private final Header[] constantHeaders;
+
+        static final class Message {
+            byte[] key;
+            byte[] value;
+            Header[] headers;
+        }
+
+        Envelopes(Plan plan) throws NoSuchAlgorithmException {
+            this.plan = plan;
+            this.zone = ZoneId.of(plan.sessionZone);
+            this.sha256 = MessageDigest.getInstance("SHA-256");
+            defaultClass = new ErrorClass(plan.defaultClass, plan.classHeader);
+            constantHeaders = new Header[plan.constantHeaderNames.length];
+            for (int k = 0; k < constantHeaders.length; k++) {
+                constantHeaders[k] = new RecordHeader(plan.constantHeaderNames[k], plan.constantHeaderValues[k]);
+            }
+        }
+
+        /** An error class's JSON string and header (the same few per publish: kept by name). */
+        static final class ErrorClass {
+            final byte[] json;
+            final Header header;
+
+            ErrorClass(String name, String headerName) {
+                byte[] bytes = name.getBytes(StandardCharsets.UTF_8);
+                Bytes text = new Bytes(bytes.length + 8);
+                Json.string(text, bytes);
+                json = text.toArray();
+                header = new RecordHeader(headerName, bytes);
+            }
+        }
+
+        Message build(InternalRow row) {
+            // the record, canonical JSON (sorted keys, compact)
+            record.size = 0;
+            record.put((byte) '{');
+            for (int c = 0; c < plan.recordIndexes.length; c++) {
+                record.put(plan.recordNames[c]);
+                value(record, row, c, true);
+            }
+            record.put((byte) '}');
+            // the envelope id: sha256 of [version, pipeline, run, stage, null, record]
+            sha256.reset();
+            sha256.update(plan.identityPrefix);
+            sha256.update(record.buf, 0, record.size);
+            sha256.update((byte) ']');
+            byte[] digest = sha256.digest();
+            byte[] id = new byte[64];
+            for (int k = 0; k < 32; k++) {
+                id[2 * k] = HEX[(digest[k] >> 4) & 0xf];
+                id[2 * k + 1] = HEX[digest[k] & 0xf];
+            }
+            // the record key: the key columns' text joined with "|", null when one is null
+            byte[] recordKey = recordKey(row);
+            // error message and class
+            byte[] messageHeader;
+            int messageStart = -1;
+            int messageEnd = -1;
+            byte[] message = null;
+            UTF8String error = plan.errorIndex >= 0 && !row.isNullAt(plan.errorIndex)
+                    ? row.getUTF8String(plan.errorIndex) : null;
+            if (error == null || error.numBytes() == 0) {
+                messageHeader = plan.defaultErrorHeader;
+            } else {
+                message = error.getBytes();
+                messageEnd = Json.prefixEnd(message, plan.maxErrorChars);
+                messageHeader = Json.prefix(message, plan.maxHeaderChars);
+            }
+            ErrorClass errorClass;
+            UTF8String className = plan.classIndex >= 0 && !row.isNullAt(plan.classIndex)
+                    ? row.getUTF8String(plan.classIndex) : null;
+            if (className == null || className.numBytes() == 0) {
+                errorClass = defaultClass;
+            } else {
+                errorClass = classes.get(className);
+                if (errorClass == null) { // a copy: the row's string may point into a buffer Spark reuses
+                    errorClass = new ErrorClass(className.toString(), plan.classHeader);
+                    classes.put(className.clone(), errorClass);
+                }
+            }
+            // the value: the template with the six per-row fields in sorted order
+            byte[][] parts = plan.valueParts;
+            value.size = 0;
+            value.put(parts[0]);
+            value.put(id);
+            value.put(parts[1]);
+            value.put(errorClass.json);
+            value.put(parts[2]);
+            if (message == null) {
+                value.put(plan.defaultErrorJson);
+            } else {
+                Json.string(value, message, 0, messageEnd);
+            }
+            value.put(parts[3]);
+            value.put((byte) '[');
+            value.put((byte) ']');
+            value.put(parts[4]);
+            value.put(record.buf, 0, record.size);
+            value.put(parts[5]);
+            if (recordKey == null) {
+                value.put(Json.NULL);
+            } else {
+                Json.string(value, recordKey);
+            }
+            value.put(parts[6]);
+
+            Message m = new Message();
+            m.key = recordKey != null ? recordKey : plan.pipelineKey;
+            m.value = value.toArray();
+            Header[] headers = new Header[constantHeaders.length + 3];
+            headers[0] = errorClass.header;
+            headers[1] = new RecordHeader(plan.messageHeader, messageHeader);
+            System.arraycopy(constantHeaders, 0, headers, 2, constantHeaders.length);
+            headers[headers.length - 1] = new RecordHeader(plan.idHeader, id);
+            m.headers = headers;
+            return m;
+        }
+
+        private byte[] recordKey(InternalRow row) {
+            if (plan.keyIndexes.length == 0) {
+                return null;
+            }
+            key.size = 0;
+            for (int k = 0; k < plan.keyIndexes.length; k++) {
+                int c = plan.keyIndexes[k];
+                if (c < 0 || row.isNullAt(plan.recordIndexes[c])) {
+                    return null;
+                }
+                if (k > 0) {
+                    key.put((byte) '|');
+                }
+                value(key, row, c, false);
+            }
+            return key.toArray();
+        }
+
+        /** Record column c of the row: as JSON (json=true) or as the key's text (Python's str of the value). */
+        private void value(Bytes out, InternalRow row, int c, boolean json) {
+            int i = plan.recordIndexes[c];
+            if (row.isNullAt(i)) {
+                out.put(Json.NULL);
+                return;
+            }
+            switch (plan.kinds[c]) {
+                case KIND_STRING:
+                    UTF8String text = row.getUTF8String(i);
+                    if (json) { // copied into a reused buffer (no array per value), then escaped from there
+                        int n = text.numBytes();
+                        raw.size = 0;
+                        raw.ensure(n);
+                        text.writeToMemory(raw.buf, Platform.BYTE_ARRAY_OFFSET);
+                        Json.string(out, raw.buf, 0, n);
+                    } else {
+                        int n = text.numBytes();
+                        out.ensure(n);
+                        text.writeToMemory(out.buf, Platform.BYTE_ARRAY_OFFSET + out.size);
+                        out.size += n;
+                    }
+                    break;
+                case BYTE:
+                    out.number(row.getByte(i));
+                    break;
+                case SHORT:
+                    out.number(row.getShort(i));
+                    break;
+                case INT:
+                    out.number(row.getInt(i));
+                    break;
+                case LONG:
+                    out.number(row.getLong(i));
+                    break;
+                case KIND_BOOLEAN:
+                    boolean b = row.getBoolean(i);
+                    out.ascii(json ? (b ? "true" : "false") : (b ? "True" : "False"));
+                    break;
+                default:
+                    int start = out.size;
+                    if (json) {
+                        out.put((byte) '"');
+                    }
+                    text(out, row, c, i);
+                    if (json) { // the texts below never need escaping
+                        out.put((byte) '"');
+                    }
+                    assert out.size > start;
+            }
+        }
+
+        private void text(Bytes out, InternalRow row, int c, int i) {
+            switch (plan.kinds[c]) {
+                case KIND_DECIMAL:
+                    Decimal d = row.getDecimal(i, plan.precision[c], plan.scale[c]);
+                    out.ascii(d.toJavaBigDecimal().toPlainString());
+                    break;
+                case KIND_DATE:
+                    date(out, LocalDate.ofEpochDay(row.getInt(i)));
+                    break;
+                case KIND_TIMESTAMP:
+                    timestamp(out, row.getLong(i), zone, true);
+                    break;
+                case KIND_TIMESTAMP_NTZ:
+                    timestamp(out, row.getLong(i), ZoneOffset.UTC, false);
+                    break;
+                case KIND_BINARY:
+                    out.ascii(Base64.getEncoder().encodeToString(row.getBinary(i)));
+                    break;
+                default:
+                    throw new IllegalStateException("unknown column kind '" + plan.kinds[c] + "'");
+            }
+        }
+
+        private static void date(Bytes out, LocalDate d) {
+            out.digits(d.getYear(), 4);
+            out.put((byte) '-');
+            out.digits(d.getMonthValue(), 2);
+            out.put((byte) '-');
+            out.digits(d.getDayOfMonth(), 2);
+        }
+
+        /** datetime.isoformat(): microseconds only when not 0, the offset as +HH:MM[:SS] when withOffset. */
+        private static void timestamp(Bytes out, long micros, ZoneId zone, boolean withOffset) {
+            long seconds = Math.floorDiv(micros, 1_000_000L);
+            int fraction = (int) Math.floorMod(micros, 1_000_000L);
+            ZoneOffset offset = zone instanceof ZoneOffset ? (ZoneOffset) zone
+                    : zone.getRules().getOffset(Instant.ofEpochSecond(seconds));
+            LocalDateTime t = LocalDateTime.ofEpochSecond(seconds, fraction * 1000, offset);
+            date(out, t.toLocalDate());
+            out.put((byte) 'T');
+            out.digits(t.getHour(), 2);
+            out.put((byte) ':');
+            out.digits(t.getMinute(), 2);
+            out.put((byte) ':');
+            out.digits(t.getSecond(), 2);
+            if (fraction != 0) {
+                out.put((byte) '.');
+                out.digits(fraction, 6);
+            }
+            if (withOffset) {
+                int total = offset.getTotalSeconds();
+                out.put((byte) (total < 0 ? '-' : '+'));
+                total = Math.abs(total);
+                out.digits(total / 3600, 2);
+                out.put((byte) ':');
+                out.digits(total / 60 % 60, 2);
+                if (total % 60 != 0) {
+                    out.put((byte) ':');
+                    out.digits(total % 60, 2);
+                }
+            }
+        }
+    }
+
+    /** JSON text as Python's json.dumps(ensure_ascii=False) and orjson write it. */
+    static final class Json {
+        static final byte[] NULL = "null".getBytes(StandardCharsets.US_ASCII);
+        private static final byte[] HEX = "0123456789abcdef".getBytes(StandardCharsets.US_ASCII);
+
+        /** A JSON string of UTF-8 bytes: ", \ and control characters escaped, everything else as is. */
+        static void string(Bytes out, byte[] utf8) {
+            string(out, utf8, 0, utf8.length);
+        }
+
+        static void string(Bytes out, byte[] utf8, int from, int to) {
+            out.ensure(6 * (to - from) + 2); // the longest escape (backslash u 00XX) is 6 bytes
+            byte[] buf = out.buf;
+            int n = out.size;
+            buf[n++] = '"';
+            for (int k = from; k < to; k++) {
+                byte b = utf8[k];
+                if (b >= 0x20 && b != '"' && b != '\\' || b < 0) { // b < 0: a byte of a multi-byte character
+                    buf[n++] = b;
+                    continue;
+                }
+                buf[n++] = '\\';
+                switch (b) {
+                    case '"':
+                    case '\\':
+                        buf[n++] = b;
+                        break;
+                    case '\n':
+                        buf[n++] = 'n';
+                        break;
+                    case '\r':
+                        buf[n++] = 'r';
+                        break;
+                    case '\t':
+                        buf[n++] = 't';
+                        break;
+                    case '\b':
+                        buf[n++] = 'b';
+                        break;
+                    case '\f':
+                        buf[n++] = 'f';
+                        break;
+                    default:
+                        buf[n++] = 'u';
+                        buf[n++] = '0';
+                        buf[n++] = '0';
+                        buf[n++] = HEX[(b >> 4) & 0xf];
+                        buf[n++] = HEX[b & 0xf];
+                }
+            }
+            buf[n++] = '"';
+            out.size = n;
+        }
+
+        /** The end (exclusive) of the first maxChars characters (code points) of UTF-8 bytes, as Python's str
+         *  slicing counts them. */
+        static int prefixEnd(byte[] utf8, int maxChars) {
+            if (utf8.length <= maxChars) {
+                return utf8.length; // fewer bytes than characters allowed
+            }
+            int chars = 0;
+            for (int k = 0; k < utf8.length; k++) {
+                if ((utf8[k] & 0xC0) != 0x80) { // the first byte of a character
+                    if (chars == maxChars) {
+                        return k;
+                    }
+                    chars++;
+                }
+            }
+            return utf8.length;
+        }
+
+        /** The first maxChars characters (code points) of UTF-8 bytes. */
+        static byte[] prefix(byte[] utf8, int maxChars) {
+            int end = prefixEnd(utf8, maxChars);
+            return end == utf8.length ? utf8 : java.util.Arrays.copyOf(utf8, end);
+        }
+
+        /** A JSON string or null, for the status. */
+        static String text(String s) {
+            if (s == null) {
+                return "null";
+            }
+            Bytes out = new Bytes(s.length() + 8);
+            string(out, s.getBytes(StandardCharsets.UTF_8));
+            return new String(out.buf, 0, out.size, StandardCharsets.UTF_8);
+        }
+    }
+
+    /** A growable byte buffer. */
+    static final class Bytes {
+        byte[] buf;
+        int size;
+
+        Bytes(int capacity) {
+            buf = new byte[capacity];
+        }
+
+        void ensure(int more) {
+            if (size + more > buf.length) {
+                buf = java.util.Arrays.copyOf(buf, Math.max(buf.length * 2, size + more));
+            }
+        }
+
+        void put(byte b) {
+            ensure(1);
+            buf[size++] = b;
+        }
+
+        void put(byte[] bytes) {
+            put(bytes, 0, bytes.length);
+        }
+
+        void put(byte[] bytes, int from, int length) {
+            ensure(length);
+            System.arraycopy(bytes, from, buf, size, length);
+            size += length;
+        }
+
+        void ascii(String s) {
+            int n = s.length();
+            ensure(n);
+            for (int k = 0; k < n; k++) {
+                buf[size++] = (byte) s.charAt(k);
+            }
+        }
+
+        byte[] toArray() {
+            return java.util.Arrays.copyOf(buf, size);
+        }
+
+        /** A non-negative number, zero-padded to width digits. */
+        void digits(long value, int width) {
+            int n = 1;
+            for (long v = value; v >= 10; v /= 10) {
+                n++;
+            }
+            int pad = Math.max(0, width - n);
+            ensure(pad + n);
+            for (int k = 0; k < pad; k++) {
+                buf[size++] = '0';
+            }
+            int end = size + n;
+            for (int k = end - 1; k >= size; k--) {
+                buf[k] = (byte) ('0' + (value % 10));
+                value /= 10;
+            }
+            size = end;
+        }
+
+        void number(long value) {
+            if (value < 0) {
+                if (value == Long.MIN_VALUE) {
+                    ascii(Long.toString(value));
+                    return;
+                }
+                put((byte) '-');
+                value = -value;
+            }
+            digits(value, 1);
+        }
+    }
+}
