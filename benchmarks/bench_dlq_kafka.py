@@ -116,6 +116,7 @@ import json
 import logging
 import random
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -238,63 +239,57 @@ def create_topics(bootstrap: str, topics: Sequence[str]) -> None:
 
 
 # ------------------------------------------------------------------------------------------ ours
-def run_ours(batches: list[Any], bootstrap: str, topic: str, batch_size: int,
-             producer_settings: dict[str, Any]) -> tuple[float, list[float], datetime]:
-    """Publish with the function ``DeadLetterHook.publish_dataframe`` ships to ``mapInArrow``, on the Arrow
-    batches of one partition; return (total seconds, per-batch latencies, the envelopes' timestamp)."""
+def run_ours(args: argparse.Namespace, batches: list[Any], bootstrap: str, run: str,
+             producer_settings: dict[str, Any]) -> dict[str, list[tuple[float, list[float], str]]]:
+    """Publish the rows with ``DeadLetterHook.publish_dataframe`` from a cached DataFrame of ``--partitions``
+    partitions in an embedded ``local[*]`` session built by ``SparkSessionHook`` (as the operators build theirs),
+    ``--rounds`` times per writer, each round to a fresh topic. Returns, per writer, (seconds, batch latencies,
+    topic) per round; the topics of the last round of each writer are kept for verification (the caller deletes
+    them), the others deleted."""
+    import pyarrow as pa
+
     from airflow_etl_provider.hooks import dead_letter as dl
+    from airflow_etl_provider.hooks.spark import SparkSessionHook
 
-    spool_dir = tempfile.mkdtemp(prefix="bench-dlq-spool-")
-    hook = dl.DeadLetterHook(
-        {"type": "kafka", "topic": topic, "config": {"bootstrap.servers": bootstrap, **producer_settings}},
-        pipeline_id="orders_daily",
-        run_context=make_run_context(),
-        spool_dir=spool_dir,
-    )
-    writer = dl.partition_publisher(  # exactly what publish_dataframe builds (default_error "rejected")
-        hook.sink, spool_dir=hook.spool_dir, batch_prefix=hook._batch_prefix(), pipeline_id=hook.pipeline_id,
-        run_context=hook.run_context, stage=STAGE, key_columns=KEYS, source=SOURCE, target=TARGET,
-        batch_size=batch_size,
-    )
-    before = datetime.now(UTC)
-    try:
-        start = time.perf_counter()
-        statuses = [status for out in writer(iter(batches)) for status in out.to_pylist()]
-        total = time.perf_counter() - start
-    except Exception as err:
-        print(f"FAIL: ours: the partition publisher raised {type(err).__name__}: {err}")
-        sys.exit(1)
-    rows = sum(b.num_rows for b in batches)
-    result = dl.result_from_statuses(statuses)
-    if result.delivered != rows or result.spooled:
-        print(f"FAIL: ours: delivered={result.delivered} spooled={result.spooled} of {rows} "
-              f"(spool: {result.spool_paths}, errors: {result.errors[:3]})")
-        sys.exit(1)
-    shutil.rmtree(spool_dir, ignore_errors=True)
-    latencies = [lat for status in statuses for lat in (status.get("batch_latencies_s") or [])]
-    return total, latencies, before
-
-
-def build_cost(batches: Sequence[Any], batch_size: int) -> float | None:
-    """Seconds of pure CPU to turn the rows into Kafka messages (keys, values, headers) the way ours does,
-    without producing them: the part of the publish that no producer setting can hide. ``None`` for a version
-    of the package without the column-wise builder (to measure the version before it)."""
-    from airflow_etl_provider.executor import dead_letter as dl
-
-    try:
-        from airflow_etl_provider.executor.arrow_envelopes import KafkaMessageBuilder
-    except ImportError:
-        return None
-
-    builder = KafkaMessageBuilder(stage=STAGE, pipeline_id="orders_daily", run_context=make_run_context(),
-                                  key_columns=KEYS, source=SOURCE, target=TARGET, default_error="rejected",
-                                  now=datetime.now(UTC), error_column=dl.ERROR_COLUMN,
-                                  error_class_column=dl.ERROR_CLASS_COLUMN, rules_column=dl.FAILED_RULES_COLUMN)
-    start = time.perf_counter()
-    for batch in batches:
-        for offset in range(0, batch.num_rows, batch_size):
-            builder.messages(batch.slice(offset, batch_size))
-    return time.perf_counter() - start
+    rounds: dict[str, list[tuple[float, list[float], str]]] = {}
+    with SparkSessionHook().session() as spark:
+        t0 = time.perf_counter()
+        df = spark.createDataFrame(pa.Table.from_batches(batches)).repartition(args.partitions).cache()
+        assert df.count() == args.rows
+        print(f"  Spark {spark.version}, master {spark.sparkContext.master}; {args.rows:,} rows cached in "
+              f"{args.partitions} partitions ({time.perf_counter() - t0:.1f} s, not timed)")
+        for writer in args.writers:
+            rounds[writer] = []
+            total = args.warmup + args.rounds
+            for k in range(total):
+                topic = f"bench-dlq-ours-{run}-{writer}-{k}"
+                create_topics(bootstrap, [topic])
+                spool_dir = tempfile.mkdtemp(prefix="bench-dlq-spool-")
+                hook = dl.DeadLetterHook(
+                    {"type": "kafka", "topic": topic, "writer": writer,
+                     "config": {"bootstrap.servers": bootstrap, **producer_settings}},
+                    pipeline_id="orders_daily", run_context=make_run_context(), spool_dir=spool_dir)
+                start = time.perf_counter()
+                try:
+                    result = hook.publish_dataframe(df, stage=STAGE, key_columns=list(KEYS), source=SOURCE,
+                                                    target=TARGET, batch_size=args.batch_size)
+                except Exception as err:
+                    print(f"FAIL: ours ({writer}): publish_dataframe raised {type(err).__name__}: {err}")
+                    sys.exit(1)
+                seconds = time.perf_counter() - start
+                if result.delivered != args.rows or result.spooled:
+                    print(f"FAIL: ours ({writer}): delivered={result.delivered} spooled={result.spooled} of "
+                          f"{args.rows} (spool: {result.spool_paths}, errors: {result.errors[:3]})")
+                    sys.exit(1)
+                shutil.rmtree(spool_dir, ignore_errors=True)
+                rounds[writer].append((seconds, list(result.batch_latencies_s), topic))
+                what = "cold  " if k == 0 else "warmup" if k < args.warmup else "      "
+                print(f"  {writer:6s} round {k + 1:2d} {what}: {seconds:6.3f} s = "
+                      f"{args.rows / seconds:9,.0f} envelopes/s, batch p99 {_ms(percentile(result.batch_latencies_s, 99))}")
+                if k < total - 1 and not args.keep_topics:
+                    delete_topics(bootstrap, [topic])
+        df.unpersist()
+    return rounds
 
 
 # ------------------------------------------------------------------------------------------ verification
@@ -370,12 +365,12 @@ def verify_ours(batches: list[Any], bootstrap: str, topic: str, sample_size: int
     if problems or not rows:
         return problems
 
-    stamp = json.loads(seen[expected_keys[0]][0])["timestamp"]  # the partition's `now`, to the millisecond
-    now = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     rng = random.Random(7)
     for i in rng.sample(range(len(rows)), min(sample_size, len(rows))):
-        env = envelope_of(dict(rows[i]), now)
         value, headers = seen[expected_keys[i]]
+        # the publish's `now` (the Python writer's partitions take their own), to the millisecond
+        now = datetime.fromisoformat(json.loads(value)["timestamp"].replace("Z", "+00:00"))
+        env = envelope_of(dict(rows[i]), now)
         if kafka_key(env) != expected_keys[i]:
             problems.append(f"row {i}: the envelope's key {kafka_key(env)!r} is not {expected_keys[i]!r}")
             break
@@ -451,6 +446,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=100_000, help="failed rows ours publishes (default 100000)")
     parser.add_argument("--peer-rows", type=int, default=10_000,
                         help="rows the synchronous peer publishes; extrapolated to --rows (default 10000)")
+    parser.add_argument("--partitions", type=int, default=2,
+                        help="partitions of the failed rows' DataFrame (default 2: this machine's cores)")
+    parser.add_argument("--warmup", type=int, default=3,
+                        help="publishes per writer before the measured ones, the first of them cold (default 3)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="measured publishes per writer after the warm-up; their median is ours (default 5)")
+    parser.add_argument("--writers", default="jvm,python",
+                        help="dead_letter.writer values to measure, the first is ours (default jvm,python)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help="publish_dataframe batch_size (default: the hook's default)")
     parser.add_argument("--producer-setting", type=_setting, action="append", default=[], metavar="KEY=VALUE",
@@ -458,84 +461,81 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip-peer", action="store_true", help="measure ours only (no bench line)")
     parser.add_argument("--keep-topics", action="store_true", help="do not delete the benchmark topics")
     args = parser.parse_args(argv)
+    args.writers = [w.strip() for w in args.writers.split(",") if w.strip()]
+    if args.rounds < 1 or args.warmup < 1 or not args.writers:
+        parser.error("--rounds and --warmup must be >= 1 and --writers name at least one writer")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     bootstrap = kafka_bootstrap()
     producer_settings = dict(args.producer_setting)
     peer_rows = min(args.peer_rows, args.rows)
     run = uuid.uuid4().hex[:10]
-    ours_topic, peer_topic = f"bench-dlq-ours-{run}", f"bench-dlq-peer-{run}"
+    peer_topic = f"bench-dlq-peer-{run}"
 
     print(f"making {args.rows:,} rejected order rows as Arrow batches of {ROW_BATCH:,} (not timed) ...")
     t0 = time.perf_counter()
     batches = build_rejected_rows(args.rows)
     sample = [envelope_of(row, datetime.now(UTC)) for row in batches[0].slice(0, 1000).to_pylist()]
     avg_bytes = sum(len(env.to_json().encode()) for env in sample) / len(sample)
-    print(f"  made in {time.perf_counter() - t0:.1f} s; ~{avg_bytes:.0f} bytes of envelope JSON per row; "
-          f"peak RSS so far {peak_rss_mb():.0f} MiB")
-    import airflow_etl_provider.hooks.dead_letter  # noqa: F401 - import Airflow now: its ~100 MiB is not publishing
-
-    rss_before = peak_rss_mb()
-
-    topics = [ours_topic] if args.skip_peer else [ours_topic, peer_topic]
-    create_topics(bootstrap, topics)
-    print(f"broker {bootstrap}; fresh topics {', '.join(topics)} ({PARTITIONS} partitions)")
+    print(f"  made in {time.perf_counter() - t0:.1f} s; ~{avg_bytes:.0f} bytes of envelope JSON per row")
+    print(f"broker {bootstrap}; fresh topics of {PARTITIONS} partitions per round")
+    kept: list[str] = []
     try:
-        line = compare(args, batches, bootstrap, ours_topic, peer_topic, producer_settings, peer_rows, rss_before)
+        line = compare(args, batches, bootstrap, run, peer_topic, producer_settings, peer_rows, kept)
     finally:
         if not args.keep_topics:
-            delete_topics(bootstrap, topics)
+            delete_topics(bootstrap, kept)
     if line is None:  # --skip-peer
         return 0
     print(line)  # the last line of the output
     return 0
 
 
-def compare(args: argparse.Namespace, batches: list[Any], bootstrap: str, ours_topic: str, peer_topic: str,
-            producer_settings: dict[str, Any], peer_rows: int, rss_before: float) -> str | None:
+def compare(args: argparse.Namespace, batches: list[Any], bootstrap: str, run: str, peer_topic: str,
+            producer_settings: dict[str, Any], peer_rows: int, kept: list[str]) -> str | None:
     """Run ours (and verify it), then the peer; print the report; return the ``bench`` line (None with
-    ``--skip-peer``). Exits 1 when a side lost or failed to deliver envelopes."""
+    ``--skip-peer``). Exits 1 when a side lost or failed to deliver envelopes. ``kept`` receives the topics
+    left for the caller to delete."""
     # ---- ours
     settings_note = f", producer overrides {producer_settings}" if producer_settings else ""
-    print(f"\nours: publish_dataframe's partition publisher (rows -> envelopes -> KafkaSink), one partition, "
+    print(f"\nours: DeadLetterHook.publish_dataframe of a cached DataFrame, writers {', '.join(args.writers)}, "
+          f"{args.warmup} warm-up (the first cold) + {args.rounds} measured rounds each, "
           f"batch_size={args.batch_size:,}{settings_note}")
-    ours_s, batch_lat, _now = run_ours(batches, bootstrap, ours_topic, args.batch_size, producer_settings)
-    rss_after = peak_rss_mb()
+    rounds = run_ours(args, batches, bootstrap, run, producer_settings)
+    kept += [r[-1][2] for r in rounds.values()]
+    summary: dict[str, tuple[float, float, float]] = {}
+    for writer, results in rounds.items():
+        warm = [r[0] for r in results[args.warmup:]]
+        warm_lat = [lat for r in results[args.warmup:] for lat in r[1]]
+        median = statistics.median(warm)
+        summary[writer] = (results[0][0], median, percentile(warm_lat, 99))
+        print(f"  {writer}: cold {results[0][0]:.3f} s ({args.rows / results[0][0]:,.0f}/s); warm median "
+              f"{median:.3f} s = {args.rows / median:,.0f} envelopes/s (measured "
+              f"rounds: {', '.join(f'{w:.3f}' for w in warm)} s); warm batch latency p50 {_ms(percentile(warm_lat, 50))} "
+              f"p99 {_ms(percentile(warm_lat, 99))} max {_ms(max(warm_lat))}")
+    ours_writer = args.writers[0]
+    cold_s, ours_s, p99 = summary[ours_writer]
     ours_rps = args.rows / ours_s
-    p50, p99 = percentile(batch_lat, 50), percentile(batch_lat, 99)
-    print(f"  {args.rows:,} rows in {ours_s:.3f} s = {ours_rps:,.0f} envelopes/s ({len(batch_lat)} batches; "
-          f"envelopes built, produced and every one acknowledged)")
-    if not batch_lat:
-        print("  batch latencies: not reported by this version of the package")
-    else:
-        print(f"  batch latency (first produce to last ack): p50 {_ms(p50)}  p99 {_ms(p99)}  "
-              f"max {_ms(max(batch_lat))}  first (includes producer connect) {_ms(batch_lat[0])}")
-    if len(batch_lat) > 1:
-        print(f"  warm batches only (without the first): p50 {_ms(percentile(batch_lat[1:], 50))}  "
-              f"p99 {_ms(percentile(batch_lat[1:], 99))}")
-    if 0 < len(batch_lat) <= 20:
-        print("  batches: " + " ".join(f"{lat * 1000:.0f}" for lat in batch_lat) + " ms")
-    build = build_cost(batches, args.batch_size)
-    if build is not None:
-        print(f"  of which pure CPU to build the {args.rows:,} messages (key, envelope JSON, headers) from the "
-              f"rows, measured apart: {build:.3f} s ({build / args.rows * 1e6:.1f} us/row)")
-    print(f"  peak RSS: {rss_after:.0f} MiB (after making the rows "
-          f"and importing Airflow + the hook: {rss_before:.0f} MiB; publish added {rss_after - rss_before:.0f} MiB)")
+    print(f"  peak RSS of this (driver) process: {peak_rss_mb():.0f} MiB")
 
-    print("  verifying with an independent consumer (fresh group, earliest; not timed) ...")
-    problems = verify_ours(batches, bootstrap, ours_topic)
-    if problems:
-        for problem in problems:
-            print(f"FAIL: ours: {problem}")
-        sys.exit(1)  # main's finally still deletes the topics
-    print(f"  verified: {args.rows:,} messages, keys unique and complete, 2,000 sampled values and headers "
-          f"byte for byte those of build_envelope + to_json + kafka_headers")
+    print("  verifying the last round of each writer with an independent consumer (fresh group, earliest; "
+          "not timed) ...")
+    for writer, results in rounds.items():
+        problems = verify_ours(batches, bootstrap, results[-1][2])
+        if problems:
+            for problem in problems:
+                print(f"FAIL: ours ({writer}): {problem}")
+            sys.exit(1)  # main's finally still deletes the topics
+        print(f"  verified ({writer}): {args.rows:,} messages, keys unique and complete, 2,000 sampled values and "
+              f"headers byte for byte those of build_envelope + to_json + kafka_headers")
 
     if args.skip_peer:
         print("\n--skip-peer: no comparison line")
         return None
 
     # ---- peer
+    create_topics(bootstrap, [peer_topic])
+    kept.append(peer_topic)
     print(f"\npeer: build_envelope per row, Producer(enable.idempotence=true, acks=all), produce()+flush() per "
           f"record, measured on {peer_rows:,} rows")
     peer_measured_s, rec_lat = run_peer(batches, peer_rows, bootstrap, peer_topic)
@@ -551,23 +551,19 @@ def compare(args: argparse.Namespace, batches: list[Any], bootstrap: str, ours_t
           f"p99 {_ms(percentile(rec_lat, 99))}  max {_ms(max(rec_lat))}")
     print(f"  peer seconds for {args.rows:,} rows extrapolated: {args.rows:,} / {peer_rps:,.0f} rows/s "
           f"= {peer_s:.1f} s")
-    if peer_rows < args.rows and peer_rows > 1:
-        # the first record carries the producer's one-time start; rows/s spreads it over every row
-        steady = (peer_measured_s - rec_lat[0]) / (peer_rows - 1)
-        alt_s = rec_lat[0] + steady * (args.rows - 1)
-        print(f"  (for reference: one-time start {_ms(rec_lat[0])} + {args.rows - 1:,} x {steady * 1e3:.3f} ms "
-              f"steady = {alt_s:.1f} s, ratio {ours_s / alt_s:.4f}; the bench line uses rows / rows-per-s)")
 
     # ---- comparison
     speedup = peer_s / ours_s
-    print(f"\nours {ours_rps:,.0f} envelopes/s vs peer {peer_rps:,.0f} envelopes/s: ours is {speedup:.1f}x faster "
-          f"(ratio ours/peer = {ours_s / peer_s:.4f})")
+    print(f"\nours ({ours_writer} writer, warm median) {ours_rps:,.0f} envelopes/s vs peer {peer_rps:,.0f} "
+          f"envelopes/s: ours is {speedup:.1f}x faster (ratio ours/peer = {ours_s / peer_s:.4f}); cold, the "
+          f"first publish of a fresh session: {cold_s:.3f} s, {peer_s / cold_s:.1f}x")
     speed_ok, p99_ok, rate_ok = speedup >= GOAL_SPEEDUP, p99 < GOAL_P99_S, ours_rps >= GOAL_RATE
     print(f"goal: >= {GOAL_SPEEDUP:.0f}x faster [{'ok' if speed_ok else 'MISSED'}: {speedup:.1f}x], "
           f">= {GOAL_RATE:,.0f} envelopes/s [{'ok' if rate_ok else 'MISSED'}: {ours_rps:,.0f}], "
           f"p99 batch latency < {_ms(GOAL_P99_S)} [{'ok' if p99_ok else 'MISSED'}: {_ms(p99)}] -> "
           f"{'goal met' if speed_ok and p99_ok and rate_ok else 'goal NOT met'}")
     return result_line(BENCH_ID, ours_s, peer_s)
+
 
 if __name__ == "__main__":
     sys.exit(main())
