@@ -1,6 +1,7 @@
 """A small job run by test_spark_clusters.py in its own process (one SparkContext per JVM): it reads
 Kafka with the Kafka source, applies a Python UDF, publishes failed rows to the file DLQ from the
-executors, reads them back (redrive, on the executors too), probes what Python the executors run and whether it
+executors and to a Kafka DLQ (from the executors' JVM on the standalone cluster), reads the file DLQ back
+(redrive, on the executors too), probes what Python the executors run and whether it
 has Airflow, and prints a JSON summary. argv: spark_conn_id topic dlq_dir."""
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ def main(conn_id: str, topic: str, dlq_dir: str) -> None:
         dlq = DeadLetterHook({"type": "file", "path": dlq_dir}, pipeline_id="cluster-test",
                              run_context=RunContext(pipeline_id="cluster-test", run_id=conn_id, try_number=1))
         res = dlq.publish_dataframe(bad, stage="load", key_columns=["order_id"])
+        # the same rows to a Kafka DLQ: from the executors' JVM on the standalone cluster (writer "jvm" fails
+        # if it cannot run there), from their Python workers on Spark Connect (no JVM in the client)
+        writer = "python" if master == "connect" else "jvm"
+        kafka_dlq = DeadLetterHook({"type": "kafka", "topic": f"{topic}-dlq", "writer": "auto" if writer == "python"
+                                    else "jvm", "config": {"bootstrap.servers": bootstrap}},
+                                   pipeline_id="cluster-test",
+                                   run_context=RunContext(pipeline_id="cluster-test", run_id=conn_id, try_number=1))
+        kafka_res = kafka_dlq.publish_dataframe(bad, stage="load", key_columns=["order_id"])
         redriven = read_dead_letters(spark, dlq.config, schema="order_id INT, qty INT").count()
 
         @F.udf("string")
@@ -46,7 +55,8 @@ def main(conn_id: str, topic: str, dlq_dir: str) -> None:
 
         executor = json.loads(spark.range(1).select(probe("id")).first()[0])
         print("RESULT " + json.dumps({"master": master, "total": total, "qty3_sum": out.agg(F.sum("qty3")).first()[0],
-                          "dead_lettered": res.delivered, "redriven": redriven, "executor": executor}), flush=True)
+                          "dead_lettered": res.delivered, "redriven": redriven, "executor": executor,
+                          "kafka_dead_lettered": kafka_res.delivered, "kafka_writer": writer}), flush=True)
 
 
 if __name__ == "__main__":

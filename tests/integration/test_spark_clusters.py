@@ -63,6 +63,10 @@ def test_provider_code_runs_on_a_cluster(service: str, conn_id: str, orders_topi
     letters = _dead_letters(tmp_path / "dlq")
     assert sorted(e["record"]["order_id"] for e in letters) == [i for i in range(50) if i % 5 == 0]
     assert summary["redriven"] == 10  # the dead letters read back by mapInArrow on the executors
+    # the Kafka DLQ: the JVM publisher on the standalone cluster's executors (writer "jvm": it would have raised
+    # if it could not run there), the Python workers' publisher from a Spark Connect client
+    assert (summary["kafka_dead_lettered"], summary["kafka_writer"]) == (
+        10, "jvm" if service == "spark-standalone" else "python")
     # the executors ran the Python without Airflow
     assert summary["executor"] == {"python": str(ROOT / ".local/executor-venv/bin/python"), "airflow": False}
     if service == "spark-standalone":
