@@ -265,7 +265,9 @@ class DeadLetterHook(BaseHook):
         ``failed`` holds the original columns plus optional ``_etl_error`` (message),
         ``_etl_error_class`` and ``_etl_failed_rules`` (array of rule names). Each partition builds its
         envelopes batch by batch, delivers each batch with the sink's retries or spools it locally, and
-        returns one status row; only those status rows reach the driver.
+        returns one status row; only those status rows reach the driver. For Kafka, the config's ``writer``
+        picks where that runs: Spark's JVM (:mod:`airflow_etl_provider.hooks.dead_letter_jvm`, the same
+        messages byte for byte) or the Python workers (``mapInArrow``).
 
         :param failed: the failed rows.
         :param stage: the pipeline stage (``load``, ``quality``, ``parse`` ...).
