@@ -46,8 +46,12 @@ PRODUCER_CLASS = "org.apache.kafka.clients.producer.KafkaProducer"
 #: librdkafka settings with the same name and meaning in Kafka's Java producer
 _SAME_SETTINGS = ("bootstrap.servers", "acks", "enable.idempotence", "linger.ms", "compression.type", "client.id",
                   "batch.size", "request.timeout.ms", "retry.backoff.ms", "max.in.flight.requests.per.connection")
-#: librdkafka settings that only tune librdkafka's own queue or logging: nothing to translate
-_LIBRDKAFKA_ONLY = ("queue.buffering.max.messages", "queue.buffering.max.kbytes", "log_level", "statistics.interval.ms")
+#: librdkafka settings spelled differently in the Java producer, with the same meaning
+_RENAMED = {"socket.timeout.ms": "request.timeout.ms", "queue.buffering.max.ms": "linger.ms",
+            "message.send.max.retries": "retries", "retries": "retries"}
+#: librdkafka settings that only tune librdkafka's own queue, batching or logging: nothing to translate
+_LIBRDKAFKA_ONLY = ("queue.buffering.max.messages", "queue.buffering.max.kbytes", "batch.num.messages", "log_level",
+                    "statistics.interval.ms")
 #: settings for the Java producer unless the dead-letter config sets them (the sink's defaults suit librdkafka):
 #: 1 MiB batches and 10 ms linger gave 100-130k envelopes/s warm here, 16 KiB / 2 ms (Java's default batch, our
 #: librdkafka linger) 45-55k/s (benchmarks/bench_dlq_kafka.py)
@@ -76,6 +80,8 @@ def java_producer_config(librdkafka: Mapping[str, Any]) -> dict[str, str] | str:
             java[key] = _BOOLEAN.get(text.lower(), text) if key == "enable.idempotence" else text
         elif key == "message.timeout.ms":
             java["delivery.timeout.ms"] = text
+        elif key in _RENAMED:
+            java[_RENAMED[key]] = text
         elif key == "security.protocol" and text.lower() == "plaintext":
             java[key] = "PLAINTEXT"
         elif key in _LIBRDKAFKA_ONLY:

@@ -27,6 +27,16 @@ def test_the_sinks_librdkafka_settings_become_java_producer_settings() -> None:
     }
 
 
+def test_librdkafka_names_of_java_settings_are_renamed() -> None:
+    # the stack's kafka_default connection carries socket.timeout.ms; the Java producer calls it request.timeout.ms
+    config = java_producer_config({"bootstrap.servers": "k:1", "socket.timeout.ms": 10000,
+                                   "queue.buffering.max.ms": 7, "message.send.max.retries": 5,
+                                   "batch.num.messages": 10000})
+    assert isinstance(config, dict)
+    assert (config["request.timeout.ms"], config["linger.ms"], config["retries"]) == ("10000", "7", "5")
+    assert "batch.num.messages" not in config
+
+
 def test_a_short_message_timeout_keeps_the_java_producers_invariant() -> None:
     config = java_producer_config({"bootstrap.servers": "k:1", "message.timeout.ms": 2000, "linger.ms": 10})
     assert isinstance(config, dict)
