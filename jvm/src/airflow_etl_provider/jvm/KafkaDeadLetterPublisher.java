@@ -18,8 +18,8 @@
  *     spaces, no floats);
  *   - record columns: indexes into the row in sorted-name order, with their JSON names and a kind letter;
  *   - the error, error-class columns (-1 when absent), the key columns, the headers that do not change.
- * The messages are byte for byte those of the Python path (airflow_etl_provider/executor/arrow_envelopes.py);
- * tests/integration/test_dead_letter_jvm.py compares them.
+ * The messages (Envelopes.java) are byte for byte those of the Python path
+ * (airflow_etl_provider/executor/arrow_envelopes.py); tests/integration/test_dead_letter_jvm.py compares them.
  *
  * Delivery: idempotent producer, acks=all; a message counts as delivered on its acknowledgement. Messages
  * whose delivery fails (after the producer's own retries, within delivery.timeout.ms), and every later one
@@ -39,15 +39,7 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.Paths;
-import java.security.MessageDigest;
-import java.security.NoSuchAlgorithmException;
-import java.time.Instant;
-import java.time.LocalDate;
-import java.time.LocalDateTime;
-import java.time.ZoneId;
-import java.time.ZoneOffset;
 import java.util.ArrayList;
-import java.util.Base64;
 import java.util.Collections;
 import java.util.Iterator;
 import java.util.List;
@@ -55,14 +47,11 @@ import java.util.Map;
 import java.util.Properties;
 import java.util.UUID;
 import java.util.concurrent.ConcurrentLinkedQueue;
-import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.atomic.AtomicLong;
 
 import org.apache.kafka.clients.producer.KafkaProducer;
 import org.apache.kafka.clients.producer.ProducerRecord;
-import org.apache.kafka.common.header.Header;
-import org.apache.kafka.common.header.internals.RecordHeader;
 import org.apache.kafka.common.serialization.ByteArraySerializer;
 import org.apache.spark.TaskContext;
 import org.apache.spark.api.java.function.FlatMapFunction;
@@ -72,8 +61,6 @@ import org.apache.spark.sql.catalyst.InternalRow;
 import org.apache.spark.sql.types.DataType;
 import org.apache.spark.sql.types.Decimal;
 import org.apache.spark.sql.types.DecimalType;
-import org.apache.spark.unsafe.Platform;
-import org.apache.spark.unsafe.types.UTF8String;
 
 public final class KafkaDeadLetterPublisher {
 
@@ -97,10 +84,10 @@ public final class KafkaDeadLetterPublisher {
     private KafkaDeadLetterPublisher() {
     }
 
-    private static final char BYTE = '1';
-    private static final char SHORT = '2';
-    private static final char INT = '4';
-    private static final char LONG = '8';
+    static final char BYTE = '1';
+    static final char SHORT = '2';
+    static final char INT = '4';
+    static final char LONG = '8';
 
     private static char integerKind(DataType type, String name) {
         switch (type.typeName()) {
@@ -272,6 +259,7 @@ public final class KafkaDeadLetterPublisher {
             long sendNs = 0;
             long startNs = 0;
             long flushNs = 0;
+            boolean completed = false; // every row sent and flushed: else the producer is not reused
             try {
                 try {
                     producer = Producers.get(plan.producerConfig);
@@ -292,8 +280,16 @@ public final class KafkaDeadLetterPublisher {
                     producer.flush();
                 }
                 flushNs = System.nanoTime() - f0;
+                completed = true;
+            } catch (Throwable err) { // the task fails (Spark retries it): close what was spooled so far
+                try {
+                    spool.close();
+                } catch (IOException closing) {
+                    err.addSuppressed(closing);
+                }
+                throw err;
             } finally {
-                if (producer != null && (delivery.firstError() != null || input.hasNext())) {
+                if (producer != null && (delivery.firstError() != null || !completed)) {
                     Producers.discard(plan.producerConfig, producer); // never reuse one that failed a delivery
                 }
                 thread.setContextClassLoader(previous);
@@ -336,17 +332,26 @@ public final class KafkaDeadLetterPublisher {
      * publish (benchmarks/bench_dlq_kafka.py --rows 2000, warm: 0.23 s -> 0.18 s per publish, medians of 5).
      * Not one shared by the task threads: the Java producer appends (and compresses) under a lock per topic
      * partition, so tasks sharing one would wait for each other. One that failed a delivery is closed and
-     * replaced.
+     * replaced; those of task threads that ended are closed.
      */
     static final class Producers {
         private static final java.util.concurrent.ConcurrentHashMap<List<Object>, KafkaProducer<byte[], byte[]>>
                 CACHE = new java.util.concurrent.ConcurrentHashMap<>();
 
         private static List<Object> key(Map<String, String> config) {
-            return java.util.Arrays.asList(new java.util.TreeMap<>(config), Thread.currentThread().getId());
+            return java.util.Arrays.asList(new java.util.TreeMap<>(config), Thread.currentThread());
         }
 
         static KafkaProducer<byte[], byte[]> get(Map<String, String> config) {
+            // An executor's idle task threads end (Spark's pool keeps them 60 s): close their producers.
+            for (List<Object> key : CACHE.keySet()) {
+                if (!((Thread) key.get(1)).isAlive()) {
+                    KafkaProducer<byte[], byte[]> gone = CACHE.remove(key);
+                    if (gone != null) {
+                        gone.close(java.time.Duration.ZERO); // their publishes flushed before they returned
+                    }
+                }
+            }
             return CACHE.computeIfAbsent(key(config), key -> {
                 Properties props = new Properties();
                 props.putAll(config);
@@ -470,434 +475,6 @@ public final class KafkaDeadLetterPublisher {
                 out.getFD().sync();
                 out.close();
             }
-        }
-    }
-
-    /** Builds the key, value and headers of each row's message. */
-    static final class Envelopes {
-        private static final byte[] HEX = "0123456789abcdef".getBytes(StandardCharsets.US_ASCII);
-        private final Plan plan;
-        private final ZoneId zone;
-        private final MessageDigest sha256;
-        private final Bytes record = new Bytes(1024);
-        private final Bytes value = new Bytes(4096);
-        private final Bytes key = new Bytes(64);
-        private final Bytes raw = new Bytes(256);
-        private final java.util.HashMap<UTF8String, ErrorClass> classes = new java.util.HashMap<>();
-        private final ErrorClass defaultClass;
-        private final Header[] constantHeaders;
-
-        static final class Message {
-            byte[] key;
-            byte[] value;
-            Header[] headers;
-        }
-
-        Envelopes(Plan plan) throws NoSuchAlgorithmException {
-            this.plan = plan;
-            this.zone = ZoneId.of(plan.sessionZone);
-            this.sha256 = MessageDigest.getInstance("SHA-256");
-            defaultClass = new ErrorClass(plan.defaultClass, plan.classHeader);
-            constantHeaders = new Header[plan.constantHeaderNames.length];
-            for (int k = 0; k < constantHeaders.length; k++) {
-                constantHeaders[k] = new RecordHeader(plan.constantHeaderNames[k], plan.constantHeaderValues[k]);
-            }
-        }
-
-        /** An error class's JSON string and header (the same few per publish: kept by name). */
-        static final class ErrorClass {
-            final byte[] json;
-            final Header header;
-
-            ErrorClass(String name, String headerName) {
-                byte[] bytes = name.getBytes(StandardCharsets.UTF_8);
-                Bytes text = new Bytes(bytes.length + 8);
-                Json.string(text, bytes);
-                json = text.toArray();
-                header = new RecordHeader(headerName, bytes);
-            }
-        }
-
-        Message build(InternalRow row) {
-            // the record, canonical JSON (sorted keys, compact)
-            record.size = 0;
-            record.put((byte) '{');
-            for (int c = 0; c < plan.recordIndexes.length; c++) {
-                record.put(plan.recordNames[c]);
-                value(record, row, c, true);
-            }
-            record.put((byte) '}');
-            // the envelope id: sha256 of [version, pipeline, run, stage, null, record]
-            sha256.reset();
-            sha256.update(plan.identityPrefix);
-            sha256.update(record.buf, 0, record.size);
-            sha256.update((byte) ']');
-            byte[] digest = sha256.digest();
-            byte[] id = new byte[64];
-            for (int k = 0; k < 32; k++) {
-                id[2 * k] = HEX[(digest[k] >> 4) & 0xf];
-                id[2 * k + 1] = HEX[digest[k] & 0xf];
-            }
-            // the record key: the key columns' text joined with "|", null when one is null
-            byte[] recordKey = recordKey(row);
-            // error message and class
-            byte[] messageHeader;
-            int messageStart = -1;
-            int messageEnd = -1;
-            byte[] message = null;
-            UTF8String error = plan.errorIndex >= 0 && !row.isNullAt(plan.errorIndex)
-                    ? row.getUTF8String(plan.errorIndex) : null;
-            if (error == null || error.numBytes() == 0) {
-                messageHeader = plan.defaultErrorHeader;
-            } else {
-                message = error.getBytes();
-                messageEnd = Json.prefixEnd(message, plan.maxErrorChars);
-                messageHeader = Json.prefix(message, plan.maxHeaderChars);
-            }
-            ErrorClass errorClass;
-            UTF8String className = plan.classIndex >= 0 && !row.isNullAt(plan.classIndex)
-                    ? row.getUTF8String(plan.classIndex) : null;
-            if (className == null || className.numBytes() == 0) {
-                errorClass = defaultClass;
-            } else {
-                errorClass = classes.get(className);
-                if (errorClass == null) { // a copy: the row's string may point into a buffer Spark reuses
-                    errorClass = new ErrorClass(className.toString(), plan.classHeader);
-                    classes.put(className.clone(), errorClass);
-                }
-            }
-            // the value: the template with the six per-row fields in sorted order
-            byte[][] parts = plan.valueParts;
-            value.size = 0;
-            value.put(parts[0]);
-            value.put(id);
-            value.put(parts[1]);
-            value.put(errorClass.json);
-            value.put(parts[2]);
-            if (message == null) {
-                value.put(plan.defaultErrorJson);
-            } else {
-                Json.string(value, message, 0, messageEnd);
-            }
-            value.put(parts[3]);
-            value.put((byte) '[');
-            value.put((byte) ']');
-            value.put(parts[4]);
-            value.put(record.buf, 0, record.size);
-            value.put(parts[5]);
-            if (recordKey == null) {
-                value.put(Json.NULL);
-            } else {
-                Json.string(value, recordKey);
-            }
-            value.put(parts[6]);
-
-            Message m = new Message();
-            m.key = recordKey != null ? recordKey : plan.pipelineKey;
-            m.value = value.toArray();
-            Header[] headers = new Header[constantHeaders.length + 3];
-            headers[0] = errorClass.header;
-            headers[1] = new RecordHeader(plan.messageHeader, messageHeader);
-            System.arraycopy(constantHeaders, 0, headers, 2, constantHeaders.length);
-            headers[headers.length - 1] = new RecordHeader(plan.idHeader, id);
-            m.headers = headers;
-            return m;
-        }
-
-        private byte[] recordKey(InternalRow row) {
-            if (plan.keyIndexes.length == 0) {
-                return null;
-            }
-            key.size = 0;
-            for (int k = 0; k < plan.keyIndexes.length; k++) {
-                int c = plan.keyIndexes[k];
-                if (c < 0 || row.isNullAt(plan.recordIndexes[c])) {
-                    return null;
-                }
-                if (k > 0) {
-                    key.put((byte) '|');
-                }
-                value(key, row, c, false);
-            }
-            return key.toArray();
-        }
-
-        /** Record column c of the row: as JSON (json=true) or as the key's text (Python's str of the value). */
-        private void value(Bytes out, InternalRow row, int c, boolean json) {
-            int i = plan.recordIndexes[c];
-            if (row.isNullAt(i)) {
-                out.put(Json.NULL);
-                return;
-            }
-            switch (plan.kinds[c]) {
-                case KIND_STRING:
-                    UTF8String text = row.getUTF8String(i);
-                    if (json) { // copied into a reused buffer (no array per value), then escaped from there
-                        int n = text.numBytes();
-                        raw.size = 0;
-                        raw.ensure(n);
-                        text.writeToMemory(raw.buf, Platform.BYTE_ARRAY_OFFSET);
-                        Json.string(out, raw.buf, 0, n);
-                    } else {
-                        int n = text.numBytes();
-                        out.ensure(n);
-                        text.writeToMemory(out.buf, Platform.BYTE_ARRAY_OFFSET + out.size);
-                        out.size += n;
-                    }
-                    break;
-                case BYTE:
-                    out.number(row.getByte(i));
-                    break;
-                case SHORT:
-                    out.number(row.getShort(i));
-                    break;
-                case INT:
-                    out.number(row.getInt(i));
-                    break;
-                case LONG:
-                    out.number(row.getLong(i));
-                    break;
-                case KIND_BOOLEAN:
-                    boolean b = row.getBoolean(i);
-                    out.ascii(json ? (b ? "true" : "false") : (b ? "True" : "False"));
-                    break;
-                default:
-                    int start = out.size;
-                    if (json) {
-                        out.put((byte) '"');
-                    }
-                    text(out, row, c, i);
-                    if (json) { // the texts below never need escaping
-                        out.put((byte) '"');
-                    }
-                    assert out.size > start;
-            }
-        }
-
-        private void text(Bytes out, InternalRow row, int c, int i) {
-            switch (plan.kinds[c]) {
-                case KIND_DECIMAL:
-                    Decimal d = row.getDecimal(i, plan.precision[c], plan.scale[c]);
-                    out.ascii(d.toJavaBigDecimal().toPlainString());
-                    break;
-                case KIND_DATE:
-                    date(out, LocalDate.ofEpochDay(row.getInt(i)));
-                    break;
-                case KIND_TIMESTAMP:
-                    timestamp(out, row.getLong(i), zone, true);
-                    break;
-                case KIND_TIMESTAMP_NTZ:
-                    timestamp(out, row.getLong(i), ZoneOffset.UTC, false);
-                    break;
-                case KIND_BINARY:
-                    out.ascii(Base64.getEncoder().encodeToString(row.getBinary(i)));
-                    break;
-                default:
-                    throw new IllegalStateException("unknown column kind '" + plan.kinds[c] + "'");
-            }
-        }
-
-        private static void date(Bytes out, LocalDate d) {
-            out.digits(d.getYear(), 4);
-            out.put((byte) '-');
-            out.digits(d.getMonthValue(), 2);
-            out.put((byte) '-');
-            out.digits(d.getDayOfMonth(), 2);
-        }
-
-        /** datetime.isoformat(): microseconds only when not 0, the offset as +HH:MM[:SS] when withOffset. */
-        private static void timestamp(Bytes out, long micros, ZoneId zone, boolean withOffset) {
-            long seconds = Math.floorDiv(micros, 1_000_000L);
-            int fraction = (int) Math.floorMod(micros, 1_000_000L);
-            ZoneOffset offset = zone instanceof ZoneOffset ? (ZoneOffset) zone
-                    : zone.getRules().getOffset(Instant.ofEpochSecond(seconds));
-            LocalDateTime t = LocalDateTime.ofEpochSecond(seconds, fraction * 1000, offset);
-            date(out, t.toLocalDate());
-            out.put((byte) 'T');
-            out.digits(t.getHour(), 2);
-            out.put((byte) ':');
-            out.digits(t.getMinute(), 2);
-            out.put((byte) ':');
-            out.digits(t.getSecond(), 2);
-            if (fraction != 0) {
-                out.put((byte) '.');
-                out.digits(fraction, 6);
-            }
-            if (withOffset) {
-                int total = offset.getTotalSeconds();
-                out.put((byte) (total < 0 ? '-' : '+'));
-                total = Math.abs(total);
-                out.digits(total / 3600, 2);
-                out.put((byte) ':');
-                out.digits(total / 60 % 60, 2);
-                if (total % 60 != 0) {
-                    out.put((byte) ':');
-                    out.digits(total % 60, 2);
-                }
-            }
-        }
-    }
-
-    /** JSON text as Python's json.dumps(ensure_ascii=False) and orjson write it. */
-    static final class Json {
-        static final byte[] NULL = "null".getBytes(StandardCharsets.US_ASCII);
-        private static final byte[] HEX = "0123456789abcdef".getBytes(StandardCharsets.US_ASCII);
-
-        /** A JSON string of UTF-8 bytes: ", \ and control characters escaped, everything else as is. */
-        static void string(Bytes out, byte[] utf8) {
-            string(out, utf8, 0, utf8.length);
-        }
-
-        static void string(Bytes out, byte[] utf8, int from, int to) {
-            out.ensure(6 * (to - from) + 2); // the longest escape (backslash u 00XX) is 6 bytes
-            byte[] buf = out.buf;
-            int n = out.size;
-            buf[n++] = '"';
-            for (int k = from; k < to; k++) {
-                byte b = utf8[k];
-                if (b >= 0x20 && b != '"' && b != '\\' || b < 0) { // b < 0: a byte of a multi-byte character
-                    buf[n++] = b;
-                    continue;
-                }
-                buf[n++] = '\\';
-                switch (b) {
-                    case '"':
-                    case '\\':
-                        buf[n++] = b;
-                        break;
-                    case '\n':
-                        buf[n++] = 'n';
-                        break;
-                    case '\r':
-                        buf[n++] = 'r';
-                        break;
-                    case '\t':
-                        buf[n++] = 't';
-                        break;
-                    case '\b':
-                        buf[n++] = 'b';
-                        break;
-                    case '\f':
-                        buf[n++] = 'f';
-                        break;
-                    default:
-                        buf[n++] = 'u';
-                        buf[n++] = '0';
-                        buf[n++] = '0';
-                        buf[n++] = HEX[(b >> 4) & 0xf];
-                        buf[n++] = HEX[b & 0xf];
-                }
-            }
-            buf[n++] = '"';
-            out.size = n;
-        }
-
-        /** The end (exclusive) of the first maxChars characters (code points) of UTF-8 bytes, as Python's str
-         *  slicing counts them. */
-        static int prefixEnd(byte[] utf8, int maxChars) {
-            if (utf8.length <= maxChars) {
-                return utf8.length; // fewer bytes than characters allowed
-            }
-            int chars = 0;
-            for (int k = 0; k < utf8.length; k++) {
-                if ((utf8[k] & 0xC0) != 0x80) { // the first byte of a character
-                    if (chars == maxChars) {
-                        return k;
-                    }
-                    chars++;
-                }
-            }
-            return utf8.length;
-        }
-
-        /** The first maxChars characters (code points) of UTF-8 bytes. */
-        static byte[] prefix(byte[] utf8, int maxChars) {
-            int end = prefixEnd(utf8, maxChars);
-            return end == utf8.length ? utf8 : java.util.Arrays.copyOf(utf8, end);
-        }
-
-        /** A JSON string or null, for the status. */
-        static String text(String s) {
-            if (s == null) {
-                return "null";
-            }
-            Bytes out = new Bytes(s.length() + 8);
-            string(out, s.getBytes(StandardCharsets.UTF_8));
-            return new String(out.buf, 0, out.size, StandardCharsets.UTF_8);
-        }
-    }
-
-    /** A growable byte buffer. */
-    static final class Bytes {
-        byte[] buf;
-        int size;
-
-        Bytes(int capacity) {
-            buf = new byte[capacity];
-        }
-
-        void ensure(int more) {
-            if (size + more > buf.length) {
-                buf = java.util.Arrays.copyOf(buf, Math.max(buf.length * 2, size + more));
-            }
-        }
-
-        void put(byte b) {
-            ensure(1);
-            buf[size++] = b;
-        }
-
-        void put(byte[] bytes) {
-            put(bytes, 0, bytes.length);
-        }
-
-        void put(byte[] bytes, int from, int length) {
-            ensure(length);
-            System.arraycopy(bytes, from, buf, size, length);
-            size += length;
-        }
-
-        void ascii(String s) {
-            int n = s.length();
-            ensure(n);
-            for (int k = 0; k < n; k++) {
-                buf[size++] = (byte) s.charAt(k);
-            }
-        }
-
-        byte[] toArray() {
-            return java.util.Arrays.copyOf(buf, size);
-        }
-
-        /** A non-negative number, zero-padded to width digits. */
-        void digits(long value, int width) {
-            int n = 1;
-            for (long v = value; v >= 10; v /= 10) {
-                n++;
-            }
-            int pad = Math.max(0, width - n);
-            ensure(pad + n);
-            for (int k = 0; k < pad; k++) {
-                buf[size++] = '0';
-            }
-            int end = size + n;
-            for (int k = end - 1; k >= size; k--) {
-                buf[k] = (byte) ('0' + (value % 10));
-                value /= 10;
-            }
-            size = end;
-        }
-
-        void number(long value) {
-            if (value < 0) {
-                if (value == Long.MIN_VALUE) {
-                    ascii(Long.toString(value));
-                    return;
-                }
-                put((byte) '-');
-                value = -value;
-            }
-            digits(value, 1);
         }
     }
 }

@@ -32,7 +32,6 @@ import java.time.LocalDate;
 import java.time.LocalDateTime;
 import java.time.ZoneId;
 import java.time.ZoneOffset;
-import java.util.Arrays;
 import java.util.Collections;
 import java.util.Iterator;
 import java.util.List;
@@ -167,66 +166,6 @@ public final class PostgresCopyStager {
                 conn.commit();
             }
             return Collections.singletonList(new long[] {partition, attempt, count}).iterator();
-        }
-    }
-
-    /** A growable byte buffer (no synchronisation, unlike ByteArrayOutputStream). */
-    static final class Bytes {
-        byte[] buf;
-        int size;
-
-        Bytes(int capacity) {
-            buf = new byte[capacity];
-        }
-
-        void ensure(int more) {
-            if (size + more > buf.length) {
-                buf = Arrays.copyOf(buf, Math.max(buf.length * 2, size + more));
-            }
-        }
-
-        void put(byte b) {
-            ensure(1);
-            buf[size++] = b;
-        }
-
-        void ascii(String s) {
-            int n = s.length();
-            ensure(n);
-            for (int k = 0; k < n; k++) {
-                buf[size++] = (byte) s.charAt(k);
-            }
-        }
-
-        /** A non-negative number, zero-padded to width digits. */
-        void digits(long value, int width) {
-            int n = 1;
-            for (long v = value; v >= 10; v /= 10) {
-                n++;
-            }
-            int pad = Math.max(0, width - n);
-            ensure(pad + n);
-            for (int k = 0; k < pad; k++) {
-                buf[size++] = '0';
-            }
-            int end = size + n;
-            for (int k = end - 1; k >= size; k--) {
-                buf[k] = (byte) ('0' + (value % 10));
-                value /= 10;
-            }
-            size = end;
-        }
-
-        void number(long value) {
-            if (value < 0) {
-                if (value == Long.MIN_VALUE) {
-                    ascii(Long.toString(value));
-                    return;
-                }
-                put((byte) '-');
-                value = -value;
-            }
-            digits(value, 1);
         }
     }
 
