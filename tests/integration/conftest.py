@@ -61,6 +61,33 @@ def kafka_bootstrap() -> str:
 
 #: What the Task SDK supervisor of a real Airflow worker sets for the task process and everything it starts
 #: (``block_orm_access``): ``import airflow`` fails there. The shared session's Python workers get it too.
+
+
+def consume_kafka(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0) -> list:
+    """Read a topic from its start with an independent consumer (its own group): the expected number of
+    messages, then one more poll so that a message beyond them would show up in the count."""
+    import time
+
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"verify-{topic}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    msgs = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(msgs) < expected and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                msgs.append(msg)
+        extra = consumer.poll(2.0)  # nothing beyond the expected count
+        if extra is not None and extra.error() is None:
+            msgs.append(extra)
+    finally:
+        consumer.close()
+    return msgs
+
+
 BLOCKED_DB_ENV = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "airflow-db-not-allowed:///"}
 
 

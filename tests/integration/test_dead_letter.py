@@ -14,6 +14,7 @@ import pytest
 
 from airflow_etl_provider.core.envelope import RunContext
 from airflow_etl_provider.core.errors import DeadLetterUnavailableError
+from tests.integration.conftest import consume_kafka
 
 pytestmark = pytest.mark.spark
 
@@ -26,29 +27,6 @@ def _failed_rows(spark, n: int = 30, partitions: int = 3):
              f'null value in column "email" violates not-null constraint (row {i})',
              ["email_not_null"] if i % 3 == 0 else None) for i in range(n)]
     return spark.createDataFrame(rows, SCHEMA).repartition(partitions)
-
-
-def _consume(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0) -> list:
-    import time
-
-    from confluent_kafka import Consumer
-
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"verify-{topic}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe([topic])
-    msgs = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(msgs) < expected and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is not None and msg.error() is None:
-                msgs.append(msg)
-        extra = consumer.poll(2.0)  # nothing beyond the expected count
-        if extra is not None and extra.error() is None:
-            msgs.append(extra)
-    finally:
-        consumer.close()
-    return msgs
 
 
 def _hook(config: dict, try_number: int = 1, spool_dir: str | None = None):
@@ -66,7 +44,7 @@ def test_kafka_dlq_envelopes_and_headers_read_by_an_independent_consumer(spark, 
                                     source="parquet:/data/orders", target="postgres_default:public.orders")
     assert (result.delivered, result.spooled) == (30, 0)
 
-    msgs = _consume(kafka_bootstrap, topic, 30)
+    msgs = consume_kafka(kafka_bootstrap, topic, 30)
     assert len(msgs) == 30
     by_id = {}
     for msg in msgs:
@@ -163,7 +141,7 @@ def test_kafka_dlq_down_spools_everything_and_replay_delivers_it(spark, kafka_bo
     )
     assert out.returncode == 0, out.stderr
     assert "replayed 20 dead letters" in out.stdout
-    msgs = _consume(kafka_bootstrap, topic, 20)
+    msgs = consume_kafka(kafka_bootstrap, topic, 20)
     assert sorted(json.loads(m.value())["record"]["order_id"] for m in msgs) == list(range(20))
 
 
@@ -204,5 +182,5 @@ def test_kafka_partial_delivery_spools_only_the_rejected_messages(kafka_bootstra
     assert info.value.rows == 5
     spooled = [json.loads(x) for f in (tmp_path / "spool").glob("*.jsonl") for x in f.read_text().splitlines()]
     assert sorted(e["record"]["order_id"] for e in spooled) == list(range(0, 50, 10))
-    msgs = _consume(kafka_bootstrap, topic, 45)
+    msgs = consume_kafka(kafka_bootstrap, topic, 45)
     assert sorted(json.loads(m.value())["record"]["order_id"] for m in msgs) == [i for i in range(50) if i % 10]

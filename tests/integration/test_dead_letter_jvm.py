@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
@@ -16,6 +15,7 @@ import pytest
 from airflow_etl_provider.core.envelope import DeadLetterEnvelope, RunContext
 from airflow_etl_provider.core.errors import ConfigError, DeadLetterUnavailableError
 from airflow_etl_provider.executor.dead_letter import read_spool
+from tests.integration.conftest import consume_kafka
 
 pytestmark = pytest.mark.spark
 
@@ -69,27 +69,6 @@ def _hook(config: dict, spool_dir: str | None = None):
     return DeadLetterHook(config, pipeline_id="orders-pipeline", run_context=rc, spool_dir=spool_dir)
 
 
-def _consume(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0) -> list:
-    from confluent_kafka import Consumer
-
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"verify-{topic}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe([topic])
-    msgs = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(msgs) < expected and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is not None and msg.error() is None:
-                msgs.append(msg)
-        extra = consumer.poll(2.0)  # nothing beyond the expected count
-        if extra is not None and extra.error() is None:
-            msgs.append(extra)
-    finally:
-        consumer.close()
-    return msgs
-
-
 def _messages(msgs: list) -> list[tuple]:
     """(key, value without its timestamp, headers) of each message, sorted: each publish has its own timestamp."""
     out = []
@@ -116,7 +95,7 @@ def test_jvm_messages_are_the_python_workers_messages(spark, kafka_bootstrap, un
                             "config": {"bootstrap.servers": kafka_bootstrap}}).publish_dataframe(
                 df, stage="load", key_columns=keys, source="parquet:/data/orders", target="public.orders")
             assert (result.delivered, result.spooled) == (8, 0)
-            got[writer] = _messages(_consume(kafka_bootstrap, topic, 8))
+            got[writer] = _messages(consume_kafka(kafka_bootstrap, topic, 8))
     finally:
         spark.conf.set("spark.sql.session.timeZone", previous)
 
@@ -155,7 +134,7 @@ def test_jvm_writer_spools_everything_when_the_broker_is_unreachable(spark, kafk
     )
     assert out.returncode == 0, out.stderr
     assert "replayed 40 dead letters" in out.stdout
-    assert len(_consume(kafka_bootstrap, topic, 40)) == 40
+    assert len(consume_kafka(kafka_bootstrap, topic, 40)) == 40
 
 
 def test_writer_jvm_refuses_what_it_cannot_render_and_auto_falls_back(spark, kafka_bootstrap, unique) -> None:
@@ -167,5 +146,5 @@ def test_writer_jvm_refuses_what_it_cannot_render_and_auto_falls_back(spark, kaf
         _hook({**config, "writer": "jvm"}).publish_dataframe(df, stage="load")
     result = _hook(config).publish_dataframe(df, stage="load", key_columns=["order_id"])
     assert (result.delivered, result.spooled) == (2, 0)
-    scores = [json.loads(m.value())["record"]["score"] for m in _consume(kafka_bootstrap, config["topic"], 2)]
+    scores = [json.loads(m.value())["record"]["score"] for m in consume_kafka(kafka_bootstrap, config["topic"], 2)]
     assert sorted(scores, key=str) == [0.1, "NaN"]

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from airflow_etl_provider.core.errors import DeadLetterUnavailableError
-from tests.integration.test_dead_letter import _consume, _failed_rows, _hook
+from tests.integration.conftest import consume_kafka
+from tests.integration.test_dead_letter import _failed_rows, _hook
 
 pytestmark = pytest.mark.spark
 
@@ -39,7 +40,7 @@ def test_read_dead_letters_from_kafka_between_offsets(spark, kafka_bootstrap, un
     )
     assert published.delivered == 12
     # what an independent consumer sees at each offset: the oracle for the offset range
-    by_offset = {m.offset(): json.loads(m.value()) for m in _consume(kafka_bootstrap, topic, 12)}
+    by_offset = {m.offset(): json.loads(m.value()) for m in consume_kafka(kafka_bootstrap, topic, 12)}
     assert sorted(by_offset) == list(range(12))
 
     start, end = 3, 8  # Spark's endingOffsets is exclusive
@@ -79,7 +80,7 @@ def test_cli_dlq_replay_from_kafka_into_postgres(spark, kafka_bootstrap, unique)
         )
         sent = {
             json.loads(m.value())["record"]["order_id"]: json.loads(m.value())["record"]
-            for m in _consume(kafka_bootstrap, topic, published.delivered)
+            for m in consume_kafka(kafka_bootstrap, topic, published.delivered)
         }
         out = subprocess.run(
             [

@@ -351,7 +351,7 @@ def test_kafka_dlq_down_then_back_the_retry_delivers_every_rejected_row_once(
     (by envelope id): re-sent from this worker's spool (``spool-here``) or, when the spool is gone (another
     worker, a lost disk: ``spool-lost``), re-published from etl_load_rejects with the same envelope ids."""
     from airflow_etl_provider.core.envelope import DeadLetterEnvelope
-    from tests.integration.test_dead_letter import _consume
+    from tests.integration.conftest import consume_kafka
     from tests.integration.test_example_dags import _topic_size
 
     table, topic, bad = f"public.dlqdown_{unique}", f"faults.dlq.{unique}", {3, 77, 500, 998}
@@ -411,7 +411,7 @@ def test_kafka_dlq_down_then_back_the_retry_delivers_every_rejected_row_once(
         assert result["records_dead_lettered"] == len(bad)
         assert result["records_read"] == result["records_loaded"] + result["records_dead_lettered"] == 1_000
         assert result["dead_letter_location"] and topic in result["dead_letter_location"]
-        msgs = _consume(kafka_bootstrap, topic, expected=len(bad))
+        msgs = consume_kafka(kafka_bootstrap, topic, expected=len(bad))
         delivered = [json.loads(m.value()) for m in msgs]
         assert sorted(e["record"]["id"] for e in delivered) == sorted(bad)  # each once: none lost, none twice
         assert {e["envelope_id"] for e in delivered} == {e.envelope_id for e in letters}

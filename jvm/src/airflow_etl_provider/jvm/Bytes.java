@@ -75,4 +75,13 @@ final class Bytes {
         }
         digits(value, 1);
     }
+
+    /** YYYY-MM-DD (year as given, at least 4 digits; the era, if any, is the caller's). */
+    void date(int year, int month, int day) {
+        digits(year, 4);
+        put((byte) '-');
+        digits(month, 2);
+        put((byte) '-');
+        digits(day, 2);
+    }
 }

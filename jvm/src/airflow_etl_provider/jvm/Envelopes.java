@@ -4,8 +4,6 @@
  */
 package airflow_etl_provider.jvm;
 
-import static airflow_etl_provider.jvm.KafkaDeadLetterPublisher.BYTE;
-import static airflow_etl_provider.jvm.KafkaDeadLetterPublisher.INT;
 import static airflow_etl_provider.jvm.KafkaDeadLetterPublisher.KIND_BINARY;
 import static airflow_etl_provider.jvm.KafkaDeadLetterPublisher.KIND_BOOLEAN;
 import static airflow_etl_provider.jvm.KafkaDeadLetterPublisher.KIND_DATE;
@@ -13,8 +11,6 @@ import static airflow_etl_provider.jvm.KafkaDeadLetterPublisher.KIND_DECIMAL;
 import static airflow_etl_provider.jvm.KafkaDeadLetterPublisher.KIND_STRING;
 import static airflow_etl_provider.jvm.KafkaDeadLetterPublisher.KIND_TIMESTAMP;
 import static airflow_etl_provider.jvm.KafkaDeadLetterPublisher.KIND_TIMESTAMP_NTZ;
-import static airflow_etl_provider.jvm.KafkaDeadLetterPublisher.LONG;
-import static airflow_etl_provider.jvm.KafkaDeadLetterPublisher.SHORT;
 
 import java.nio.charset.StandardCharsets;
 import java.security.MessageDigest;
@@ -205,17 +201,11 @@ final class Envelopes {
                     out.size += n;
                 }
                 break;
-            case BYTE:
-                out.number(row.getByte(i));
-                break;
-            case SHORT:
-                out.number(row.getShort(i));
-                break;
-            case INT:
-                out.number(row.getInt(i));
-                break;
-            case LONG:
-                out.number(row.getLong(i));
+            case Integers.BYTE:
+            case Integers.SHORT:
+            case Integers.INT:
+            case Integers.LONG:
+                Integers.write(out, row, i, plan.kinds[c]);
                 break;
             case KIND_BOOLEAN:
                 boolean b = row.getBoolean(i);
@@ -258,11 +248,7 @@ final class Envelopes {
     }
 
     private static void date(Bytes out, LocalDate d) {
-        out.digits(d.getYear(), 4);
-        out.put((byte) '-');
-        out.digits(d.getMonthValue(), 2);
-        out.put((byte) '-');
-        out.digits(d.getDayOfMonth(), 2);
+        out.date(d.getYear(), d.getMonthValue(), d.getDayOfMonth());
     }
 
     /** datetime.isoformat(): microseconds only when not 0, the offset as +HH:MM[:SS] when withOffset. */

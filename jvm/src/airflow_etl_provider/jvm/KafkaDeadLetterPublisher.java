@@ -66,7 +66,7 @@ public final class KafkaDeadLetterPublisher {
 
     /** A string column: a JSON string. */
     public static final char KIND_STRING = 's';
-    /** byte, short, int, long: a JSON number. */
+    /** byte, short, int, long: a JSON number (resolved to an Integers width on the driver). */
     public static final char KIND_INTEGER = 'i';
     /** boolean: true / false (its key text is Python's True / False). */
     public static final char KIND_BOOLEAN = 'B';
@@ -82,26 +82,6 @@ public final class KafkaDeadLetterPublisher {
     public static final char KIND_BINARY = 'b';
 
     private KafkaDeadLetterPublisher() {
-    }
-
-    static final char BYTE = '1';
-    static final char SHORT = '2';
-    static final char INT = '4';
-    static final char LONG = '8';
-
-    private static char integerKind(DataType type, String name) {
-        switch (type.typeName()) {
-            case "byte":
-                return BYTE;
-            case "short":
-                return SHORT;
-            case "integer":
-                return INT;
-            case "long":
-                return LONG;
-            default:
-                throw new IllegalArgumentException("column " + name + " (" + type.typeName() + ") is not an integer");
-        }
     }
 
     /** Everything the executors need, computed on the driver (serialized with the task). */
@@ -179,7 +159,7 @@ public final class KafkaDeadLetterPublisher {
             plan.recordNames[c] = name.toArray();
             DataType type = types[recordIndexes[c]];
             if (plan.kinds[c] == KIND_INTEGER) { // resolved once per column, not per value
-                plan.kinds[c] = integerKind(type, recordNames.get(c));
+                plan.kinds[c] = Integers.width(type, recordNames.get(c));
             }
             if (type instanceof DecimalType) {
                 plan.precision[c] = ((DecimalType) type).precision();

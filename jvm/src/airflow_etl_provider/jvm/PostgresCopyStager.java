@@ -193,27 +193,18 @@ public final class PostgresCopyStager {
             }
         }
 
-        private static final char BOOLEAN = '1';
-        private static final char BYTE = '2';
-        private static final char SHORT = '3';
-        private static final char INT = '4';
-        private static final char LONG = '5';
+        /** A boolean column (integers: Integers.BYTE ... LONG). */
+        private static final char BOOLEAN = 'B';
 
         private static char plainKind(DataType type, int i) {
-            switch (type.typeName()) {
-                case "boolean":
-                    return BOOLEAN;
-                case "byte":
-                    return BYTE;
-                case "short":
-                    return SHORT;
-                case "integer":
-                    return INT;
-                case "long":
-                    return LONG;
-                default:
-                    throw new IllegalStateException("column " + i + " (" + type.typeName()
-                            + ") is not an integer or boolean");
+            if (type.typeName().equals("boolean")) {
+                return BOOLEAN;
+            }
+            try {
+                return Integers.width(type, String.valueOf(i));
+            } catch (IllegalArgumentException err) {
+                throw new IllegalStateException("column " + i + " (" + type.typeName()
+                        + ") is not an integer or boolean");
             }
         }
 
@@ -232,17 +223,11 @@ public final class PostgresCopyStager {
                     case BOOLEAN:
                         out.ascii(row.getBoolean(i) ? "true" : "false");
                         break;
-                    case BYTE:
-                        out.number(row.getByte(i));
-                        break;
-                    case SHORT:
-                        out.number(row.getShort(i));
-                        break;
-                    case INT:
-                        out.number(row.getInt(i));
-                        break;
-                    case LONG:
-                        out.number(row.getLong(i));
+                    case Integers.BYTE:
+                    case Integers.SHORT:
+                    case Integers.INT:
+                    case Integers.LONG:
+                        Integers.write(out, row, i, kinds[i]);
                         break;
                     case KIND_DOUBLE:
                         out.ascii(Double.toString(row.getDouble(i)));
@@ -341,11 +326,7 @@ public final class PostgresCopyStager {
         /** yyyy-mm-dd; ISO year 0 is 1 BC, -1 is 2 BC (PostgreSQL has no year 0). */
         private static void date(Bytes out, LocalDate d, boolean era) {
             int year = d.getYear();
-            out.digits(year <= 0 ? 1 - year : year, 4);
-            out.put((byte) '-');
-            out.digits(d.getMonthValue(), 2);
-            out.put((byte) '-');
-            out.digits(d.getDayOfMonth(), 2);
+            out.date(year <= 0 ? 1 - year : year, d.getMonthValue(), d.getDayOfMonth());
             if (era && year <= 0) {
                 out.ascii(" BC");
             }
