@@ -40,6 +40,29 @@ def kafka_bootstrap() -> str:
     return f"127.0.0.1:{port}"
 
 
+def settle(max_wait_s: float = 60.0, idle_share: float = 0.85) -> str:
+    """Start from a quiet machine: flush the page cache's dirty pages (a previous run's broker writes would
+    otherwise be written back by the kernel during this run's measurements), then wait until the CPUs are
+    ``idle_share`` idle over a second (at most ``max_wait_s``; Linux ``/proc/stat``). Returns what it did."""
+    import time
+
+    t0 = time.monotonic()
+    os.sync()
+    synced = time.monotonic() - t0
+    idle = math.nan
+    while time.monotonic() - t0 < max_wait_s:
+        with open("/proc/stat") as fh:
+            before = [int(v) for v in fh.readline().split()[1:]]
+        time.sleep(1.0)
+        with open("/proc/stat") as fh:
+            after = [int(v) for v in fh.readline().split()[1:]]
+        delta = [a - b for a, b in zip(after, before, strict=True)]
+        idle = (delta[3] + delta[4]) / max(1, sum(delta))  # idle + iowait
+        if idle >= idle_share:
+            break
+    return f"sync {synced:.1f} s, then {idle:.0%} idle after {time.monotonic() - t0:.1f} s"
+
+
 def result_line(bench_id: str, ours_s: float, peer_s: float) -> str:
     """The one machine-readable line per comparison: ``bench <id>: ours=<s> peer=<s> ratio=<ours/peer>``."""
     return f"bench {bench_id}: ours={ours_s:.3f} peer={peer_s:.3f} ratio={ours_s / peer_s:.4f}"
