@@ -188,7 +188,42 @@ EOF
   start_bg kafka java -Xms256m -Xmx512m -cp "$cp" -Dlog4j2.configurationFile="$KAFKA_DIR/config/log4j2.properties" \
     kafka.Kafka "$KAFKA_DIR/config/server.properties"
   wait_for 90 kafka kafka_healthy || { tail -30 "$LOGS/kafka.log" "$LOGS/kafka-server.log" 2>/dev/null; die "kafka not healthy"; }
+  kafka_warm_up || die "kafka warm-up failed (see above)"
   say "kafka up"
+}
+
+# A fresh broker answers its first idempotent producers with "coordinator load in progress" and creates its
+# offsets topic at the first consumer group: clients that arrive meanwhile race the broker's own start-up (a CI
+# run once lost a message there: the first write of a producer id to a partition is accepted at any sequence
+# number). One idempotent send and one committed offset, on a topic made for it, finish that before any test.
+kafka_warm_up() {
+  "$PY" - "$KAFKA_PORT" <<'PYEOF'
+import sys, time
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+bootstrap = f"127.0.0.1:{sys.argv[1]}"
+topic = "_etl_stack_warm_up"
+admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+if topic not in admin.list_topics(timeout=10).topics:
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(timeout=30)
+producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
+                     "message.timeout.ms": 60000, "log_level": 0})
+producer.produce(topic, b"warm-up")
+if producer.flush(60) != 0:
+    sys.exit("kafka warm-up: the idempotent send was not acknowledged within 60 s")
+consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "_etl_stack_warm_up", "log_level": 0,
+                     "enable.auto.commit": False})
+deadline = time.monotonic() + 60
+while True:
+    try:
+        consumer.commit(offsets=[TopicPartition(topic, 0, 1)], asynchronous=False)
+        break
+    except Exception as err:  # the offsets topic is still being created / loaded: retried until the deadline
+        if time.monotonic() > deadline:
+            sys.exit(f"kafka warm-up: no group offset committed within 60 s: {err}")
+        time.sleep(0.5)
+consumer.close()
+PYEOF
 }
 
 down_kafka() { stop_pid kafka; }

@@ -13,8 +13,8 @@ publish (the envelope template, the id's prefix, the constant headers), computed
 The JVM path runs when: the session is classic (not Spark Connect) and has ``airflow-etl-jvm.jar`` and
 ``kafka-clients`` (``SparkSessionHook`` puts both on ``spark.jars``); every record column has a type it renders
 (strings, integers, booleans, decimals of scale 0-6, dates, timestamps, binary; not floating point, not nested);
-the error and error-class columns are strings and there is no failed-rules column; every producer setting has a
-Java equivalent (:func:`java_producer_config`). Otherwise the Python path runs, with the reason logged (or, for
+the error and error-class columns are strings and the failed-rules column (quality quarantine) an array of strings;
+every producer setting has a Java equivalent (:func:`java_producer_config`). Otherwise the Python path runs, with the reason logged (or, for
 ``writer="jvm"``, an error naming it).
 """
 
@@ -128,6 +128,12 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def _is_string_array(data_type: Any) -> bool:
+    from pyspark.sql.types import ArrayType, StringType
+
+    return isinstance(data_type, ArrayType) and isinstance(data_type.elementType, StringType)
+
+
 def _java_class(jvm: Any, name: str) -> Any:
     obj = jvm
     for part in name.split("."):
@@ -172,12 +178,12 @@ class JvmPublish:
         names = [f.name for f in fields]
         if len(set(names)) != len(names):
             return "duplicate column names"
-        if rules_col in names:
-            return f"a {rules_col} column (quality rules)"
         for meta in (error_col, class_col):
             if meta in names and _type_name(fields[names.index(meta)].dataType)[0] != "string":
                 return f"column {meta!r} is not a string"
-        kinds = record_kinds([(f.name, *_type_name(f.dataType)) for f in fields if f.name not in (error_col, class_col)])
+        if rules_col in names and not _is_string_array(fields[names.index(rules_col)].dataType):
+            return f"column {rules_col!r} is not an array of strings"
+        kinds = record_kinds([(f.name, *_type_name(f.dataType)) for f in fields if f.name not in self.error_columns])
         if isinstance(kinds, str):
             return kinds
         tuning = {k: v for k, v in JAVA_TUNING.items() if k not in self.sink.producer_config}
@@ -207,8 +213,8 @@ class JvmPublish:
                                       default_error=default_error, now=datetime.now(UTC), error_column=error_col,
                                       error_class_column=class_col, rules_column=rules_col)
         names = self.failed.schema.names
-        record = sorted(n for n in names if n not in (error_col, class_col))  # the envelope's key order
-        kind_of = dict(zip([n for n in names if n not in (error_col, class_col)], self.kinds, strict=True))
+        record = sorted(n for n in names if n not in self.error_columns)  # the envelope's key order
+        kind_of = dict(zip([n for n in names if n not in self.error_columns], self.kinds, strict=True))
         spark = self.failed.sparkSession
         headers = builder.constant_headers
         plan = {  # one py4j call: a list passed element by element costs a round trip each (~30 ms a publish)
@@ -218,6 +224,7 @@ class JvmPublish:
             "kinds": "".join(kind_of[n] for n in record),
             "error_index": names.index(error_col) if error_col in names else -1,
             "class_index": names.index(class_col) if class_col in names else -1,
+            "rules_index": names.index(rules_col) if rules_col in names else -1,
             "key_indexes": [record.index(c) if c in record else -1 for c in key_columns],
             "pipeline_key": _b64(builder.pipeline_key), "default_error": default_error,
             "default_class": DEFAULT_ERROR_CLASS, "constant_header_names": [h[0] for h in headers],

@@ -110,6 +110,30 @@ def test_jvm_messages_are_the_python_workers_messages(spark, kafka_bootstrap, un
     assert headers["__etl.errors.try.number"] == b"2"
 
 
+def test_failed_rules_of_a_quality_quarantine_are_the_python_workers_messages(spark, kafka_bootstrap, unique) -> None:
+    """Quality quarantine's failed-rules column (null, empty, one name, two with a quote and non-ASCII): the JVM
+    writer publishes it (writer "jvm" fails when it cannot), byte for byte the Python workers' messages, with
+    the rules header only on the rows that failed rules."""
+    rules = [None, [], ["email_not_null"], ["amount_positive", 'quote " rule ünï 🦆']]
+    rows = [(*row, rules[k % 4]) for k, row in enumerate(_rows())]
+    df = spark.createDataFrame(rows, SCHEMA + ", _etl_failed_rules ARRAY<STRING>").repartition(2)
+    got = {}
+    for writer in ("jvm", "python"):
+        topic = f"orders.dlq.rules.{writer}.{unique}"
+        result = _hook({"type": "kafka", "topic": topic, "writer": writer,
+                        "config": {"bootstrap.servers": kafka_bootstrap}}).publish_dataframe(
+            df, stage="quality", key_columns=["order_id"])
+        assert (result.delivered, result.spooled) == (8, 0)
+        got[writer] = _messages(consume_kafka(kafka_bootstrap, topic, 8))
+
+    assert len(got["jvm"]) == 8
+    assert got["jvm"] == got["python"]
+    seen = sorted((json.loads(value)["failed_rules"], dict(headers).get("__etl.errors.rules"))
+                  for _key, value, headers in got["jvm"])
+    two = ["amount_positive", 'quote " rule ünï 🦆']
+    assert seen == [([], None)] * 4 + [(two, ",".join(two).encode())] * 2 + [(["email_not_null"], b"email_not_null")] * 2
+
+
 def test_jvm_writer_spools_everything_when_the_broker_is_unreachable(spark, kafka_bootstrap, unique,
                                                                      tmp_path) -> None:
     """No broker: every envelope lands in the executor's spool file (none dropped), the publish fails naming the

@@ -25,6 +25,7 @@ import java.util.Base64;
 import org.apache.kafka.common.header.Header;
 import org.apache.kafka.common.header.internals.RecordHeader;
 import org.apache.spark.sql.catalyst.InternalRow;
+import org.apache.spark.sql.catalyst.util.ArrayData;
 import org.apache.spark.sql.types.Decimal;
 import org.apache.spark.unsafe.Platform;
 import org.apache.spark.unsafe.types.UTF8String;
@@ -39,6 +40,8 @@ final class Envelopes {
     private final Bytes value = new Bytes(4096);
     private final Bytes key = new Bytes(64);
     private final Bytes raw = new Bytes(256);
+    private final Bytes rules = new Bytes(256);
+    private final Bytes rulesText = new Bytes(256);
     private final java.util.HashMap<UTF8String, ErrorClass> classes = new java.util.HashMap<>();
     private final ErrorClass defaultClass;
     private final Header[] constantHeaders;
@@ -122,6 +125,8 @@ final class Envelopes {
                 classes.put(className.clone(), errorClass);
             }
         }
+        // failed quality rules: a JSON array of the names, and the names joined with "," as a header when any
+        boolean anyRules = rules(row);
         // the value: the template with the six per-row fields in sorted order
         byte[][] parts = plan.valueParts;
         value.size = 0;
@@ -136,8 +141,7 @@ final class Envelopes {
             Json.string(value, message, 0, messageEnd);
         }
         value.put(parts[3]);
-        value.put((byte) '[');
-        value.put((byte) ']');
+        value.put(rules.buf, 0, rules.size);
         value.put(parts[4]);
         value.put(record.buf, 0, record.size);
         value.put(parts[5]);
@@ -151,13 +155,42 @@ final class Envelopes {
         Message m = new Message();
         m.key = recordKey != null ? recordKey : plan.pipelineKey;
         m.value = value.toArray();
-        Header[] headers = new Header[constantHeaders.length + 3];
+        Header[] headers = new Header[constantHeaders.length + (anyRules ? 4 : 3)];
         headers[0] = errorClass.header;
         headers[1] = new RecordHeader(plan.messageHeader, messageHeader);
         System.arraycopy(constantHeaders, 0, headers, 2, constantHeaders.length);
+        if (anyRules) {
+            headers[headers.length - 2] = new RecordHeader(plan.rulesHeader, rulesText.toArray());
+        }
         headers[headers.length - 1] = new RecordHeader(plan.idHeader, id);
         m.headers = headers;
         return m;
+    }
+
+    /** The row's failed rules into rules (JSON) and rulesText (joined with ","); whether there are any. A null
+     *  or empty array is [] and no header, as on the Python path. */
+    private boolean rules(InternalRow row) {
+        rules.size = 0;
+        rulesText.size = 0;
+        rules.put((byte) '[');
+        int n = plan.rulesIndex < 0 || row.isNullAt(plan.rulesIndex) ? 0 : row.getArray(plan.rulesIndex).numElements();
+        if (n > 0) {
+            ArrayData names = row.getArray(plan.rulesIndex);
+            for (int k = 0; k < n; k++) {
+                if (names.isNullAt(k)) { // the Python path cannot join a null name either
+                    throw new IllegalArgumentException("a null rule name in the failed-rules column");
+                }
+                byte[] name = names.getUTF8String(k).getBytes();
+                if (k > 0) {
+                    rules.put((byte) ',');
+                    rulesText.put((byte) ',');
+                }
+                Json.string(rules, name);
+                rulesText.put(name);
+            }
+        }
+        rules.put((byte) ']');
+        return n > 0;
     }
 
     private byte[] recordKey(InternalRow row) {

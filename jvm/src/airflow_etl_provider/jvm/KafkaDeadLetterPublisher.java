@@ -17,7 +17,8 @@
  *     of identityPrefix + record JSON + "]" (the record's JSON here is the canonical one: sorted keys, no
  *     spaces, no floats);
  *   - record columns: indexes into the row in sorted-name order, with their JSON names and a kind letter;
- *   - the error, error-class columns (-1 when absent), the key columns, the headers that do not change.
+ *   - the error, error-class and failed-rules columns (-1 when absent), the key columns, the headers that do
+ *     not change.
  * The messages (Envelopes.java) are byte for byte those of the Python path
  * (airflow_etl_provider/executor/arrow_envelopes.py); tests/integration/test_dead_letter_jvm.py compares them.
  *
@@ -102,6 +103,8 @@ public final class KafkaDeadLetterPublisher {
         int[] scale;
         int errorIndex;
         int classIndex;
+        int rulesIndex; // an array<string> column of failed quality rules, -1: none
+        String rulesHeader;
         int[] keyIndexes;
         byte[] pipelineKey;
         byte[] defaultErrorJson;
@@ -127,7 +130,7 @@ public final class KafkaDeadLetterPublisher {
      * used to spend ~30 ms per publish in ~190 py4j round trips); byte strings are base64:
      * {@code topic}, {@code producer_config} (an object of strings), {@code value_parts} (7), {@code
      * identity_prefix}, {@code record_indexes}, {@code record_names}, {@code kinds} (a string, one letter per
-     * record column), {@code error_index}, {@code class_index} (-1: none), {@code key_indexes}, {@code
+     * record column), {@code error_index}, {@code class_index}, {@code rules_index} (-1: none), {@code key_indexes}, {@code
      * pipeline_key}, {@code default_error}, {@code default_class}, {@code constant_header_names}, {@code
      * constant_header_values}, {@code header_prefix}, {@code max_error_chars}, {@code max_header_chars},
      * {@code session_zone}, {@code spool_dir}, {@code batch_prefix}, {@code batch_size}.
@@ -181,6 +184,7 @@ public final class KafkaDeadLetterPublisher {
         }
         plan.errorIndex = field(doc, "error_index").asInt();
         plan.classIndex = field(doc, "class_index").asInt();
+        plan.rulesIndex = field(doc, "rules_index").asInt();
         plan.keyIndexes = ints(doc, "key_indexes");
         plan.pipelineKey = blob(field(doc, "pipeline_key"));
         int maxErrorChars = field(doc, "max_error_chars").asInt();
@@ -200,6 +204,7 @@ public final class KafkaDeadLetterPublisher {
         plan.classHeader = headerPrefix + "class.name";
         plan.messageHeader = headerPrefix + "exception.message";
         plan.idHeader = headerPrefix + "envelope.id";
+        plan.rulesHeader = headerPrefix + "rules";
         plan.maxErrorChars = maxErrorChars;
         plan.maxHeaderChars = maxHeaderChars;
         plan.sessionZone = field(doc, "session_zone").asText();
