@@ -13,9 +13,9 @@ publish (the envelope template, the id's prefix, the constant headers), computed
 The JVM path runs when: the session is classic (not Spark Connect) and has ``airflow-etl-jvm.jar`` and
 ``kafka-clients`` (``SparkSessionHook`` puts both on ``spark.jars``); every record column has a type it renders
 (strings, integers, booleans, decimals of scale 0-6, dates, timestamps, binary; not floating point, not nested);
-the error and error-class columns are strings and the failed-rules column (quality quarantine) an array of strings;
-every producer setting has a Java equivalent (:func:`java_producer_config`). Otherwise the Python path runs, with the reason logged (or, for
-``writer="jvm"``, an error naming it).
+the error and error-class columns are strings and the failed-rules column (quality quarantine) an array of
+strings; every producer setting has a Java equivalent (:func:`java_producer_config`). Otherwise the Python path
+runs, with the reason logged (or, for ``writer="jvm"``, an error naming it).
 """
 
 from __future__ import annotations

@@ -84,4 +84,13 @@ final class Bytes {
         put((byte) '-');
         digits(day, 2);
     }
+
+    /** HH:MM:SS. */
+    void time(int hour, int minute, int second) {
+        digits(hour, 2);
+        put((byte) ':');
+        digits(minute, 2);
+        put((byte) ':');
+        digits(second, 2);
+    }
 }

@@ -15,7 +15,6 @@ import static airflow_etl_provider.jvm.KafkaDeadLetterPublisher.KIND_TIMESTAMP_N
 import java.nio.charset.StandardCharsets;
 import java.security.MessageDigest;
 import java.security.NoSuchAlgorithmException;
-import java.time.Instant;
 import java.time.LocalDate;
 import java.time.LocalDateTime;
 import java.time.ZoneId;
@@ -101,7 +100,6 @@ final class Envelopes {
         byte[] recordKey = recordKey(row);
         // error message and class
         byte[] messageHeader;
-        int messageStart = -1;
         int messageEnd = -1;
         byte[] message = null;
         UTF8String error = plan.errorIndex >= 0 && !row.isNullAt(plan.errorIndex)
@@ -173,21 +171,19 @@ final class Envelopes {
         rules.size = 0;
         rulesText.size = 0;
         rules.put((byte) '[');
-        int n = plan.rulesIndex < 0 || row.isNullAt(plan.rulesIndex) ? 0 : row.getArray(plan.rulesIndex).numElements();
-        if (n > 0) {
-            ArrayData names = row.getArray(plan.rulesIndex);
-            for (int k = 0; k < n; k++) {
-                if (names.isNullAt(k)) { // the Python path cannot join a null name either
-                    throw new IllegalArgumentException("a null rule name in the failed-rules column");
-                }
-                byte[] name = names.getUTF8String(k).getBytes();
-                if (k > 0) {
-                    rules.put((byte) ',');
-                    rulesText.put((byte) ',');
-                }
-                Json.string(rules, name);
-                rulesText.put(name);
+        ArrayData names = plan.rulesIndex < 0 || row.isNullAt(plan.rulesIndex) ? null : row.getArray(plan.rulesIndex);
+        int n = names == null ? 0 : names.numElements();
+        for (int k = 0; k < n; k++) {
+            if (names.isNullAt(k)) { // the Python path cannot join a null name either
+                throw new IllegalArgumentException("a null rule name in the failed-rules column");
             }
+            byte[] name = names.getUTF8String(k).getBytes();
+            if (k > 0) {
+                rules.put((byte) ',');
+                rulesText.put((byte) ',');
+            }
+            Json.string(rules, name);
+            rulesText.put(name);
         }
         rules.put((byte) ']');
         return n > 0;
@@ -286,18 +282,12 @@ final class Envelopes {
 
     /** datetime.isoformat(): microseconds only when not 0, the offset as +HH:MM[:SS] when withOffset. */
     private static void timestamp(Bytes out, long micros, ZoneId zone, boolean withOffset) {
-        long seconds = Math.floorDiv(micros, 1_000_000L);
-        int fraction = (int) Math.floorMod(micros, 1_000_000L);
-        ZoneOffset offset = zone instanceof ZoneOffset ? (ZoneOffset) zone
-                : zone.getRules().getOffset(Instant.ofEpochSecond(seconds));
-        LocalDateTime t = LocalDateTime.ofEpochSecond(seconds, fraction * 1000, offset);
+        ZoneOffset offset = Timestamps.offset(micros, zone);
+        LocalDateTime t = Timestamps.wall(micros, offset);
         date(out, t.toLocalDate());
         out.put((byte) 'T');
-        out.digits(t.getHour(), 2);
-        out.put((byte) ':');
-        out.digits(t.getMinute(), 2);
-        out.put((byte) ':');
-        out.digits(t.getSecond(), 2);
+        out.time(t.getHour(), t.getMinute(), t.getSecond());
+        int fraction = t.getNano() / 1000;
         if (fraction != 0) {
             out.put((byte) '.');
             out.digits(fraction, 6);

@@ -27,7 +27,6 @@ import java.nio.charset.StandardCharsets;
 import java.sql.Connection;
 import java.sql.SQLException;
 import java.sql.Statement;
-import java.time.Instant;
 import java.time.LocalDate;
 import java.time.LocalDateTime;
 import java.time.ZoneId;
@@ -300,21 +299,12 @@ public final class PostgresCopyStager {
 
         /** Microseconds: UTC with "+00" (zone null), else the wall time at that offset or zone. */
         private static void timestamp(Bytes out, long micros, ZoneId zone) {
-            long seconds = Math.floorDiv(micros, 1_000_000L);
-            int fraction = (int) Math.floorMod(micros, 1_000_000L);
-            ZoneOffset offset = zone == null ? ZoneOffset.UTC
-                    : zone instanceof ZoneOffset ? (ZoneOffset) zone
-                    : zone.getRules().getOffset(Instant.ofEpochSecond(seconds));
-            LocalDateTime t = LocalDateTime.ofEpochSecond(seconds, fraction * 1000, offset);
+            LocalDateTime t = Timestamps.wall(micros, zone == null ? ZoneOffset.UTC : Timestamps.offset(micros, zone));
             date(out, t.toLocalDate(), false);
             out.put((byte) ' ');
-            out.digits(t.getHour(), 2);
-            out.put((byte) ':');
-            out.digits(t.getMinute(), 2);
-            out.put((byte) ':');
-            out.digits(t.getSecond(), 2);
+            out.time(t.getHour(), t.getMinute(), t.getSecond());
             out.put((byte) '.');
-            out.digits(fraction, 6);
+            out.digits(t.getNano() / 1000, 6);
             if (zone == null) {
                 out.ascii("+00");
             }
