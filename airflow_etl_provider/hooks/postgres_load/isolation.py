@@ -140,6 +140,12 @@ class _Isolation:
         rid = S.q(S.ROW_ID)
         cur.execute(f"SELECT {rid} FROM {suspect} ORDER BY {rid}")
         suspects = [int(r[0]) for r in cur.fetchall()]
+        if suspects:
+            # Each suspect is applied by its row id (and the rest excludes them by row id): without an index
+            # every lookup scans all suspects. 10,000 suspects among 1M rows took 5.96 s to apply that way,
+            # O(suspects^2) (benchmarks/bench_load_postgres.py, P4 with 10,000 poison rows).
+            cur.execute(f"CREATE INDEX ON {suspect} ({rid})")
+            cur.execute(f"ANALYZE {suspect}")
         select = ", ".join(c.expr() for c in plan.columns)
         conflict = S.on_conflict_sql(self.keys, plan.columns) if self.mode == "upsert" else ""
         rest = f"SELECT s.* FROM ({source}) s WHERE NOT EXISTS (SELECT 1 FROM {suspect} x WHERE x.{rid} = s.{rid})"
