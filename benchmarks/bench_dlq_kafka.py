@@ -437,7 +437,7 @@ def run_ours(args: argparse.Namespace, batches: list[Any], bootstrap: str, run: 
                     print(f"FAIL: ours ({writer}): publish_dataframe raised {type(err).__name__}: {err}")
                     sys.exit(1)
                 seconds = time.perf_counter() - start
-                jit_s, gc_s = (after - before for after, before in zip(jvm_times(spark), jit_before))
+                jit_s, gc_s = (after - before for after, before in zip(jvm_times(spark), jit_before, strict=True))
                 if result.delivered != args.rows or result.spooled:
                     print(f"FAIL: ours ({writer}): delivered={result.delivered} spooled={result.spooled} of "
                           f"{args.rows} (spool: {result.spool_paths}, errors: {result.errors[:3]})")
