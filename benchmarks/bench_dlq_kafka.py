@@ -46,6 +46,9 @@ Results (2026-12-06, third session: 987d577, the same machine, which ran ~15-25 
       ``--warmup 3 --rounds 10`` on a just-started stack: median 104,790/s, p99 91.8 ms (rounds 4-7 at 75-90k/s).
     - On a broker up for 10-40 minutes, ``--writers jvm --warmup 3 --rounds 6``, eight runs: medians 91-110k
       envelopes/s, p99 50-104 ms.
+    - The one command (defaults) on a broker up for an hour, nothing else running: 1.090 s = 91,725
+      envelopes/s, p99 79.5 ms, 27.5x the peer (3,335 rows/s): **rate missed**; the Python writer 52k/s (59-80k/s
+      in the runs below, so the machine ran slower today, not the code).
     - Tried, no effect beyond the noise: the Java producer's ``buffer.memory`` 4 / 8 MiB instead of 32 MiB
       (bounding what waits in the producer: 94-95k/s vs 93-99k/s alternating, p99 59-104 vs 58-73 ms); all rounds
       of a writer to one topic (as a pipeline's publishes go to its one DLQ topic) instead of a fresh topic per
