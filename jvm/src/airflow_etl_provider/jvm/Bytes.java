@@ -78,19 +78,20 @@ final class Bytes {
 
     /** YYYY-MM-DD (year as given, at least 4 digits; the era, if any, is the caller's). */
     void date(int year, int month, int day) {
-        digits(year, 4);
-        put((byte) '-');
-        digits(month, 2);
-        put((byte) '-');
-        digits(day, 2);
+        triple(year, 4, (byte) '-', month, day);
     }
 
     /** HH:MM:SS. */
     void time(int hour, int minute, int second) {
-        digits(hour, 2);
-        put((byte) ':');
-        digits(minute, 2);
-        put((byte) ':');
+        triple(hour, 2, (byte) ':', minute, second);
+    }
+
+    /** first (at least firstWidth digits), then two 2-digit fields, each after the separator. */
+    private void triple(int first, int firstWidth, byte separator, int second, int third) {
+        digits(first, firstWidth);
+        put(separator);
         digits(second, 2);
+        put(separator);
+        digits(third, 2);
     }
 }
