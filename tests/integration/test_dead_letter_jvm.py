@@ -20,7 +20,7 @@ from tests.integration.conftest import consume_kafka
 pytestmark = pytest.mark.spark
 
 SCHEMA = ("order_id BIGINT, tiny TINYINT, small SMALLINT, qty INT, flag BOOLEAN, name STRING, amount DECIMAL(10,2), "
-          "big DECIMAL(38,0), rate DECIMAL(12,6), day DATE, at TIMESTAMP, wall TIMESTAMP_NTZ, blob BINARY, "
+          "big DECIMAL(38,0), rate DECIMAL(12,6), whole DECIMAL(18,0), fine DECIMAL(18,6), day DATE, at TIMESTAMP, wall TIMESTAMP_NTZ, blob BINARY, "
           "_etl_error STRING, _etl_error_class STRING")
 LONG_MESSAGE = "é" * 900 + "🦆" * 300 + 'quote " backslash \\ ' + "x" * 3900  # > 4000 code points, multi-byte
 
@@ -43,6 +43,10 @@ def _rows() -> list[tuple]:
             [Decimal("1" * 38), Decimal("-5"), Decimal(0), None, Decimal(10**20), Decimal(1), Decimal(2), Decimal(3)][i],
             [Decimal("0.000001"), Decimal("-123456.5"), Decimal("0"), Decimal("1.000000"), None, Decimal("2"),
              Decimal("3.5"), Decimal("4")][i],
+            [Decimal(10**18 - 1), Decimal(-(10**18 - 1)), Decimal(0), None, Decimal(5), Decimal(-7), Decimal(1),
+             Decimal(2)][i],  # the longest unscaled longs, scale 0
+            [Decimal("999999999999.999999"), Decimal("-999999999999.999999"), Decimal("-0.000001"),
+             Decimal("0.000000"), None, Decimal("12.5"), Decimal("-3"), Decimal("7.000010")][i],
             [date(2025, 6, 1), date(1, 1, 1), date(9999, 12, 31), date(1969, 12, 31), None, date(2000, 2, 29),
              date(1970, 1, 1), date(2024, 3, 10)][i],
             [datetime(2025, 6, 1, 9, 54, 58, tzinfo=UTC), datetime(2025, 6, 1, 9, 54, 58, 250000, tzinfo=UTC),

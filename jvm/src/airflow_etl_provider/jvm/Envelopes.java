@@ -86,8 +86,7 @@ final class Envelopes {
         }
         record.put((byte) '}');
         // the envelope id: sha256 of [version, pipeline, run, stage, null, record]
-        sha256.reset();
-        sha256.update(plan.identityPrefix);
+        sha256.update(plan.identityPrefix); // digest() below leaves it reset for the next row
         sha256.update(record.buf, 0, record.size);
         sha256.update((byte) ']');
         byte[] digest = sha256.digest();
@@ -257,7 +256,11 @@ final class Envelopes {
         switch (plan.kinds[c]) {
             case KIND_DECIMAL:
                 Decimal d = row.getDecimal(i, plan.precision[c], plan.scale[c]);
-                out.ascii(d.toJavaBigDecimal().toPlainString());
+                if (plan.precision[c] <= Decimal.MAX_LONG_DIGITS()) { // held as an unscaled long
+                    out.decimal(d.toUnscaledLong(), plan.scale[c]);
+                } else {
+                    out.ascii(d.toJavaBigDecimal().toPlainString());
+                }
                 break;
             case KIND_DATE:
                 date(out, LocalDate.ofEpochDay(row.getInt(i)));
