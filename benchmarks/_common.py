@@ -63,6 +63,28 @@ def settle(max_wait_s: float = 60.0, idle_share: float = 0.85) -> str:
     return f"sync {synced:.1f} s, then {idle:.0%} idle after {time.monotonic() - t0:.1f} s"
 
 
+CANARY_LOOPS = 3_000_000
+
+
+def cpu_canary(repeats: int = 5) -> float:
+    """Seconds a fixed single-threaded workload takes (a 3M-iteration Python loop, the median of ``repeats``): how
+    fast this machine is right now. On this shared 2-core VM the same work took up to 1.8x longer half an hour
+    later with nothing of ours running (the host's load shows in no ``/proc/stat`` steal), and the DLQ
+    publisher's CPU per envelope moved with it (6.5 -> 10.4 us): printed next to an absolute rate, it tells the
+    machine's state from the code's."""
+    import statistics
+    import time
+
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        total = 0
+        for i in range(CANARY_LOOPS):
+            total += i
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def result_line(bench_id: str, ours_s: float, peer_s: float) -> str:
     """The one machine-readable line per comparison: ``bench <id>: ours=<s> peer=<s> ratio=<ours/peer>``."""
     return f"bench {bench_id}: ours={ours_s:.3f} peer={peer_s:.3f} ratio={ours_s / peer_s:.4f}"

@@ -259,6 +259,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
 import shutil
 import statistics
@@ -272,6 +273,8 @@ from decimal import Decimal
 from typing import Any
 
 from _common import (
+    CANARY_LOOPS,
+    cpu_canary,
     delete_topics,
     kafka_bootstrap,
     peak_rss_mb,
@@ -400,6 +403,38 @@ def jvm_times(spark: Any) -> tuple[float, float]:
     return management.getCompilationMXBean().getTotalCompilationTime() / 1000, gc_ms / 1000
 
 
+def thread_times(pid: int) -> dict[tuple[str, str], tuple[float, float]]:
+    """Per thread of process ``pid`` (Linux ``/proc/<pid>/task/<tid>/schedstat``), keyed by (tid, group): the
+    seconds it has run on a CPU and the seconds it has waited, runnable, for one. Groups: ``tasks`` (Spark's
+    task threads), ``jit`` (the compiler threads), ``other``."""
+    out: dict[tuple[str, str], tuple[float, float]] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as fh:
+                name = fh.read()
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as fh:
+                ran_ns, waited_ns = (int(v) for v in fh.read().split()[:2])
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        group = "tasks" if name.startswith("Executor task") else "jit" if "CompilerThre" in name else "other"
+        out[(tid, group)] = (ran_ns / 1e9, waited_ns / 1e9)
+    return out
+
+
+def cpu_share(before: dict[tuple[str, str], tuple[float, float]],
+              after: dict[tuple[str, str], tuple[float, float]]) -> str:
+    """What the Spark JVM's threads did between two :func:`thread_times`: the task threads' CPU seconds and their
+    seconds waiting for a CPU, the JIT threads' CPU seconds."""
+    ran: dict[str, float] = {"tasks": 0.0, "jit": 0.0, "other": 0.0}
+    waited = 0.0
+    for key, (r, w) in after.items():
+        r0, w0 = before.get(key, (0.0, 0.0))
+        ran[key[1]] += r - r0
+        if key[1] == "tasks":
+            waited += w - w0
+    return f"task threads ran {ran['tasks']:.2f} s, waited {waited:.2f} s for a CPU; JIT threads ran {ran['jit']:.2f} s"
+
+
 def run_ours(args: argparse.Namespace, batches: list[Any], bootstrap: str, run: str,
              producer_settings: dict[str, Any]) -> dict[str, list[tuple[float, list[float], str]]]:
     """Publish the rows with ``DeadLetterHook.publish_dataframe`` from a cached DataFrame of ``--partitions``
@@ -415,6 +450,7 @@ def run_ours(args: argparse.Namespace, batches: list[Any], bootstrap: str, run: 
     rounds: dict[str, list[tuple[float, list[float], str]]] = {}
     done: list[str] = []  # the topics of all rounds but the last of each writer
     with SparkSessionHook().session() as spark:
+        jvm_pid = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
         t0 = time.perf_counter()
         df = spark.createDataFrame(pa.Table.from_batches(batches)).repartition(args.partitions).cache()
         assert df.count() == args.rows
@@ -432,6 +468,7 @@ def run_ours(args: argparse.Namespace, batches: list[Any], bootstrap: str, run: 
                      "config": {"bootstrap.servers": bootstrap, **producer_settings}},
                     pipeline_id="orders_daily", run_context=make_run_context(), spool_dir=spool_dir)
                 jit_before = jvm_times(spark)
+                threads_before = thread_times(jvm_pid)
                 start = time.perf_counter()
                 try:
                     result = hook.publish_dataframe(df, stage=STAGE, key_columns=list(KEYS), source=SOURCE,
@@ -441,6 +478,7 @@ def run_ours(args: argparse.Namespace, batches: list[Any], bootstrap: str, run: 
                     sys.exit(1)
                 seconds = time.perf_counter() - start
                 jit_s, gc_s = (after - before for after, before in zip(jvm_times(spark), jit_before, strict=True))
+                share = cpu_share(threads_before, thread_times(jvm_pid))
                 if result.delivered != args.rows or result.spooled:
                     print(f"FAIL: ours ({writer}): delivered={result.delivered} spooled={result.spooled} of "
                           f"{args.rows} (spool: {result.spool_paths}, errors: {result.errors[:3]})")
@@ -450,7 +488,7 @@ def run_ours(args: argparse.Namespace, batches: list[Any], bootstrap: str, run: 
                 what = "cold  " if k == 0 else "warmup" if k < args.warmup else "      "
                 print(f"  {writer:6s} round {k + 1:2d} {what}: {seconds:6.3f} s = "
                       f"{args.rows / seconds:9,.0f} envelopes/s, batch p99 {_ms(percentile(result.batch_latencies_s, 99))}; Spark JVM: "
-                      f"JIT {jit_s:.2f} s, GC {gc_s:.2f} s")
+                      f"JIT {jit_s:.2f} s, GC {gc_s:.2f} s; {share}")
                 if k < total - 1:
                     done.append(topic)
         df.unpersist()
@@ -669,7 +707,11 @@ def compare(args: argparse.Namespace, batches: list[Any], bootstrap: str, run: s
           f"{args.warmup} warm-up (the first cold) + {args.rounds} measured rounds each, "
           f"batch_size={args.batch_size:,}{settings_note}")
     print(f"  a quiet start: {settle()}")
+    canary_before = cpu_canary()
     rounds = run_ours(args, batches, bootstrap, run, producer_settings)
+    canary_after = cpu_canary()
+    print(f"  machine speed: CPU canary {canary_before:.3f} s before ours, {canary_after:.3f} s after (a fixed "
+          f"{CANARY_LOOPS:,}-iteration Python loop, median of 5: the lower, the faster this machine ran)")
     kept += [r[-1][2] for r in rounds.values()]
     summary: dict[str, tuple[float, float, float]] = {}
     for writer, results in rounds.items():
