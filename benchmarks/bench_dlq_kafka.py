@@ -65,6 +65,16 @@ Results (2026-12-06, fourth session: f7247a6, the same 2-core machine)
     - Tried, no gain: ``-XX:TieredStopAtLevel=1`` on the Spark JVM (C1 only: the cold publish 2.1 s instead of
       3-3.7 s, but warm 57-96k/s, median 61k/s); ``-XX:+UseBiasedLocking`` (the producer's ``DataOutputStream``
       locks per write: 144-146k/s vs 139-144k/s for the default in alternating runs, the noise).
+    - Not adopted, for the next session to weigh: the C2 thresholds x10 (``-XX:Tier4InvocationThreshold=50000
+      -XX:Tier4MinInvocationThreshold=6000 -XX:Tier4CompileThreshold=150000 -XX:Tier4BackEdgeThreshold=400000``
+      through ``spark.driver.extraJavaOptions``). The per-row code is hot enough to reach C2 anyway (the task
+      threads' CPU per round unchanged, ~1.0 s), but Spark's lukewarm per-job code no longer does, so the JIT
+      settles: its threads ran 0.05 s in round 8 (default: 0.55-0.85 s), round 8 took 0.79-0.81 s with the
+      tasks waiting 0.33-0.36 s for a CPU (default 1.03-1.50 s, 0.80-1.25 s). Two alternating pairs on a busy
+      host: medians 104,064 / 101,059 vs 88,335 / 96,974 envelopes/s; cold publishes alike (3.6-4.0 vs
+      3.5-3.7 s). It is a JVM-wide setting of the embedded session: it would have to be measured on the loads
+      (P2-P4) and the quality operator too before becoming a default, and it mostly helps repeated publishes in
+      one JVM, which an Airflow task (one session, one publish) rarely makes.
 
     So on this machine the rate goal is met when the host is quiet and missed when it is busy (today: met in 1
     of the 3 consecutive full runs, and in the jvm-only runs of the quiet hour); the 20x goal in every run. The
