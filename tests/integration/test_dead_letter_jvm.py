@@ -20,8 +20,8 @@ from tests.integration.conftest import consume_kafka
 pytestmark = pytest.mark.spark
 
 SCHEMA = ("order_id BIGINT, tiny TINYINT, small SMALLINT, qty INT, flag BOOLEAN, name STRING, amount DECIMAL(10,2), "
-          "big DECIMAL(38,0), rate DECIMAL(12,6), whole DECIMAL(18,0), fine DECIMAL(18,6), day DATE, at TIMESTAMP, wall TIMESTAMP_NTZ, blob BINARY, "
-          "_etl_error STRING, _etl_error_class STRING")
+          "big DECIMAL(38,0), rate DECIMAL(12,6), whole DECIMAL(18,0), fine DECIMAL(18,6), day DATE, at TIMESTAMP, "
+          "wall TIMESTAMP_NTZ, blob BINARY, _etl_error STRING, _etl_error_class STRING")
 LONG_MESSAGE = "é" * 900 + "🦆" * 300 + 'quote " backslash \\ ' + "x" * 3900  # > 4000 code points, multi-byte
 
 

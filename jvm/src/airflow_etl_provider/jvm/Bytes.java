@@ -79,12 +79,11 @@ final class Bytes {
     private static final long[] POW10 = {1L, 10L, 100L, 1_000L, 10_000L, 100_000L, 1_000_000L, 10_000_000L,
         100_000_000L, 1_000_000_000L, 10_000_000_000L, 100_000_000_000L, 1_000_000_000_000L,
         10_000_000_000_000L, 100_000_000_000_000L, 1_000_000_000_000_000L, 10_000_000_000_000_000L,
-        100_000_000_000_000_000L};
+        100_000_000_000_000_000L, 1_000_000_000_000_000_000L};
 
-    /** unscaled / 10^scale as BigDecimal.toPlainString() writes it (a decimal of precision <= 18: |unscaled| <
-     *  10^18; 0 <= scale <= 17): the integer part, then
-     *  exactly scale fraction digits; without a BigDecimal and its StringBuilder per value (JFR: ~5 % of a DLQ
-     *  task thread's samples for one decimal column went there). */
+    /** unscaled / 10^scale as BigDecimal.toPlainString() writes it, for a decimal of precision <= 18 (|unscaled|
+     *  < 10^18, 0 <= scale <= 18): the integer part, then exactly scale fraction digits. Without a BigDecimal and
+     *  its StringBuilder per value (JFR: ~5 % of a DLQ task thread's samples for one decimal column). */
     void decimal(long unscaled, int scale) {
         if (scale < 0 || scale >= POW10.length) {
             throw new IllegalArgumentException("decimal scale " + scale + " is outside 0.." + (POW10.length - 1));
