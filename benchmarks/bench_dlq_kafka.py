@@ -42,9 +42,10 @@ Results (2026-12-06, fourth session: f7247a6, the same 2-core machine)
       **the rate missed in 2 of 3** (goal met in the third); cold 4.3 / 4.3 / 3.5 s. The first run of the day,
       right after ``scripts/stack.sh up``: 116,455/s, 34.5x, p99 103.6 ms (p99 missed). ``--writers jvm
       --skip-peer`` at 15:05: 139,269 and 143,772/s, p99 45-52 ms; 15:08-15:16: 95-124k/s; 15:25: 78-86k/s.
-      The task threads' CPU per envelope moved with it (6.3-7.9 us at 15:16, 10-11.6 us at 15:25, same code): the host, not the code, sets the absolute rate; a 3M-iteration loop took 0.28 s at
-      15:17 and 0.48-0.55 s at 15:26 (``/proc/stat`` shows no steal). The canary (0.155-0.208 s in the three
-      runs above) samples seconds, not the whole run, so it only roughly follows the rate.
+      The task threads' CPU per envelope moved with it (6.3-9.2 us at 15:16, 9.8-11.4 us at 15:25, same
+      code): the host, not the code, sets the absolute rate; a 3M-iteration loop took 0.28 s at 15:17 and
+      0.48-0.55 s at 15:26 (``/proc/stat`` shows no steal). The canary (0.155-0.208 s in the three runs above)
+      samples seconds, not the whole run, so it only roughly follows the rate.
     - Where the machine goes (rounds 4-8 of one run, 5.5 s, both cores = 11 CPU-s): the task threads ran 4.1 s
       and **waited 4.2 s for a CPU**; the JIT threads ran **3.4 s**; the broker 1.3 s; the producers' I/O
       threads 0.7 s (and waited 1.9 s). Per round now: task threads 0.7-1.2 s run + as much waiting, JIT
