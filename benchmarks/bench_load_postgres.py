@@ -54,8 +54,9 @@ off for every side)::
     9.88 s). P4 is a ratio to the clean upsert, so a faster clean upsert made it harder: the "JVM writer
     (internal rows)" run missed it (1.54x, 2.06x) until the poison path stopped joining every staged row
     twice (below). The "+ suspects table indexed" row (f42ac9f, 2026-12-06 12:58): every goal met again,
-    P4/10k with a wide margin now. The run just before it missed P3 and P2 (ours 12.46 s in rounds of 13.4 / 12.5 / 10.6 s vs the floor 8.43 s:
-    1.48x and 1.09x; P4 0.97x / 1.18x) with an idle Spark Connect server left by a test run on the machine and
+    P4/10k with a wide margin now. The run just before it missed P3 and P2 (ours 12.46 s in rounds of 13.4 /
+    12.5 / 10.6 s vs the floor 8.43 s: 1.48x and 1.09x; P4 0.97x / 1.18x) with an idle Spark Connect server
+    left by a test run on the machine and
     the clean upsert's rounds slower than the poison ones: the machine, not the code (the clean path is the
     same code as the "+ poison-path joins trimmed" row).
     The last row (d2c263f, 2026-12-06 16:24; the load path unchanged since f42ac9f) ran while this VM's host
