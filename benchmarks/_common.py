@@ -70,8 +70,8 @@ def cpu_canary(repeats: int = 5) -> float:
     """Seconds a fixed single-threaded workload takes (a 3M-iteration Python loop, the median of ``repeats``): how
     fast this machine is right now. On this shared 2-core VM a loop like it took up to 1.8x longer ten minutes
     later with nothing of ours running (the host's load shows in no ``/proc/stat`` steal), and the DLQ
-    publisher's CPU per envelope moved with it (6.3-9.2 -> 9.8-11.4 us): printed next to an absolute rate, it tells the
-    machine's state from the code's."""
+    publisher's CPU per envelope moved with it (6.3-9.2 -> 9.8-11.4 us): printed next to an absolute rate, it
+    tells the machine's state from the code's."""
     import statistics
     import time
 

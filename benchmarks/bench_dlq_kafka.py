@@ -453,19 +453,20 @@ def jvm_times(spark: Any) -> tuple[float, float]:
 
 
 def thread_times(pid: int) -> dict[tuple[str, str], tuple[float, float]]:
-    """Per thread of process ``pid`` (Linux ``/proc/<pid>/task/<tid>/schedstat``), keyed by (tid, group): the
-    seconds it has run on a CPU and the seconds it has waited, runnable, for one. Groups: ``tasks`` (Spark's
-    task threads), ``jit`` (the compiler threads), ``other``."""
+    """The task and JIT threads of process ``pid`` (Linux ``/proc/<pid>/task/<tid>/schedstat``), keyed by (tid,
+    ``tasks`` or ``jit``): the seconds each has run on a CPU and the seconds it has waited, runnable, for one."""
     out: dict[tuple[str, str], tuple[float, float]] = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{tid}/comm") as fh:
                 name = fh.read()
+            group = "tasks" if name.startswith("Executor task") else "jit" if "CompilerThre" in name else None
+            if group is None:
+                continue
             with open(f"/proc/{pid}/task/{tid}/schedstat") as fh:
                 ran_ns, waited_ns = (int(v) for v in fh.read().split()[:2])
         except FileNotFoundError:  # the thread ended meanwhile
             continue
-        group = "tasks" if name.startswith("Executor task") else "jit" if "CompilerThre" in name else "other"
         out[(tid, group)] = (ran_ns / 1e9, waited_ns / 1e9)
     return out
 
@@ -474,14 +475,15 @@ def cpu_share(before: dict[tuple[str, str], tuple[float, float]],
               after: dict[tuple[str, str], tuple[float, float]]) -> str:
     """What the Spark JVM's threads did between two :func:`thread_times`: the task threads' CPU seconds and their
     seconds waiting for a CPU, the JIT threads' CPU seconds."""
-    ran: dict[str, float] = {"tasks": 0.0, "jit": 0.0, "other": 0.0}
+    ran = {"tasks": 0.0, "jit": 0.0}
     waited = 0.0
     for key, (r, w) in after.items():
         r0, w0 = before.get(key, (0.0, 0.0))
         ran[key[1]] += r - r0
         if key[1] == "tasks":
             waited += w - w0
-    return f"task threads ran {ran['tasks']:.2f} s, waited {waited:.2f} s for a CPU; JIT threads ran {ran['jit']:.2f} s"
+    return (f"task threads ran {ran['tasks']:.2f} s, waited {waited:.2f} s for a CPU; "
+            f"JIT threads ran {ran['jit']:.2f} s")
 
 
 def run_ours(args: argparse.Namespace, batches: list[Any], bootstrap: str, run: str,
