@@ -342,6 +342,30 @@ class Pg:
             while chunk := fh.read(1 << 20):
                 copy.write(chunk)
 
+    def copy_binary_out(self, table: str, path: Path) -> None:
+        """``COPY table TO STDOUT (FORMAT binary)`` into ``path`` (the floor's binary staging input)."""
+        with self.conn.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(COLUMNS)}) TO STDOUT (FORMAT binary)"
+                                                 ) as copy, open(path, "wb") as fh:
+            for chunk in copy:
+                fh.write(chunk)
+
+    def copy_binary_staging(self, path: Path, tag: str) -> float:
+        """Seconds of ``COPY ... (FORMAT binary)`` of ``path`` into a fresh UNLOGGED staging table."""
+        staging = f"bench_floor_bin_{tag}"
+        self.run(f"DROP TABLE IF EXISTS {staging}")
+        self.run(f"CREATE UNLOGGED TABLE {staging} {STAGING_DDL}")
+        self.run("CHECKPOINT")
+
+        def copy() -> None:
+            with self.conn.cursor() as cur, cur.copy(f"COPY {staging} FROM STDIN (FORMAT binary)") as cp, \
+                    open(path, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    cp.write(chunk)
+
+        seconds, _ = timed("floor: COPY binary into UNLOGGED staging (for the binary floor)", copy)
+        self.run(f"DROP TABLE {staging}")
+        return seconds
+
     def floor(self, variant: str, src: str, csv: Path, tag: str) -> tuple[float, float]:
         """PostgreSQL's own upsert of the CSV into a table holding half the keys, no Spark, no loader:
         ``COPY`` into an UNLOGGED staging table shaped like the loader's (no constraints, no length
@@ -460,12 +484,13 @@ def timed(label: str, fn: Any) -> tuple[float, Any]:
     return seconds, result
 
 
-def upsert(spark: Any, hook: Any, parquet: Path, table: str, stage_method: str, copy_writer: str = "auto") -> Any:
+def upsert(spark: Any, hook: Any, parquet: Path, table: str, stage_method: str, copy_writer: str = "auto",
+           copy_format: str = "auto") -> Any:
     from airflow_etl_provider.hooks.postgres_load import PostgresLoader
 
     df = spark.read.parquet(str(parquet))
     return PostgresLoader(hook, table, "upsert", keys=["order_id"], stage_method=stage_method,
-                          copy_writer=copy_writer).load(df)
+                          copy_writer=copy_writer, copy_format=copy_format).load(df)
 
 
 def jdbc_append(spark: Any, hook: Any, parquet: Path, table: str) -> None:
@@ -487,6 +512,9 @@ def main() -> int:
     parser.add_argument("--copy-writer", choices=("auto", "jvm", "python"), default="auto",
                         help="with --stage-method copy: who renders and sends the rows (default auto, as the load "
                              "operator: Spark's JVM where the jar is on spark.jars)")
+    parser.add_argument("--copy-format", choices=("auto", "binary", "csv"), default="auto",
+                        help="the JVM writer's COPY format (default auto, as the loader: binary where every column "
+                             "takes it, which these orders do)")
     parser.add_argument("--stage-method", choices=("copy", "jdbc"), default="copy",
                         help="PostgresLoader's staging (default copy: what ResilientSparkLoadOperator uses unless "
                              "target.stage_method says otherwise)")
@@ -521,6 +549,7 @@ def main() -> int:
         pg.fresh(src)
         pg.copy_csv(src, csv)
         pg.settle(src)
+        pg.copy_binary_out(src, csv.with_suffix(".bin"))  # the same rows in binary COPY form (not timed)
         spark = spark_session()
         print(f"Spark {spark.version} {spark.sparkContext.master}, "
               f"{spark.read.parquet(str(clean)).rdd.getNumPartitions()} input partitions; warm-up (not timed) ...")
@@ -530,8 +559,8 @@ def main() -> int:
         # session, reused afterwards) and the JVM's JDBC and COPY code paths get compiled
         spark.read.parquet(str(clean)).limit(20_000).repartition(2).write.mode("overwrite").parquet(str(warm_pq))
         timed("warm-up upsert of 20,000 rows (cold: starts the Python workers)",
-              lambda: upsert(spark, hook, warm_pq, warm, args.stage_method, args.copy_writer))
-        timed("warm-up upsert of 20,000 rows (warm)", lambda: upsert(spark, hook, warm_pq, warm, args.stage_method, args.copy_writer))
+              lambda: upsert(spark, hook, warm_pq, warm, args.stage_method, args.copy_writer, args.copy_format))
+        timed("warm-up upsert of 20,000 rows (warm)", lambda: upsert(spark, hook, warm_pq, warm, args.stage_method, args.copy_writer, args.copy_format))
         timed("warm-up jdbc append of 20,000 rows",
               lambda: jdbc_append(spark, hook, warm_pq, pg.fresh(f"bench_warm2_{tag}")))
         with memory:
@@ -565,7 +594,7 @@ def load_avg() -> str:
 def run(args: argparse.Namespace, spark: Any, hook: Any, pg: Pg, tag: str, src: str, clean: Path,
         bad: dict[int, Path], csv: Path) -> list[str]:
     rows = args.rows
-    times: dict[str, list[float]] = {"jdbc": [], "ours": [], "floor": [], "copy": []}
+    times: dict[str, list[float]] = {"jdbc": [], "ours": [], "floor": [], "floor_bin": [], "copy": []}
     times.update({f"poison{n}": [] for n in args.poison_counts})
     floors: dict[str, list[float]] = {v: [] for v in args.floor_variants}
     for r in range(1, args.rounds + 1):
@@ -582,7 +611,8 @@ def run(args: argparse.Namespace, spark: Any, hook: Any, pg: Pg, tag: str, src: 
     for k, v in [*times.items(), *((f"floor {k}", v) for k, v in floors.items())]:
         print(f"  {k:20s} rounds: {', '.join(f'{x:.2f}' for x in v)} s")
     print(f"\nsummary for {rows:,} rows, medians of {args.rounds} round(s): ours {ours_s:.2f} s "
-          f"({rows / ours_s:,.0f} rows/s), PostgreSQL floor {floor_s:.2f} s, jdbc append {jdbc_s:.2f} s, "
+          f"({rows / ours_s:,.0f} rows/s), PostgreSQL floor {floor_s:.2f} s (with binary staging "
+          f"{med['floor_bin']:.2f} s), jdbc append {jdbc_s:.2f} s, "
           f"COPY csv {copy_s:.2f} s, " + ", ".join(f"{n} poison rows {med[f'poison{n}']:.2f} s"
                                                    for n in args.poison_counts))
     checks = [("P2", "jdbc append", ours_s / jdbc_s, GOAL_P2), ("P3", "the PostgreSQL floor", ours_s / floor_s,
@@ -591,7 +621,9 @@ def run(args: argparse.Namespace, spark: Any, hook: Any, pg: Pg, tag: str, src: 
     print("; ".join(f"goal {name}: ours <= {goal:.2f}x {peer} [{'ok' if ratio <= goal else 'MISSED'}: {ratio:.2f}x]"
                     if goal is not None else f"{name}: {ratio:.2f}x {peer} (no goal)"
                     for name, peer, ratio, goal in checks))
+    print(f"(for information, no goal: ours {ours_s / med['floor_bin']:.2f}x the floor staged in binary)")
     lines = [result_line("load_upsert_vs_pg_floor", ours_s, floor_s),
+             result_line("load_upsert_vs_pg_floor_binary_staging", ours_s, med["floor_bin"]),
              result_line("load_upsert_vs_jdbc_append", ours_s, jdbc_s),
              result_line("load_upsert_vs_copy_csv", ours_s, copy_s)]
     lines += [result_line(f"load_poison{n}_vs_clean", med[f"poison{n}"], ours_s) for n in args.poison_counts]
@@ -612,10 +644,11 @@ def run_round(args: argparse.Namespace, spark: Any, hook: Any, pg: Pg, tag: str,
     pg.drop_all([peer_jdbc])
 
     # ---- ours: clean upsert into a table holding half the keys
-    print(f"ours: PostgresLoader upsert (stage_method={args.stage_method}, copy_writer={args.copy_writer}) of {rows:,} rows into a "
+    print(f"ours: PostgresLoader upsert (stage_method={args.stage_method}, copy_writer={args.copy_writer}, "
+          f"copy_format={args.copy_format}) of {rows:,} rows into a "
           f"table holding {rows // 2:,} of the keys")
     target = pg.half_keys(src, f"bench_upsert_{tag}")
-    ours_s, out = timed("upsert", lambda: upsert(spark, hook, clean, target, args.stage_method, args.copy_writer))
+    ours_s, out = timed("upsert", lambda: upsert(spark, hook, clean, target, args.stage_method, args.copy_writer, args.copy_format))
     print(f"    {describe(out)}")
     if (out.records_read, out.records_loaded, out.records_rejected) != (rows, rows, 0) or pg.count(target) != rows:
         print("FAIL: ours: the clean upsert did not load every row")
@@ -632,14 +665,19 @@ def run_round(args: argparse.Namespace, spark: Any, hook: Any, pg: Pg, tag: str,
     # ---- P3 peer: the PostgreSQL floor, the fastest of the set-based upserts from a staged COPY
     print(f"P3 peer: PostgreSQL alone: COPY {csv.name} into an UNLOGGED staging table, then "
           f"{' / '.join(args.floor_variants)} into a table holding {rows // 2:,} of the keys")
-    best = None
+    best = best_apply = None
     for variant in args.floor_variants:
         stage_s, apply_s = pg.floor(variant, src, csv, tag)
         floors[variant].append(stage_s + apply_s)
         best = stage_s + apply_s if best is None else min(best, stage_s + apply_s)
-    assert best is not None
+        best_apply = apply_s if best_apply is None else min(best_apply, apply_s)
+    assert best is not None and best_apply is not None
     print(f"  floor (fastest): {best:.3f} s")
     times["floor"].append(best)
+    # the same floor staged in PostgreSQL's binary format, as the JVM writer stages: its COPY + the fastest apply
+    binary_s = pg.copy_binary_staging(csv.with_suffix(".bin"), tag) + best_apply
+    print(f"  floor with binary staging (COPY binary + the fastest apply): {binary_s:.3f} s")
+    times["floor_bin"].append(binary_s)
 
     # ---- the COPY of the CSV into an empty table (for scale)
     print(f"for scale: COPY ... FROM STDIN (FORMAT csv) of {csv.name} ({csv.stat().st_size / 2**20:.0f} MiB) "
@@ -657,7 +695,7 @@ def run_round(args: argparse.Namespace, spark: Any, hook: Any, pg: Pg, tag: str,
         print(f"P4: the same upsert with {n:,} poison rows ({', '.join(f'{v} {k}' for k, v in kinds.items())})")
         target_bad = pg.half_keys(src, f"bench_poison{n}_{tag}")
         poison_s, bad_out = timed(f"upsert with {n:,} poison rows",
-                                  lambda p=path, t=target_bad: upsert(spark, hook, p, t, args.stage_method, args.copy_writer))
+                                  lambda p=path, t=target_bad: upsert(spark, hook, p, t, args.stage_method, args.copy_writer, args.copy_format))
         print(f"    {describe(bad_out)}")
         if bad_out.records_rejected != n or bad_out.records_loaded != rows - n:
             print(f"FAIL: P4: expected {n} rejected rows")

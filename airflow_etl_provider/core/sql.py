@@ -31,6 +31,9 @@ STAGE_METHODS = ("copy", "jdbc")
 #: Who renders and sends the rows of COPY staging: Spark's JVM (PgJDBC), the executors' Python workers
 #: (Arrow, psycopg), or the JVM where it can run and else Python.
 COPY_WRITERS = ("auto", "jvm", "python")
+#: The COPY format of the JVM writer: PostgreSQL's binary form where every staging column takes it
+#: (:func:`binary_copy_supported`), else CSV; or one of them always. The Python writer always sends CSV.
+COPY_FORMATS = ("auto", "binary", "csv")
 
 # Spark SQL simple type strings -> the PostgreSQL type Spark's JDBC writer naturally binds.
 _NATURAL = {
@@ -154,15 +157,52 @@ def copy_supported(spark_type: str) -> bool:
     return spark_type in COPY_TYPES or spark_type.startswith(("decimal(", "char(", "varchar("))
 
 
-def copy_staging_sql(staging: str, columns: Sequence[StagedColumn]) -> str:
-    """``COPY staging (row id, columns) FROM STDIN`` in CSV format.
+def copy_staging_sql(staging: str, columns: Sequence[StagedColumn], binary: bool = False) -> str:
+    """``COPY staging (row id, columns) FROM STDIN`` in CSV format (``binary``: PostgreSQL's binary format).
 
     CSV, not text: in CSV a NULL is an unquoted empty field and every string is quoted (Arrow's CSV
     writer quotes every string value), so an empty string stays an empty string, and tabs, newlines,
     backslashes and a lone ``\\.`` inside a quoted value are plain data.
     """
     cols = ", ".join([q(ROW_ID), *(q(c.name) for c in columns)])
-    return f"COPY {staging} ({cols}) FROM STDIN (FORMAT csv)"
+    return f"COPY {staging} ({cols}) FROM STDIN (FORMAT {'binary' if binary else 'csv'})"
+
+
+#: Spark type -> the staging types whose binary COPY form the JVM writer sends for it
+#: (``jvm/src/.../CopyBinary.java``): each value in exactly the form the type's receive function reads.
+_BINARY_COPY = {
+    "string": frozenset({"text", "character varying"}),
+    "int": frozenset({"integer"}),
+    "integer": frozenset({"integer"}),
+    "bigint": frozenset({"bigint"}),
+    "smallint": frozenset({"smallint"}),
+    "tinyint": frozenset({"smallint"}),
+    "boolean": frozenset({"boolean"}),
+    "double": frozenset({"double precision"}),
+    "float": frozenset({"real"}),
+    "date": frozenset({"date"}),
+    "timestamp": frozenset({"timestamp with time zone", "timestamp without time zone"}),
+    "timestamp_ntz": frozenset({"timestamp without time zone"}),
+    "binary": frozenset({"bytea"}),
+}
+
+
+def binary_copy_supported(spark_type: str, staging_type: str) -> bool:
+    """Whether a Spark column can be sent in binary COPY form into a staging column of this type.
+
+    Binary COPY has no text to convert: a value must arrive in its staging type's own form, so only the pairs
+    above (a string into ``text``, a ``bigint`` into ``bigint``, a ``decimal`` into ``numeric`` ...) qualify;
+    anything else (an ``int`` into a ``text`` column, a domain, an enum) keeps the load on CSV.
+
+    :param spark_type: the DataFrame column's ``DataType.simpleString()``.
+    :param staging_type: the staging column's type (:attr:`StagedColumn.staging_type`).
+    """
+    spark_type = spark_type.strip().lower()
+    if spark_type.startswith("decimal("):
+        return staging_type == "numeric"
+    if spark_type.startswith(("char(", "varchar(")):
+        spark_type = "string"
+    return staging_type in _BINARY_COPY.get(spark_type, frozenset())
 
 
 #: Staging column types a string key can have without an explicit cast (compared under ``COLLATE "C"``).

@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import pytest
 
+from airflow_etl_provider.core.errors import ConfigError
 from airflow_etl_provider.hooks.postgres_load import PostgresLoader
 from airflow_etl_provider.hooks.postgres_load.jvm_copy import jvm_copy_unavailable
 
@@ -21,9 +22,10 @@ STRINGS = ["", None, "tab\there", "new\nline", "cr\rlf\r\n", "back\\slash\\", "\
            "comma,sep", "\\N", "NULL", "  spaces  ", "ü€😀 日本語 e\u0301", "\\x41", ",", '"', "\n"]
 DDL = """(id int PRIMARY KEY, s text, v varchar(40), c char(3), n numeric(38,18), d double precision, r real,
     ts timestamptz, local_ts timestamp, ntz timestamp, dt date, b boolean, bin bytea, big bigint, small smallint,
-    tiny smallint)"""
+    tiny smallint, m numeric(18,6), z numeric(4,0))"""
 SCHEMA = ("id INT, s STRING, v STRING, c STRING, n DECIMAL(38,18), d DOUBLE, r FLOAT, ts TIMESTAMP, local_ts TIMESTAMP, "
-          "ntz TIMESTAMP_NTZ, dt DATE, b BOOLEAN, bin BINARY, big BIGINT, small SMALLINT, tiny TINYINT")
+          "ntz TIMESTAMP_NTZ, dt DATE, b BOOLEAN, bin BINARY, big BIGINT, small SMALLINT, tiny TINYINT, m DECIMAL(18,6), "
+          "z DECIMAL(4,0)")
 
 
 def _rows() -> list[tuple]:
@@ -39,12 +41,17 @@ def _rows() -> list[tuple]:
     ntz = [datetime(2024, 3, 10, 2, 30), None, datetime(1582, 10, 10, 12), datetime(1, 1, 1), datetime(2000, 1, 1, 0, 0, 0, 5)]
     dates = [date(2024, 2, 29), date(1, 1, 1), date(9999, 12, 31), None, date(1582, 10, 10), date(1969, 12, 31)]
     bins = [b"\x00\x01\xff,\n\"", b"", None, bytes(range(256))]
+    # decimals of precision <= 18 (the JVM writers' unscaled-long path): base-10000 groups across the point
+    smalls = [Decimal("999999999999.999999"), Decimal("-999999999999.999999"), Decimal("-0.000001"), Decimal(0),
+              None, Decimal("10000.0001"), Decimal("0.5"), Decimal("-1"), Decimal("1234.567800"), Decimal("0.000100")]
+    fours = [Decimal(9999), Decimal(-9999), Decimal(0), Decimal(10000 - 1), Decimal(1000), Decimal(-1), None, Decimal(10)]
     rows = []
     for i, s in enumerate(STRINGS * 2):
         rows.append((i, s, s, None if s is None else s[:3], nums[i % len(nums)], doubles[i % len(doubles)],
                      floats[i % len(floats)], stamps[i % len(stamps)], stamps[(i + 3) % len(stamps)], ntz[i % len(ntz)],
                      dates[i % len(dates)], (True, False, None)[i % 3], bins[i % len(bins)],
-                     (2**63 - 1, -(2**63), None, 0)[i % 4], (32767, -32768, None)[i % 3], (127, -128, None)[i % 3]))
+                     (2**63 - 1, -(2**63), None, 0)[i % 4], (32767, -32768, None)[i % 3], (127, -128, None)[i % 3],
+                     smalls[i % len(smalls)], fours[i % len(fours)]))
     return rows
 
 
@@ -56,27 +63,32 @@ def _table_text(cur, table: str) -> list[str]:
 
 @pytest.mark.parametrize("zone", ["UTC", "America/New_York", "Asia/Kolkata"])
 def test_jvm_and_python_writers_stage_the_same_values(spark, hook, pg, unique, caplog, zone) -> None:
+    """The Python writer's CSV, the JVM writer's CSV and its binary COPY (``copy_format``: ``auto`` picks binary
+    for these columns) give the same table, value for value."""
     cur, drop = pg
     previous = spark.conf.get("spark.sql.session.timeZone")
     spark.conf.set("spark.sql.session.timeZone", zone)
     texts = {}
     try:
         df = spark.createDataFrame(_rows(), SCHEMA).repartition(3)
-        for writer in ("python", "jvm"):
-            t = f"jc_{writer}_{unique}"
+        for writer, fmt, sent in (("python", "auto", "csv"), ("jvm", "csv", "csv"), ("jvm", "auto", "binary")):
+            t = f"jc_{writer}_{fmt}_{unique}"
             cur.execute(f"CREATE TABLE {t} {DDL}")
             drop.append(t)
             caplog.clear()
             with caplog.at_level(logging.INFO, logger="airflow_etl_provider"):
-                out = PostgresLoader(hook, t, "upsert", keys=["id"], stage_method="copy", copy_writer=writer).load(df)
-            assert f"with COPY ({writer} writer) from 2 partition(s)" in caplog.text  # local[2]: coalesced to 2
+                out = PostgresLoader(hook, t, "upsert", keys=["id"], stage_method="copy", copy_writer=writer,
+                                     copy_format=fmt).load(df)
+            # local[2]: coalesced to 2
+            assert f"with COPY ({writer} writer) from 2 partition(s), {sent} format" in caplog.text
             assert (out.stage_method, out.records_read, out.records_loaded, out.records_rejected) == (
                 "copy", len(_rows()), len(_rows()), 0)
-            texts[writer] = _table_text(cur, t)
+            texts[f"{writer} {sent}"] = _table_text(cur, t)
     finally:
         spark.conf.set("spark.sql.session.timeZone", previous)
-    assert len(texts["jvm"]) == len(_rows())
-    assert texts["jvm"] == texts["python"]
+    assert len(texts["python csv"]) == len(_rows())
+    assert texts["jvm csv"] == texts["python csv"]
+    assert texts["jvm binary"] == texts["python csv"]
 
 
 def test_jvm_writer_keeps_what_postgres_reads_back(spark, hook, pg, unique) -> None:
@@ -87,13 +99,14 @@ def test_jvm_writer_keeps_what_postgres_reads_back(spark, hook, pg, unique) -> N
     drop.append(t)
     rows = _rows()
     PostgresLoader(hook, t, "append", stage_method="copy", copy_writer="jvm").load(spark.createDataFrame(rows, SCHEMA))
-    cur.execute(f"SELECT id, s, v, n, ts, ntz, dt, bin, big FROM {t} ORDER BY id")
+    cur.execute(f"SELECT id, s, v, n, ts, ntz, dt, bin, big, m, z FROM {t} ORDER BY id")
     back = {r[0]: r for r in cur.fetchall()}
     for row in rows:
         got = back[row[0]]
         assert got[1:4] == (row[1], row[2], row[4]), row[0]  # "" stays "", None stays NULL, every digit
         assert got[4] == row[7] and got[5] == row[9] and got[6] == row[10], row[0]  # instants, wall times, dates
         assert got[7] == row[12] and got[8] == row[13], row[0]
+        assert got[9:] == (row[16], row[17]), row[0]  # numeric(18,6) and numeric(4,0) through binary COPY
 
 
 def test_a_failing_jvm_attempt_leaves_nothing_and_the_load_fails_with_postgres_message(spark, hook, pg, unique) -> None:
@@ -108,6 +121,29 @@ def test_a_failing_jvm_attempt_leaves_nothing_and_the_load_fails_with_postgres_m
         PostgresLoader(hook, t, "append", stage_method="copy", copy_writer="jvm").load(df.repartition(1))
     cur.execute(f"SELECT count(*) FROM {t}")
     assert cur.fetchone()[0] == 0
+
+
+def test_copy_format_binary_names_the_columns_it_cannot_send_and_auto_falls_back_to_csv(
+        spark, hook, pg, unique, caplog) -> None:
+    """Binary COPY has no text to convert: an ``int`` into a ``text`` column only goes as CSV."""
+    cur, drop = pg
+    t = f"jb_{unique}"
+    cur.execute(f"CREATE TABLE {t} (id int PRIMARY KEY, s text)")
+    drop.append(t)
+    df = spark.createDataFrame([(1, 7), (2, None)], "id INT, s INT")
+    with pytest.raises(ConfigError, match=r"^copy_format: 'binary' cannot send these column\(s\) in their staging "
+                                          r"type's binary form: s \(int into text\)"):
+        PostgresLoader(hook, t, "append", stage_method="copy", copy_writer="jvm", copy_format="binary").load(df)
+    with pytest.raises(ConfigError, match="^copy_format: 'binary' needs the JVM COPY writer, which cannot run here: "
+                                          "copy_writer='python'"):
+        PostgresLoader(hook, t, "append", stage_method="copy", copy_writer="python", copy_format="binary").load(df)
+    with pytest.raises(ConfigError, match="^copy_format: is not known"):
+        PostgresLoader(hook, t, "append", copy_format="text")  # type: ignore[arg-type]
+    with caplog.at_level(logging.INFO, logger="airflow_etl_provider"):
+        out = PostgresLoader(hook, t, "append", stage_method="copy", copy_writer="jvm").load(df)
+    assert out.records_loaded == 2 and "(jvm writer) from 2 partition(s), csv format" in caplog.text  # local[2]
+    cur.execute(f"SELECT id, s FROM {t} ORDER BY id")
+    assert cur.fetchall() == [(1, "7"), (2, None)]
 
 
 def test_auto_picks_the_jvm_writer_on_a_classic_session_with_the_jar(spark, hook, pg, unique, caplog) -> None:

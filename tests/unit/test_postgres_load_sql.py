@@ -100,6 +100,29 @@ def test_copy_staging_sql_lists_the_row_id_and_every_column_in_csv_format() -> N
         'COPY "public"."stg" ("_etl_row_id", "id", "Note") FROM STDIN (FORMAT csv)')
     with pytest.raises(ConfigError, match="^column: "):
         S.copy_staging_sql('"stg"', [S.StagedColumn('a" text); DROP TABLE t; --', "a", "text", "text")])
+    assert S.copy_staging_sql('"stg"', cols, binary=True) == (
+        'COPY "stg" ("_etl_row_id", "id", "Note") FROM STDIN (FORMAT binary)')
+
+
+@pytest.mark.parametrize(
+    ("spark", "staging", "binary"),
+    [
+        ("string", "text", True), ("varchar(10)", "character varying", True), ("char(3)", "text", True),
+        ("bigint", "bigint", True), ("int", "integer", True), ("integer", "integer", True),
+        ("smallint", "smallint", True), ("tinyint", "smallint", True), ("boolean", "boolean", True),
+        ("double", "double precision", True), ("float", "real", True), ("decimal(12,2)", "numeric", True),
+        ("decimal(38,18)", "numeric", True), ("date", "date", True),
+        ("timestamp", "timestamp with time zone", True), ("timestamp", "timestamp without time zone", True),
+        ("timestamp_ntz", "timestamp without time zone", True), ("binary", "bytea", True),
+        # a value whose binary form is not its staging type's: CSV
+        ("int", "text", False), ("bigint", "integer", False), ("string", "jsonb", False), ("string", "citext", False),
+        ("timestamp", "date", False), ("timestamp_ntz", "timestamp with time zone", False),
+        ("double", "numeric", False), ("decimal(10,0)", "bigint", False), ("array<int>", "integer[]", False),
+        ("boolean", "text", False),
+    ],
+)
+def test_binary_copy_only_where_the_value_arrives_in_its_staging_types_own_form(spark, staging, binary) -> None:
+    assert S.binary_copy_supported(spark, staging) is binary
 
 
 @pytest.mark.parametrize(

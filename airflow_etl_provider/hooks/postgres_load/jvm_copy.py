@@ -16,7 +16,9 @@ Values are rendered by kind (see the Java constants) from Spark's internal rows 
 timestamps as microseconds, dates as days, decimals unscaled: nothing decoded into Java objects, no
 ``java.sql.Timestamp`` calendar rebasing), with the same rules as the Python writer: strings always quoted,
 NULL an unquoted empty field, timestamps into ``timestamptz`` in UTC, other timestamps as the session time
-zone's wall time, binary as ``\\x`` hex.
+zone's wall time, binary as ``\\x`` hex. Where every staging column's type takes it
+(:func:`~airflow_etl_provider.core.sql.binary_copy_supported`; the loader's ``copy_format``), the JVM writer sends
+PostgreSQL's binary COPY format instead (``CopyBinary.java``): the same values, no text for PostgreSQL to parse.
 """
 
 from __future__ import annotations
@@ -120,7 +122,7 @@ def _stager(jvm: Any) -> Any:
 
 
 def stage_on_jvm(
-    staged: DataFrame, url: str, properties: Mapping[str, str], copy_sql: str, kinds: str
+    staged: DataFrame, url: str, properties: Mapping[str, str], copy_sql: str, kinds: str, binary: bool = False
 ) -> list[dict[str, int]]:
     """Run the JVM COPY job over ``staged`` (columns in the COPY statement's order) and return its status
     (``partition``, ``attempt``, ``rows``), one per partition.
@@ -128,6 +130,8 @@ def stage_on_jvm(
     :param staged: the staged DataFrame.
     :param properties: PgJDBC properties (hold the password: never log them).
     :param kinds: :func:`column_kinds` of ``staged``.
+    :param binary: send PostgreSQL's binary COPY form (``copy_sql`` says ``FORMAT binary``; every column passed
+        :func:`~airflow_etl_provider.core.sql.binary_copy_supported`), else CSV.
     """
     spark = staged.sparkSession
     jvm = spark._jvm  # type: ignore[attr-defined]
@@ -135,5 +139,5 @@ def stage_on_jvm(
     for key, value in properties.items():
         props.put(key, value)
     zone = spark.conf.get("spark.sql.session.timeZone") or "UTC"
-    statuses = _stager(jvm).stage(staged._jdf, url, props, copy_sql, kinds, zone)
+    statuses = _stager(jvm).stage(staged._jdf, url, props, copy_sql, kinds, zone, binary)
     return [{"partition": int(s[0]), "attempt": int(s[1]), "rows": int(s[2])} for s in statuses]

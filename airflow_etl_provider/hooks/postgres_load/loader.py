@@ -16,6 +16,7 @@ from airflow_etl_provider.hooks.postgres_load.isolation import _Isolation
 from airflow_etl_provider.hooks.postgres_load.load_log import _LoadLog
 from airflow_etl_provider.hooks.postgres_load.merge import _Merging
 from airflow_etl_provider.hooks.postgres_load.model import (
+    COPY_FORMATS,
     COPY_WRITERS,
     MODES,
     NONE,
@@ -73,6 +74,13 @@ class PostgresLoader(_Planning, _Staging, _Merging, _Isolation, _LoadLog):
         Spark Connect; the default here, as before the JVM writer existed) or ``auto`` (the load operator's
         default): ``jvm`` where it can run, else ``python`` (logged with the reason). The same rows and text
         either way (:mod:`~airflow_etl_provider.hooks.postgres_load.jvm_copy`).
+    :param copy_format: the JVM writer's COPY format: ``auto`` (default) sends PostgreSQL's binary form when
+        every staging column's type takes it (:func:`~airflow_etl_provider.core.sql.binary_copy_supported`:
+        strings into ``text``/``varchar``, integers, booleans, floats, decimals, dates, timestamps, bytes into
+        their natural types) and CSV otherwise; ``csv`` always CSV; ``binary`` or fail naming the columns
+        that cannot. PostgreSQL reads binary values without parsing text: measured on 1M orders
+        (``benchmarks/bench_load_postgres.py``) the staging took 3.2-3.5 s as CSV, FIXME s as binary. The
+        same values either way (``tests/integration/test_jvm_copy.py``); the Python writer always sends CSV.
     """
 
     def __init__(
@@ -94,6 +102,7 @@ class PostgresLoader(_Planning, _Staging, _Merging, _Isolation, _LoadLog):
         reject_store: str = REJECT_STORE_TABLE,
         progress_interval_s: float | None = 30.0,
         copy_writer: Literal["auto", "jvm", "python"] = "python",
+        copy_format: Literal["auto", "binary", "csv"] = "auto",
     ) -> None:
         if mode not in MODES:
             raise ConfigError("mode", "is not a load mode", value=mode, allowed=MODES)
@@ -126,6 +135,9 @@ class PostgresLoader(_Planning, _Staging, _Merging, _Isolation, _LoadLog):
         if copy_writer not in COPY_WRITERS:
             raise ConfigError("copy_writer", "is not known", value=copy_writer, allowed=COPY_WRITERS)
         self.copy_writer = copy_writer
+        if copy_format not in COPY_FORMATS:
+            raise ConfigError("copy_format", "is not known", value=copy_format, allowed=COPY_FORMATS)
+        self.copy_format = copy_format
         self.log_table_name = validate_identifier(log_table, "log_table")
         self.reject_store_name = validate_identifier(reject_store, "reject_store")
         if progress_interval_s is not None and (

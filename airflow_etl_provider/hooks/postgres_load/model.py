@@ -18,6 +18,7 @@ log = logging.getLogger("airflow_etl_provider.hooks.postgres_load")  # one logge
 MODES = ("append", "overwrite", "upsert")
 STAGE_METHODS = S.STAGE_METHODS
 COPY_WRITERS = S.COPY_WRITERS
+COPY_FORMATS = S.COPY_FORMATS
 #: psycopg connection parameters the COPY writers never take from the connection's extras.
 WORK_TABLE = "_etl_work"
 #: The durable copy of every committed load's rejected rows until the dead-letter queue confirmed them.
@@ -99,6 +100,7 @@ class _Plan:
     staged_rows: int | None = None  # rows the COPY writers reported (None: JDBC staging)
     stage_method: str = ""
     copy_writer: str = ""  # with COPY: jvm | python
+    copy_format: str = ""  # with COPY: binary | csv
     reject_store: str = ""  # quoted: the durable copy of the rejected rows (etl_load_rejects)
     reject_source: str = ""  # quoted: a table of the merge transaction holding every rejected row's staged
     #                          columns (the screen's suspects); empty: the staging table

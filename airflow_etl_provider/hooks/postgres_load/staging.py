@@ -111,14 +111,21 @@ class _Staging:
             plan.copy_writer = "jvm"
             url, properties = jvm_target
             kinds = column_kinds([f.dataType.simpleString() for f in fields], to_utc)
-            statuses = stage_on_jvm(staged, url, properties, copy_sql, kinds)
+            binary = self._binary_copy(fields, {S.ROW_ID: "bigint", **staging_types})
+            plan.copy_format = "binary" if binary else "csv"
+            copy_sql = S.copy_staging_sql(plan.staging, plan.columns, binary=binary)
+            statuses = stage_on_jvm(staged, url, properties, copy_sql, kinds, binary)
             self._staged_with_copy(plan, statuses)
             return
         if self.copy_writer == "jvm":
             raise ConfigError("copy_writer", f"'jvm' cannot run here: {why_not}", value="jvm")
+        if self.copy_format == "binary":
+            raise ConfigError("copy_format", f"'binary' needs the JVM COPY writer, which cannot run here: {why_not}",
+                              value="binary")
         if self.copy_writer == "auto":
             log.info("Staging %s with the Python COPY writer: %s", plan.staging_name, why_not)
         plan.copy_writer = "python"
+        plan.copy_format = "csv"
         writer = copy_writer(conn_args, copy_sql, to_utc, binary)
         try:
             statuses = staged.mapInArrow(writer, COPY_STATUS_SCHEMA).collect()
@@ -141,6 +148,24 @@ class _Staging:
             return
         self._staged_with_copy(plan, statuses)
 
+    def _binary_copy(self, fields: Any, staging_types: dict[str, str]) -> bool:
+        """Whether the JVM writer sends binary COPY (``copy_format``; ``auto``: when every column can)."""
+        if self.copy_format == "csv":
+            return False
+        cannot = [
+            f"{f.name} ({f.dataType.simpleString()} into {staging_types[f.name]})"
+            for f in fields
+            if not S.binary_copy_supported(f.dataType.simpleString(), staging_types[f.name])
+        ]
+        if cannot and self.copy_format == "binary":
+            raise ConfigError(
+                "copy_format",
+                f"'binary' cannot send these column(s) in their staging type's binary form: {', '.join(cannot)} "
+                "(use 'auto' to fall back to CSV, or cast the column in the DataFrame to the target's type)",
+                value="binary",
+            )
+        return not cannot
+
     def _jvm_copy_target(
         self, df: DataFrame, conn_args: dict[str, Any]
     ) -> tuple[tuple[str, dict[str, str]] | None, str | None]:
@@ -159,11 +184,12 @@ class _Staging:
     def _staged_with_copy(plan: _Plan, statuses: list[Any]) -> None:
         plan.staged_rows = sum(int(r["rows"]) for r in statuses)
         log.info(
-            "Staged %d row(s) into %s with COPY (%s writer) from %d partition(s)",
+            "Staged %d row(s) into %s with COPY (%s writer) from %d partition(s), %s format",
             plan.staged_rows,
             plan.staging_name,
             plan.copy_writer,
             len(statuses),
+            plan.copy_format,
         )
 
     # ------------------------------------------------------------------------------------- cleanup
