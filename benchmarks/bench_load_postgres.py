@@ -5,8 +5,10 @@ What is compared (same rows, each side on a freshly prepared table, ``--rounds``
     *Ours*: ``PostgresLoader(hook, table, "upsert", keys=["order_id"], stage_method="copy",
     copy_writer="auto").load(df)`` -- the real API, as ``ResilientSparkLoadOperator`` runs it with
     ``target.stage_method: copy`` (``--stage-method jdbc`` for the default JDBC staging, ``--copy-writer python``
-    for the executors' Python writer): every partition is rendered as COPY CSV on Spark's JVM side and COPYed
-    into an UNLOGGED staging table (the JVM writer, ``jvm/src/.../PostgresCopyStager.java``), then one
+    for the executors' Python writer, ``--copy-format csv`` for CSV instead of binary): every partition is
+    rendered in PostgreSQL's binary COPY format on Spark's JVM side (``copy_format="auto"``: every column of
+    these orders takes it) and COPYed into an UNLOGGED staging table (the JVM writer,
+    ``jvm/src/.../PostgresCopyStager.java`` + ``CopyBinary.java``), then one
     transaction counts the staged rows (checks for repeated keys), ``MERGE``\\s them into a target that
     already holds half the keys (every even ``order_id``) and writes the load log.
     ``df`` is ``spark.read.parquet`` of the generated orders (Spark ``local[2]``).
@@ -16,7 +18,10 @@ What is compared (same rows, each side on a freshly prepared table, ``--rounds``
     same rows into an UNLOGGED staging table shaped like the loader's, then one statement (with the
     loader's ``work_mem``) into the table holding half the keys. Three ways are timed each round and the
     fastest counts: ``MERGE``, ``INSERT ... ON CONFLICT DO UPDATE``, ``UPDATE ... FROM`` + ``INSERT ...
-    WHERE NOT EXISTS`` (one transaction).
+    WHERE NOT EXISTS`` (one transaction). The floor stages the CSV, as issue #15 defines it; for information
+    each round also times ``COPY ... (FORMAT binary)`` of the same rows (written once from the reference table)
+    and prints the floor with that staging (binary COPY + the round's fastest apply) and ours against it
+    (``load_upsert_vs_pg_floor_binary_staging``, no goal).
 
     *P2 peer*: what a user writes without us: ``df.write.format("jdbc").options(**hook.jdbc_options())
     .mode("append").save()`` of the same DataFrame into an empty table with the same schema (primary
@@ -46,6 +51,8 @@ off for every side)::
     + poison-path joins trimmed       10.57   3.84   6.58  |  9.32   11.00  5.07  | 1.13   0.96   1.18    1.70
     + suspects table indexed          9.13   -      -     |  8.72    9.94  2.99  | 1.05   0.92   1.00    1.27
     same path, a busy host (16:24)    9.31   -      -     |  9.84    9.30  5.82  | 0.95   1.0007 1.33    1.44
+    same path, 18:21 (the host slow)  10.42  3.53   6.74  | 10.23   9.34  5.40  | 1.02   1.12   1.17    1.22
+    + binary COPY staging (18:45)     10.38  2.22   8.01  | 11.11  15.08  6.64  | 0.93   0.69   1.09    1.59
 
     (stage and merge: the median round's. * the first row: one round on a busier machine, the floor from
     ``pg_upsert_floor.sh`` in a separate run.) The "+ poison-path joins trimmed" run met **every goal**
@@ -65,8 +72,14 @@ off for every side)::
     for this noise). A second run right after it, with ``-XX:Tier4*`` thresholds x10 on the Spark JVM (see
     bench_dlq_kafka.py), gave ours 10.99 s, the floor 8.18 s, JDBC 10.55 s and the 100-poison upsert faster
     than the clean one (9.00 s): nothing can be read from it either way.
-    Peak memory (an earlier run): Python driver 300 MiB, Spark JVM 1,088 MiB, PostgreSQL's largest process 264
-    MiB, all its processes together 859 MiB (shared buffers counted in each process that touched them). Only
+    The last two rows (2026-12-06 evening) are the same command before and after binary COPY staging
+    (aea9b9d): the CSV run **missed P2** (1.12x: the JDBC append 9.34 s, ours 10.42 s with the staging at 3.2-3.5
+    s and the merge at 6.2-7.6 s); the binary one met **every goal**, P2 with a margin (0.69x), on a host so
+    slow that psql's COPY of the CSV took 4.9-11.4 s (3.0 s on a quiet one) and the JDBC append 10.7-20.4 s.
+    Its floor with binary staging: 9.17 s, ours 1.13x that (for information). Alternating runs of the staging
+    alone (``--rounds 2 --poison "" --floor merge``, 2 x 2 runs): CSV 3.77-4.19 s, binary 2.35-3.63 s.
+    Peak memory (the binary run): Python driver 253 MiB, Spark JVM 1,165 MiB, PostgreSQL's largest process 263
+    MiB, all its processes together 890 MiB (shared buffers counted in each process that touched them). Only
     one status row per partition reaches the driver.
 
 Where the time went, and what was changed
@@ -100,7 +113,19 @@ Where the time went, and what was changed
       the row id and analyzed before the rest is merged and the suspects applied: 1.18 s. P4/10k in single
       runs: 2.00x / 2.07x before, 1.37x / 1.18x after.
 
-    What is left in staging (1M rows, this machine, the staging job alone after a warm-up): 3.6-4.0 s wall,
+    * Staging in PostgreSQL's binary COPY format (2026-12-06, evening): with CSV, PostgreSQL parses every value
+      from text (``int8in``, ``numeric_in``, ``timestamptz_in`` ...); binary hands it the values in their
+      receive functions' form. psql alone, the 1M orders into the UNLOGGED staging table: CSV 2.7-3.6 s,
+      binary 1.7-1.9 s. ``CopyBinary.java`` writes Spark's internal rows in that form (a timestamp is one
+      subtraction -- microseconds since 2000-01-01 -- instead of calendar fields and text; a decimal its
+      base-10000 digits; a string its UTF-8 bytes, which PostgreSQL validates as it does CSV), only where
+      every staging column's type is the one the value's form is for (``core/sql.py``
+      ``binary_copy_supported``; else CSV, or with ``copy_format="binary"`` an error naming the columns).
+      Staging 3.8-4.2 s -> 2.4-3.6 s in alternating runs; the test that compares both writers' CSV
+      compares the binary staging with them too (three session zones, 38- and 18-digit decimals, NaN,
+      timestamps of years 1-9999, NUL refused with PostgreSQL's message).
+
+    What was left in staging before binary COPY (1M rows, the staging job alone after a warm-up): 3.6-4.0 s wall,
     3.6-3.9 CPU-s in the JVM, of which ~2 CPU-s is Spark reading the parquet into rows (a no-op write of the
     same columns: 1.0-1.2 s wall, 1.9-2.2 CPU-s); PostgreSQL's two COPY backends need ~1.5-1.9 s wall for the
     two halves of the same CSV in parallel (psql, no Spark). On 2 cores the JVM and the two backends share
@@ -114,12 +139,16 @@ Alternatives measured and not taken
       the progress count read one table).
     * Binary COPY from Arrow with ``adbc-driver-postgresql`` 1.13 (``adbc_ingest``, one connection, 1M
       rows): client 2.5 CPU-s + server 2.1-2.8 vs CSV (vectorised timestamps) 1.3 + 4.0-4.3: about 10 % less
-      CPU in all, for a new native dependency on every executor.
+      CPU in all, for a new native dependency on every executor. (For the Python writer; the JVM writer
+      now sends binary itself, above, without the Arrow hand-over.)
     * CSV built in the JVM (``to_csv(struct(...))`` + ``"\\n"``, one string column through Arrow, the Python
       side only passes the bytes on): Spark 8.5-9.3 CPU-s vs 6.9-7.7 s for the columns through Arrow.
     * Spark's JDBC writer as staging (``--stage-method jdbc``): about twice the COPY staging.
-    * ``ON CONFLICT`` and ``UPDATE`` + ``INSERT`` instead of ``MERGE``: slower in every round (the floor's
-      figures above). ``ANALYZE`` of the staging table: the plan is already a hash join with the target as
+    * ``ON CONFLICT`` instead of ``MERGE``: slower in every round (the floor's figures above). ``UPDATE`` +
+      ``INSERT``: slower in the runs of the morning, on par in the three 3-round runs of the evening (the floor's
+      COPY + apply: faster than ``MERGE`` in 6 of 9 rounds by 2-18 %, slower in 3 by 5-17 %, on a host whose
+      rounds of one side varied by up to 40 %): not switched -- the difference is inside this host's noise
+      and the loader's ``MERGE`` statements carry its dedup and isolation paths; worth a quiet-host A/B. ``ANALYZE`` of the staging table: the plan is already a hash join with the target as
       the build side (``EXPLAIN``); ``work_mem`` 256 MB is set for the transaction.
     * Pipelining the merge with the staging (merging partitions as they commit): would use the core idle
       during the merge, but with 2 partitions finishing together there is little to overlap, and the

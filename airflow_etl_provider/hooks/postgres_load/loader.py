@@ -79,8 +79,9 @@ class PostgresLoader(_Planning, _Staging, _Merging, _Isolation, _LoadLog):
         strings into ``text``/``varchar``, integers, booleans, floats, decimals, dates, timestamps, bytes into
         their natural types) and CSV otherwise; ``csv`` always CSV; ``binary`` or fail naming the columns
         that cannot. PostgreSQL reads binary values without parsing text: measured on 1M orders
-        (``benchmarks/bench_load_postgres.py``) the staging took 3.2-3.5 s as CSV, FIXME s as binary. The
-        same values either way (``tests/integration/test_jvm_copy.py``); the Python writer always sends CSV.
+        (``benchmarks/bench_load_postgres.py``, alternating runs) the staging took 3.8-4.2 s as CSV and 2.4-3.6 s
+        as binary. The same values either way (``tests/integration/test_jvm_copy.py``); the Python writer always
+        sends CSV.
     """
 
     def __init__(
