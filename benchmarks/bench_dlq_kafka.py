@@ -32,6 +32,14 @@ What is compared
     the message's own timestamp), or the script exits 1. No timing is asserted: the goal check prints
     "goal met" / "goal NOT met".
 
+Results (2026-12-06, evening: aea9b9d, the publisher unchanged since 94a0ce0, the same machine)
+    The one command, three runs (18:19 right after ``scripts/stack.sh up``, 18:53, 19:05): warm median 93,383 /
+    91,720 / **125,415** envelopes/s, 41.0x / 58.6x / **43.6x** the peer, p99 85.7 / 94.6 / **59.4** ms, cold 4.7
+    / 4.1 / 2.9 s: the third met every goal, the first two missed the rate by 7-8 % (20x and p99 met). The
+    canary read 0.18-0.26 s in all three, so it does not tell these apart; the per-round lines do: in the
+    missed runs the task threads ran 0.77-0.99 s per round and waited 0.64-1.17 s for a CPU, the JIT threads
+    0.46-0.76 s.
+
 Results (2026-12-06, fourth session: f7247a6, the same 2-core machine)
     Each round now also prints what the Spark JVM's threads did during it (``/proc/<pid>/task/*/schedstat``): the
     task threads' CPU seconds and their seconds *waiting, runnable, for a CPU*, and the JIT threads' CPU seconds;

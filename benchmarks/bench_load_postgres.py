@@ -53,6 +53,7 @@ off for every side)::
     same path, a busy host (16:24)    9.31   -      -     |  9.84    9.30  5.82  | 0.95   1.0007 1.33    1.44
     same path, 18:21 (the host slow)  10.42  3.53   6.74  | 10.23   9.34  5.40  | 1.02   1.12   1.17    1.22
     + binary COPY staging (18:45)     10.38  2.22   8.01  | 11.11  15.08  6.64  | 0.93   0.69   1.09    1.59
+    the same, 19:06 (a quieter host)   9.44  2.42   6.89  |  8.34  10.16  5.05  | 1.13   0.93   1.09    1.26
 
     (stage and merge: the median round's. * the first row: one round on a busier machine, the floor from
     ``pg_upsert_floor.sh`` in a separate run.) The "+ poison-path joins trimmed" run met **every goal**
@@ -76,7 +77,10 @@ off for every side)::
     (aea9b9d): the CSV run **missed P2** (1.12x: the JDBC append 9.34 s, ours 10.42 s with the staging at 3.2-3.5
     s and the merge at 6.2-7.6 s); the binary one met **every goal**, P2 with a margin (0.69x), on a host so
     slow that psql's COPY of the CSV took 4.9-11.4 s (3.0 s on a quiet one) and the JDBC append 10.7-20.4 s.
-    Its floor with binary staging: 9.17 s, ours 1.13x that (for information). Alternating runs of the staging
+    Its floor with binary staging: 9.17 s, ours 1.13x that (for information). The run after it, on a quieter
+    host, met every goal again (P3 1.13x: the floor's ``UPDATE`` + ``INSERT`` applied in 4.5-5.5 s that run,
+    its ``MERGE`` in 6.1-7.0 s, ours' merge phase 6.9 s; with binary staging the floor was 6.73 s, ours 1.40x
+    that). Alternating runs of the staging
     alone (``--rounds 2 --poison "" --floor merge``, 2 x 2 runs): CSV 3.77-4.19 s, binary 2.35-3.63 s.
     Peak memory (the binary run): Python driver 253 MiB, Spark JVM 1,165 MiB, PostgreSQL's largest process 263
     MiB, all its processes together 890 MiB (shared buffers counted in each process that touched them). Only
@@ -147,8 +151,11 @@ Alternatives measured and not taken
     * ``ON CONFLICT`` instead of ``MERGE``: slower in every round (the floor's figures above). ``UPDATE`` +
       ``INSERT``: slower in the runs of the morning, on par in the three 3-round runs of the evening (the floor's
       COPY + apply: faster than ``MERGE`` in 6 of 9 rounds by 2-18 %, slower in 3 by 5-17 %, on a host whose
-      rounds of one side varied by up to 40 %): not switched -- the difference is inside this host's noise
-      and the loader's ``MERGE`` statements carry its dedup and isolation paths; worth a quiet-host A/B. ``ANALYZE`` of the staging table: the plan is already a hash join with the target as
+      rounds of one side varied by up to 40 %; at 19:06 ``UPDATE`` + ``INSERT`` applied in 4.5-5.5 s, ``MERGE`` in
+      6.1-7.0 s). A direct psql A/B right after, three alternating pairs of the statements alone on the same
+      staged rows: ``MERGE`` 6.1 / 5.1 / 7.8 s, ``UPDATE`` + ``INSERT`` 7.4 / 6.0 / 5.7 s. Not switched: no
+      difference that stands out of this host's noise, and the loader's ``MERGE`` carries its fallback and
+      isolation paths; worth an A/B on a quiet host. ``ANALYZE`` of the staging table: the plan is already a hash join with the target as
       the build side (``EXPLAIN``); ``work_mem`` 256 MB is set for the transaction.
     * Pipelining the merge with the staging (merging partitions as they commit): would use the core idle
       during the merge, but with 2 partitions finishing together there is little to overlap, and the
