@@ -33,7 +33,7 @@ from airflow_etl_provider.core.errors import (
 from airflow_etl_provider.core.identifiers import quote_table, validate_identifier
 from airflow_etl_provider.core.metrics import parse_backends
 from airflow_etl_provider.core.retry import RetryPolicy
-from airflow_etl_provider.core.sql import COPY_WRITERS, STAGE_METHODS
+from airflow_etl_provider.core.sql import COPY_FORMATS, COPY_WRITERS, STAGE_METHODS
 from airflow_etl_provider.hooks.parquet import overwrite_parquet
 from airflow_etl_provider.hooks.sources import validate_source
 
@@ -52,7 +52,8 @@ PARQUET_MODES = ("append", "overwrite")
 
 
 TARGET_KEYS = {
-    "postgres": ("type", "conn_id", "table", "mode", "keys", "load_id", "stage_method", "copy_writer"),
+    "postgres": ("type", "conn_id", "table", "mode", "keys", "load_id", "stage_method", "copy_writer",
+                 "copy_format"),
     "parquet": ("type", "path", "mode", "partition_by"),
 }
 
@@ -103,6 +104,11 @@ def validate_target(target: Mapping[str, Any], field: str = "target") -> None:
         if not _templated(copy_writer) and copy_writer not in COPY_WRITERS:
             raise ConfigError(f"{field}.copy_writer", "is not a COPY writer (auto: Spark's JVM where it can run, "
                               "else the executors' Python; jvm; python)", value=copy_writer, allowed=COPY_WRITERS)
+        copy_format = target.get("copy_format", "auto")
+        if not _templated(copy_format) and copy_format not in COPY_FORMATS:
+            raise ConfigError(f"{field}.copy_format", "is not a COPY format of the JVM writer (auto: binary where "
+                              "every column takes it, else csv; binary; csv)", value=copy_format,
+                              allowed=COPY_FORMATS)
         keys = _names(target.get("keys"), f"{field}.keys")
         if mode == "upsert" and not keys:
             raise ConfigError(f"{field}.keys", "is required for mode 'upsert': the business key columns")
@@ -139,7 +145,9 @@ class ResilientSparkLoadOperator(BaseOperator):
         with Spark's JDBC writer and needs nothing on the executors; ``copy`` COPYs from the executors: staging
         costs about half. With ``copy``, ``copy_writer`` ``auto`` (default) renders and sends the rows in
         Spark's JVM with PgJDBC where the session is classic and ``airflow-etl-jvm.jar`` is on ``spark.jars``,
-        else in the executors' Python, which then needs ``psycopg`` and ``pyarrow``)
+        else in the executors' Python, which then needs ``psycopg`` and ``pyarrow``; the JVM writer's
+        ``copy_format`` ``auto`` (default) sends PostgreSQL's binary COPY format where every staging column
+        takes it, else CSV; ``csv`` / ``binary`` force one)
         or ``{"type": "parquet", "path": ..., "mode": "append"|"overwrite", "partition_by": [...]}``
         (overwrite writes a hidden sibling first and swaps it in: a failed write keeps the old data, see
         :func:`overwrite_parquet`).
@@ -480,7 +488,8 @@ class ResilientSparkLoadOperator(BaseOperator):
                                 self.target["table"], mode, keys=self.target.get("keys") or (), load_id=load_id,
                                 guard=guard, progress_interval_s=self.progress_interval_s,
                                 stage_method=self.target.get("stage_method", "jdbc"),
-                                copy_writer=self.target.get("copy_writer", "auto"))
+                                copy_writer=self.target.get("copy_writer", "auto"),
+                                copy_format=self.target.get("copy_format", "auto"))
         expected = data.count()  # the DataFrame is cached: this fills the cache the staging then reads
         outcome = loader.load(data)
         if outcome.records_read != expected:

@@ -406,3 +406,11 @@ def test_postgres_target_copy_writer_is_checked_at_parse_time() -> None:
     assert "'auto', 'jvm', 'python'" in message or "auto, jvm, python" in message, message
     for writer in ("auto", "jvm", "python", "{{ params.copy_writer }}"):
         validate_target({"type": "postgres", "table": "t", "stage_method": "copy", "copy_writer": writer}, "target")
+
+
+def test_postgres_target_copy_format_is_checked_at_parse_time() -> None:
+    message = error_of(validate_target, {"type": "postgres", "table": "t", "stage_method": "copy", "copy_format": "text"})
+    assert message.startswith("target.copy_format: is not a COPY format of the JVM writer"), message
+    assert "'auto', 'binary', 'csv'" in message or "auto, binary, csv" in message, message
+    for fmt in ("auto", "binary", "csv", "{{ params.copy_format }}"):
+        validate_target({"type": "postgres", "table": "t", "stage_method": "copy", "copy_format": fmt}, "target")
