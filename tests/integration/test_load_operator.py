@@ -71,6 +71,35 @@ def test_csv_corrupt_rows_and_rejected_rows_go_to_the_dlq(spark, tmp_path, uniqu
     _pg().run(f"drop table {table}")
 
 
+@pytest.mark.parametrize("fmt", ["binary", "csv"])
+def test_copy_format_reaches_the_jvm_writer_and_poison_rows_are_still_isolated(spark, tmp_path, unique, caplog,
+                                                                                fmt) -> None:
+    """``target.copy_format`` is what the JVM COPY writer sends; either way a value the target refuses is
+    isolated and dead-lettered, and the rest loads."""
+    import logging
+
+    table = f"public.opf_{unique}_{fmt}"
+    _pg().run(f"create table {table} (id int primary key, name varchar(5) not null, at timestamptz, amount numeric(8,2))")
+    src = tmp_path / "in.csv"
+    src.write_text("id,name,at,amount\n1,ok,2024-01-02T03:04:05Z,12.50\n2,toolongname,,1\n3,fine,,-0.01\n")
+    op = ResilientSparkLoadOperator(
+        task_id="load_fmt",
+        source={"format": "csv", "path": str(src), "options": {"header": "true"},
+                "schema": "id INT, name STRING, at TIMESTAMP, amount DECIMAL(8,2)"},
+        target={"type": "postgres", "table": table, "mode": "upsert", "keys": ["id"], "stage_method": "copy",
+                "copy_writer": "jvm", "copy_format": fmt},
+        dead_letter={"type": "file", "path": str(tmp_path / "dlq")},
+        circuit_breaker=None,
+    )
+    with caplog.at_level(logging.INFO, logger="airflow_etl_provider"):
+        result = op.execute(context={})
+    assert f"with COPY (jvm writer) from 1 partition(s), {fmt} format" in caplog.text
+    assert (result["records_read"], result["records_loaded"], result["records_dead_lettered"]) == (3, 2, 1)
+    assert _pg().get_records(f"select id, name, at::text, amount::text from {table} order by id") == [
+        (1, "ok", "2024-01-02 03:04:05+00", "12.50"), (3, "fine", None, "-0.01")]
+    _pg().run(f"drop table {table}")
+
+
 def test_schema_mismatches_are_listed_before_loading(spark, tmp_path, unique) -> None:
     src = tmp_path / "in.json"
     src.write_text('{"id": 1, "tags": ["a"]}\n')
