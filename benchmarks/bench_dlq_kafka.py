@@ -38,7 +38,11 @@ Results (2026-12-06, evening: aea9b9d, the publisher unchanged since 94a0ce0, th
     / 4.1 / 2.9 s: the third met every goal, the first two missed the rate by 7-8 % (20x and p99 met). The
     canary read 0.18-0.26 s in all three, so it does not tell these apart; the per-round lines do: in the
     missed runs the task threads ran 0.77-0.99 s per round and waited 0.64-1.17 s for a CPU, the JIT threads
-    0.46-0.76 s.
+    0.46-0.76 s. Two more after a restart of the stack (80da606): 19:46, right after ``scripts/stack.sh up``:
+    142,941/s, 68.4x, **p99 152.1 ms** (a fresh broker, the known weak spot); 19:47: **88,211/s**, 22.0x, p99
+    86.0 ms, with the day's fastest canary (0.12-0.14 s), rounds of 0.95-1.40 s, the task threads running ~1.0 s
+    and waiting 0.8-1.4 s per round and the JIT threads still at 0.5-0.8 s in round 8. So today: every goal met
+    in 1 of 5 runs, the 20x goal in all, the rate in 2, p99 in 4.
 
 Results (2026-12-06, fourth session: f7247a6, the same 2-core machine)
     Each round now also prints what the Spark JVM's threads did during it (``/proc/<pid>/task/*/schedstat``): the
