@@ -111,10 +111,10 @@ class _Staging:
             plan.copy_writer = "jvm"
             url, properties = jvm_target
             kinds = column_kinds([f.dataType.simpleString() for f in fields], to_utc)
-            binary = self._binary_copy(fields, {S.ROW_ID: "bigint", **staging_types})
-            plan.copy_format = "binary" if binary else "csv"
-            copy_sql = S.copy_staging_sql(plan.staging, plan.columns, binary=binary)
-            statuses = stage_on_jvm(staged, url, properties, copy_sql, kinds, binary)
+            binary_format = self._binary_copy(fields, {S.ROW_ID: "bigint", **staging_types})
+            plan.copy_format = "binary" if binary_format else "csv"
+            copy_sql = S.copy_staging_sql(plan.staging, plan.columns, binary=binary_format)
+            statuses = stage_on_jvm(staged, url, properties, copy_sql, kinds, binary_format)
             self._staged_with_copy(plan, statuses)
             return
         if self.copy_writer == "jvm":
