@@ -372,8 +372,9 @@ class Pg:
         for name in self.tables if names is None else names:
             self.run(f"DROP TABLE IF EXISTS {name}")
 
-    def copy_csv(self, table: str, csv: Path) -> None:
-        with self.conn.cursor() as cur, cur.copy(f"COPY {table} FROM STDIN (FORMAT csv)") as copy, \
+    def copy_csv(self, table: str, csv: Path, fmt: str = "csv") -> None:
+        """``COPY table FROM STDIN`` of a file in ``fmt`` (csv, or binary: :meth:`copy_binary_out`'s)."""
+        with self.conn.cursor() as cur, cur.copy(f"COPY {table} FROM STDIN (FORMAT {fmt})") as copy, \
                 open(csv, "rb") as fh:
             while chunk := fh.read(1 << 20):
                 copy.write(chunk)
@@ -392,13 +393,8 @@ class Pg:
         self.run(f"CREATE UNLOGGED TABLE {staging} {STAGING_DDL}")
         self.run("CHECKPOINT")
 
-        def copy() -> None:
-            with self.conn.cursor() as cur, cur.copy(f"COPY {staging} FROM STDIN (FORMAT binary)") as cp, \
-                    open(path, "rb") as fh:
-                while chunk := fh.read(1 << 20):
-                    cp.write(chunk)
-
-        seconds, _ = timed("floor: COPY binary into UNLOGGED staging (for the binary floor)", copy)
+        seconds, _ = timed("floor: COPY binary into UNLOGGED staging (for the binary floor)",
+                           lambda: self.copy_csv(staging, path, "binary"))
         self.run(f"DROP TABLE {staging}")
         return seconds
 
@@ -520,13 +516,13 @@ def timed(label: str, fn: Any) -> tuple[float, Any]:
     return seconds, result
 
 
-def upsert(spark: Any, hook: Any, parquet: Path, table: str, stage_method: str, copy_writer: str = "auto",
-           copy_format: str = "auto") -> Any:
+def upsert(spark: Any, hook: Any, parquet: Path, table: str, args: argparse.Namespace) -> Any:
+    """Ours: the loader's upsert of the parquet's rows (``args``: stage_method, copy_writer, copy_format)."""
     from airflow_etl_provider.hooks.postgres_load import PostgresLoader
 
     df = spark.read.parquet(str(parquet))
-    return PostgresLoader(hook, table, "upsert", keys=["order_id"], stage_method=stage_method,
-                          copy_writer=copy_writer, copy_format=copy_format).load(df)
+    return PostgresLoader(hook, table, "upsert", keys=["order_id"], stage_method=args.stage_method,
+                          copy_writer=args.copy_writer, copy_format=args.copy_format).load(df)
 
 
 def jdbc_append(spark: Any, hook: Any, parquet: Path, table: str) -> None:
@@ -595,8 +591,8 @@ def main() -> int:
         # session, reused afterwards) and the JVM's JDBC and COPY code paths get compiled
         spark.read.parquet(str(clean)).limit(20_000).repartition(2).write.mode("overwrite").parquet(str(warm_pq))
         timed("warm-up upsert of 20,000 rows (cold: starts the Python workers)",
-              lambda: upsert(spark, hook, warm_pq, warm, args.stage_method, args.copy_writer, args.copy_format))
-        timed("warm-up upsert of 20,000 rows (warm)", lambda: upsert(spark, hook, warm_pq, warm, args.stage_method, args.copy_writer, args.copy_format))
+              lambda: upsert(spark, hook, warm_pq, warm, args))
+        timed("warm-up upsert of 20,000 rows (warm)", lambda: upsert(spark, hook, warm_pq, warm, args))
         timed("warm-up jdbc append of 20,000 rows",
               lambda: jdbc_append(spark, hook, warm_pq, pg.fresh(f"bench_warm2_{tag}")))
         with memory:
@@ -684,7 +680,7 @@ def run_round(args: argparse.Namespace, spark: Any, hook: Any, pg: Pg, tag: str,
           f"copy_format={args.copy_format}) of {rows:,} rows into a "
           f"table holding {rows // 2:,} of the keys")
     target = pg.half_keys(src, f"bench_upsert_{tag}")
-    ours_s, out = timed("upsert", lambda: upsert(spark, hook, clean, target, args.stage_method, args.copy_writer, args.copy_format))
+    ours_s, out = timed("upsert", lambda: upsert(spark, hook, clean, target, args))
     print(f"    {describe(out)}")
     if (out.records_read, out.records_loaded, out.records_rejected) != (rows, rows, 0) or pg.count(target) != rows:
         print("FAIL: ours: the clean upsert did not load every row")
@@ -731,7 +727,7 @@ def run_round(args: argparse.Namespace, spark: Any, hook: Any, pg: Pg, tag: str,
         print(f"P4: the same upsert with {n:,} poison rows ({', '.join(f'{v} {k}' for k, v in kinds.items())})")
         target_bad = pg.half_keys(src, f"bench_poison{n}_{tag}")
         poison_s, bad_out = timed(f"upsert with {n:,} poison rows",
-                                  lambda p=path, t=target_bad: upsert(spark, hook, p, t, args.stage_method, args.copy_writer, args.copy_format))
+                                  lambda p=path, t=target_bad: upsert(spark, hook, p, t, args))
         print(f"    {describe(bad_out)}")
         if bad_out.records_rejected != n or bad_out.records_loaded != rows - n:
             print(f"FAIL: P4: expected {n} rejected rows")

@@ -168,41 +168,30 @@ def copy_staging_sql(staging: str, columns: Sequence[StagedColumn], binary: bool
     return f"COPY {staging} ({cols}) FROM STDIN (FORMAT {'binary' if binary else 'csv'})"
 
 
-#: Spark type -> the staging types whose binary COPY form the JVM writer sends for it
-#: (``jvm/src/.../CopyBinary.java``): each value in exactly the form the type's receive function reads.
-_BINARY_COPY = {
-    "string": frozenset({"text", "character varying"}),
-    "int": frozenset({"integer"}),
-    "integer": frozenset({"integer"}),
-    "bigint": frozenset({"bigint"}),
-    "smallint": frozenset({"smallint"}),
-    "tinyint": frozenset({"smallint"}),
-    "boolean": frozenset({"boolean"}),
-    "double": frozenset({"double precision"}),
-    "float": frozenset({"real"}),
-    "date": frozenset({"date"}),
+#: Staging types a Spark type's binary COPY form (``jvm/src/.../CopyBinary.java``) also fits, besides its
+#: natural type (:func:`natural_pg_type`): the receive functions of these read the same bytes.
+_BINARY_ALSO = {
+    "string": frozenset({"character varying"}),
     "timestamp": frozenset({"timestamp with time zone", "timestamp without time zone"}),
     "timestamp_ntz": frozenset({"timestamp without time zone"}),
-    "binary": frozenset({"bytea"}),
 }
 
 
 def binary_copy_supported(spark_type: str, staging_type: str) -> bool:
     """Whether a Spark column can be sent in binary COPY form into a staging column of this type.
 
-    Binary COPY has no text to convert: a value must arrive in its staging type's own form, so only the pairs
-    above (a string into ``text``, a ``bigint`` into ``bigint``, a ``decimal`` into ``numeric`` ...) qualify;
-    anything else (an ``int`` into a ``text`` column, a domain, an enum) keeps the load on CSV.
+    Binary COPY has no text to convert: a value must arrive in its staging type's own form, so only a
+    column staged as its natural type (a string into ``text``, a ``bigint`` into ``bigint``, a ``decimal``
+    into ``numeric`` ...) or one of :data:`_BINARY_ALSO` qualifies; anything else (an ``int`` into a ``text``
+    column, a domain, an enum) keeps the load on CSV.
 
     :param spark_type: the DataFrame column's ``DataType.simpleString()``.
     :param staging_type: the staging column's type (:attr:`StagedColumn.staging_type`).
     """
     spark_type = spark_type.strip().lower()
-    if spark_type.startswith("decimal("):
-        return staging_type == "numeric"
     if spark_type.startswith(("char(", "varchar(")):
         spark_type = "string"
-    return staging_type in _BINARY_COPY.get(spark_type, frozenset())
+    return staging_type == natural_pg_type(spark_type) or staging_type in _BINARY_ALSO.get(spark_type, frozenset())
 
 
 #: Staging column types a string key can have without an explicit cast (compared under ``COLLATE "C"``).
