@@ -100,6 +100,16 @@ def java_producer_config(librdkafka: Mapping[str, Any]) -> dict[str, str] | str:
     return java
 
 
+def sink_java_config(sink: KafkaSink) -> dict[str, str] | str:
+    """The Java producer settings the JVM writer uses for ``sink`` (its librdkafka settings, defaults included,
+    plus :data:`JAVA_TUNING` where the user set nothing), or why there are none (see :func:`java_producer_config`).
+
+    :param sink: the Kafka sink.
+    """
+    tuning = {k: v for k, v in JAVA_TUNING.items() if k not in sink.producer_config}
+    return java_producer_config({**sink._config(), **tuning})
+
+
 def record_kinds(fields: Sequence[tuple[str, str, int | None]]) -> str | list[str]:
     """The publisher's kind letter of each record column, or why one cannot be rendered on the JVM.
 
@@ -186,8 +196,7 @@ class JvmPublish:
         kinds = record_kinds([(f.name, *_type_name(f.dataType)) for f in fields if f.name not in self.error_columns])
         if isinstance(kinds, str):
             return kinds
-        tuning = {k: v for k, v in JAVA_TUNING.items() if k not in self.sink.producer_config}
-        config = java_producer_config({**self.sink._config(), **tuning})
+        config = sink_java_config(self.sink)
         if isinstance(config, str):
             return config
         reason = jvm_unavailable(self.failed.sparkSession)

@@ -13,7 +13,12 @@ from airflow_etl_provider.core.envelope import RunContext
 from airflow_etl_provider.core.errors import ConfigError
 from airflow_etl_provider.executor.arrow_envelopes import KafkaMessageBuilder
 from airflow_etl_provider.executor.sinks import KafkaSink
-from airflow_etl_provider.hooks.dead_letter_jvm import JAVA_TUNING, java_producer_config, record_kinds
+from airflow_etl_provider.hooks.dead_letter_jvm import (
+    JAVA_TUNING,
+    java_producer_config,
+    record_kinds,
+    sink_java_config,
+)
 
 
 def test_the_sinks_librdkafka_settings_become_java_producer_settings() -> None:
@@ -25,6 +30,17 @@ def test_the_sinks_librdkafka_settings_become_java_producer_settings() -> None:
         # message.timeout.ms (30 s) bounds the delivery and the wait for metadata; requests time out before it
         "delivery.timeout.ms": "30000", "request.timeout.ms": "29990", "max.block.ms": "30000",
     }
+
+
+def test_the_writers_settings_for_a_sink_add_the_java_tuning_only_where_the_user_set_nothing() -> None:
+    default = sink_java_config(KafkaSink(topic="t", producer_config={"bootstrap.servers": "k:9092"}))
+    assert isinstance(default, dict)
+    assert (default["batch.size"], default["linger.ms"], default["acks"]) == ("1048576", "10", "all")
+    own = sink_java_config(KafkaSink(topic="t", producer_config={"bootstrap.servers": "k:9092", "linger.ms": 3}))
+    assert isinstance(own, dict)
+    assert (own["batch.size"], own["linger.ms"]) == ("1048576", "3")
+    assert sink_java_config(KafkaSink(topic="t", producer_config={"bootstrap.servers": "k:1", "sasl.username": "u"})
+                            ) == "the producer setting 'sasl.username' has no Java producer equivalent here"
 
 
 def test_librdkafka_names_of_java_settings_are_renamed() -> None:

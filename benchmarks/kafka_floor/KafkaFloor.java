@@ -1,0 +1,154 @@
+/*
+ * Kafka's own floor for bench_dlq_kafka.py: the fastest the Java producer sends *already built* messages on this
+ * machine, with the settings and the threads our JVM dead-letter writer uses.
+ *
+ * Reads every message of a source topic (the envelopes ours published in its last round: key, value, headers)
+ * into memory, then for each of warmup + rounds publishes all of them to a fresh topic: one producer per
+ * thread (as ours keeps one per executor thread), each thread sending a contiguous slice (as ours sends one
+ * Spark partition), timed from the first send to the last thread's flush() returning (every message
+ * acknowledged, acks=all). Nothing is built or read while timed: what is left is the producer's send(), its
+ * record writing and compression, its I/O thread and the broker.
+ *
+ * A single-file program (JEP 330): java -cp <kafka-clients and its compression jars> KafkaFloor.java
+ *   <producer.properties> <source topic> <topic prefix> <threads> <warmup> <rounds> <partitions per topic>
+ * Prints one "round k <seconds>" line per round; the topics are <topic prefix>-0, -1, ... (the caller deletes them,
+ * after its last measurement: a deleted topic's logs are flushed while the next round runs). Exits 1 when a
+ * message is not delivered, the source topic cannot be read completely or a setting is refused.
+ */
+
+import java.io.FileInputStream;
+import java.io.InputStream;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Properties;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import java.util.concurrent.atomic.AtomicLong;
+import java.util.concurrent.atomic.AtomicReference;
+import org.apache.kafka.clients.admin.Admin;
+import org.apache.kafka.clients.admin.NewTopic;
+import org.apache.kafka.clients.consumer.ConsumerRecord;
+import org.apache.kafka.clients.consumer.ConsumerRecords;
+import org.apache.kafka.clients.consumer.KafkaConsumer;
+import org.apache.kafka.clients.producer.KafkaProducer;
+import org.apache.kafka.clients.producer.ProducerRecord;
+import org.apache.kafka.common.PartitionInfo;
+import org.apache.kafka.common.TopicPartition;
+import org.apache.kafka.common.header.Header;
+import org.apache.kafka.common.serialization.ByteArrayDeserializer;
+import org.apache.kafka.common.serialization.ByteArraySerializer;
+
+public class KafkaFloor {
+    record Message(byte[] key, byte[] value, Header[] headers) {}
+
+    static List<Message> readAll(String bootstrap, String topic) {
+        Properties props = new Properties();
+        props.put("bootstrap.servers", bootstrap);
+        props.put("enable.auto.commit", "false");
+        props.put("max.partition.fetch.bytes", String.valueOf(8 << 20));
+        List<Message> out = new ArrayList<>();
+        try (KafkaConsumer<byte[], byte[]> consumer =
+                     new KafkaConsumer<>(props, new ByteArrayDeserializer(), new ByteArrayDeserializer())) {
+            List<TopicPartition> partitions = new ArrayList<>();
+            for (PartitionInfo p : consumer.partitionsFor(topic, Duration.ofSeconds(30))) {
+                partitions.add(new TopicPartition(topic, p.partition()));
+            }
+            consumer.assign(partitions);
+            consumer.seekToBeginning(partitions);
+            Map<TopicPartition, Long> end = consumer.endOffsets(partitions, Duration.ofSeconds(30));
+            long expected = 0;
+            for (TopicPartition tp : partitions) {
+                expected += end.get(tp) - consumer.beginningOffsets(List.of(tp)).get(tp);
+            }
+            long deadline = System.nanoTime() + 120_000_000_000L;
+            while (out.size() < expected && System.nanoTime() < deadline) {
+                ConsumerRecords<byte[], byte[]> records = consumer.poll(Duration.ofSeconds(1));
+                for (ConsumerRecord<byte[], byte[]> r : records) {
+                    out.add(new Message(r.key(), r.value(), r.headers().toArray()));
+                }
+            }
+            if (out.size() != expected) {
+                throw new IllegalStateException("read " + out.size() + " of the " + expected + " messages of " + topic);
+            }
+        }
+        return out;
+    }
+
+    public static void main(String[] args) throws Exception {
+        Properties producerProps = new Properties();
+        try (InputStream in = new FileInputStream(args[0])) {
+            producerProps.load(in);
+        }
+        String source = args[1];
+        String prefix = args[2];
+        int threads = Integer.parseInt(args[3]);
+        int warmup = Integer.parseInt(args[4]);
+        int rounds = Integer.parseInt(args[5]);
+        int partitions = Integer.parseInt(args[6]);
+        String bootstrap = producerProps.getProperty("bootstrap.servers");
+
+        List<Message> messages = readAll(bootstrap, source);
+        System.out.println("read " + messages.size() + " messages of " + source);
+        List<KafkaProducer<byte[], byte[]>> producers = new ArrayList<>();
+        for (int t = 0; t < threads; t++) {
+            producers.add(new KafkaProducer<>(producerProps, new ByteArraySerializer(), new ByteArraySerializer()));
+        }
+        ExecutorService pool = Executors.newFixedThreadPool(threads);
+        Map<String, Object> adminProps = new HashMap<>();
+        adminProps.put("bootstrap.servers", bootstrap);
+        int status = 0;
+        try (Admin admin = Admin.create(adminProps)) {
+            for (int k = 0; k < warmup + rounds; k++) {
+                String topic = prefix + "-" + k;
+                admin.createTopics(List.of(new NewTopic(topic, partitions, (short) 1))).all().get();
+                AtomicLong delivered = new AtomicLong();
+                AtomicReference<Exception> failure = new AtomicReference<>();
+                int per = (messages.size() + threads - 1) / threads;
+                long t0 = System.nanoTime();
+                List<Future<?>> running = new ArrayList<>();
+                for (int t = 0; t < threads; t++) {
+                    int from = Math.min(messages.size(), t * per);
+                    int to = Math.min(messages.size(), from + per);
+                    KafkaProducer<byte[], byte[]> producer = producers.get(t);
+                    running.add(pool.submit(() -> {
+                        for (int i = from; i < to; i++) {
+                            Message m = messages.get(i);
+                            producer.send(new ProducerRecord<>(topic, null, m.key(), m.value(), Arrays.asList(m.headers())),
+                                    (meta, err) -> {
+                                        if (err == null) {
+                                            delivered.incrementAndGet();
+                                        } else {
+                                            failure.compareAndSet(null, err);
+                                        }
+                                    });
+                        }
+                        producer.flush();
+                        return null;
+                    }));
+                }
+                for (Future<?> f : running) {
+                    f.get();
+                }
+                double seconds = (System.nanoTime() - t0) / 1e9;
+                if (failure.get() != null || delivered.get() != messages.size()) {
+                    System.out.println("FAIL: round " + (k + 1) + ": " + delivered.get() + " of " + messages.size()
+                            + " delivered, first error: " + failure.get());
+                    status = 1;
+                    break;
+                }
+                System.out.println("round " + (k + 1) + " " + seconds);
+            }
+        } finally {
+            pool.shutdownNow();
+            for (KafkaProducer<byte[], byte[]> producer : producers) {
+                producer.close(Duration.ofSeconds(5));
+            }
+        }
+        System.exit(status);
+    }
+}
