@@ -11,7 +11,8 @@
  *
  * A single-file program (JEP 330): java -cp <kafka-clients and its compression jars> KafkaFloor.java
  *   <producer.properties> <source topic> <topic prefix> <threads> <warmup> <rounds> <partitions per topic>
- * Prints one "round k <seconds>" line per round; the topics are <topic prefix>-0, -1, ... (the caller deletes them,
+ * Prints one "round k <seconds> send=<s> io=<s> jit=<s>" line per round (the CPU seconds its sending threads, the
+ * producers' I/O threads and the JIT compiler threads ran during it, from /proc/self/task); the topics are <topic prefix>-0, -1, ... (the caller deletes them,
  * after its last measurement: a deleted topic's logs are flushed while the next round runs). Exits 1 when a
  * message is not delivered, the source topic cannot be read completely or a setting is refused.
  */
@@ -79,6 +80,31 @@ public class KafkaFloor {
         return out;
     }
 
+    /** CPU seconds of this JVM's threads by role, from /proc/self/task (Linux; empty elsewhere). */
+    static Map<String, Double> threadCpu() {
+        Map<String, Double> out = new HashMap<>();
+        java.io.File[] tasks = new java.io.File("/proc/self/task").listFiles();
+        if (tasks == null) {
+            return out;
+        }
+        double tick = 100.0; // USER_HZ: 100 on Linux
+        for (java.io.File task : tasks) {
+            String stat;
+            try {
+                stat = new String(java.nio.file.Files.readAllBytes(new java.io.File(task, "stat").toPath()));
+            } catch (java.io.IOException gone) { // a thread that ended meanwhile
+                continue;
+            }
+            String name = stat.substring(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+            String[] fields = stat.substring(stat.lastIndexOf(')') + 2).split(" ");
+            double cpu = (Long.parseLong(fields[11]) + Long.parseLong(fields[12])) / tick;
+            String role = name.startsWith("pool-") ? "send" : name.startsWith("kafka-producer") ? "io"
+                    : name.startsWith("C1 ") || name.startsWith("C2 ") ? "jit" : "other";
+            out.merge(role, cpu, Double::sum);
+        }
+        return out;
+    }
+
     public static void main(String[] args) throws Exception {
         Properties producerProps = new Properties();
         try (InputStream in = new FileInputStream(args[0])) {
@@ -109,6 +135,7 @@ public class KafkaFloor {
                 AtomicLong delivered = new AtomicLong();
                 AtomicReference<Exception> failure = new AtomicReference<>();
                 int per = (messages.size() + threads - 1) / threads;
+                Map<String, Double> cpu0 = threadCpu();
                 long t0 = System.nanoTime();
                 List<Future<?>> running = new ArrayList<>();
                 for (int t = 0; t < threads; t++) {
@@ -141,7 +168,13 @@ public class KafkaFloor {
                     status = 1;
                     break;
                 }
-                System.out.println("round " + (k + 1) + " " + seconds);
+                Map<String, Double> cpu1 = threadCpu();
+                StringBuilder line = new StringBuilder("round " + (k + 1) + " " + seconds);
+                for (String role : List.of("send", "io", "jit")) {
+                    double ran = cpu1.getOrDefault(role, 0.0) - cpu0.getOrDefault(role, 0.0);
+                    line.append(' ').append(role).append('=').append(String.format("%.2f", ran));
+                }
+                System.out.println(line);
             }
         } finally {
             pool.shutdownNow();

@@ -176,3 +176,23 @@ def test_writer_jvm_refuses_what_it_cannot_render_and_auto_falls_back(spark, kaf
     assert (result.delivered, result.spooled) == (2, 0)
     scores = [json.loads(m.value())["record"]["score"] for m in consume_kafka(kafka_bootstrap, config["topic"], 2)]
     assert sorted(scores, key=str) == [0.1, "NaN"]
+
+
+@pytest.mark.slow
+def test_the_p7_benchmark_and_kafkas_floor_deliver_and_verify_every_message() -> None:
+    """benchmarks/bench_dlq_kafka.py, small: ours (the JVM writer) read back and compared byte for byte with
+    the envelope path, Kafka's floor (kafka_floor/KafkaFloor.java: the same messages resent by Kafka's own
+    producer with the writer's settings) delivering every message, and both comparison lines printed. The
+    script exits 1 on any lost, duplicated or differing message; no timing is checked."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run(
+        [sys.executable, os.path.join(root, "benchmarks", "bench_dlq_kafka.py"), "--rows", "2000", "--peer-rows",
+         "100", "--warmup", "1", "--rounds", "1", "--writers", "jvm"],
+        capture_output=True, text=True, env=os.environ, timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "verified (jvm): 2,000 messages, keys unique and complete" in out.stdout
+    floor = [line for line in out.stdout.splitlines() if line.startswith("  floor  round ")]
+    assert len(floor) == 2  # one warm-up + one measured round, every message acknowledged (else exit 1)
+    assert [line.split(":")[0] for line in out.stdout.splitlines() if line.startswith("bench ")] == [
+        "bench dlq_kafka_vs_kafka_floor", "bench dlq_kafka_vs_sync_send"]
