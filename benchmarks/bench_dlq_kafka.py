@@ -24,7 +24,7 @@ What is compared
     needs to send the very same messages when nothing has to be built. ``kafka_floor/KafkaFloor.java`` (run
     with ``java``, the session's kafka-clients jar and pyspark's codec jars) reads the messages of ours' last
     round back into memory (not timed), then sends them ``--warmup`` + ``--rounds`` times, each to a fresh
-    topic, from ``--partitions`` threads with one producer each and exactly the Java settings our JVM writer
+    topic (created beforehand like ours', every partition led), from ``--partitions`` threads with one producer each and exactly the Java settings our JVM writer
     uses (``sink_java_config``: idempotent, ``acks=all``, lz4, 1 MiB batches, 10 ms linger), timed from the
     first send to the last ``flush()``. Printed as ``bench dlq_kafka_vs_kafka_floor``, with each round's CPU
     seconds of its sending, I/O and JIT threads next to ours'. It tells how much of ours is Kafka itself: the
@@ -80,6 +80,14 @@ Results (2026-12-06, night: 7ad99cd + Kafka's floor, the same 2-core machine)
     ``JavaRDD.mapPartitions().collect()``: a warm 200-row publish 116 / 118 ms -> 94 / 85 ms, alternating runs of
     ``--rows 200 --warmup 10 --rounds 30``; 100k rounds unchanged within the noise, three alternating pairs 90 /
     92 / 119k/s before vs 84 / 125 / 83k/s after).
+    When the floor program still created each round's topic itself and sent at once, 2 of ~12 runs had one
+    round stall until ``delivery.timeout.ms``: the broker refused the first batch of a partition it was still
+    creating, accepted the partition's next batch as its first, then refused the retried first one as
+    ``OutOfOrderSequenceException`` (idempotent producer, broker log) until it expired. The topics are now
+    created and awaited beforehand, as ours' always were; the broker log shows no such error for ours' topics
+    in any run. In a pipeline the same would spool those envelopes and fail the publish (nothing is lost).
+    The same ``--writers jvm --skip-peer`` command later on a busier host (22:52): ours 78,770/s, the floor
+    117,491/s (1.49x): the floor moves with the host as much as ours.
     Tried again, no gain: the C2 thresholds x10 (three alternating pairs on a busy host: 93 / 86 / 87k/s default
     vs 79 / 87 / 94k/s).
 
@@ -738,7 +746,8 @@ def run_floor(args: argparse.Namespace, bootstrap: str, source_topic: str, prefi
               producer_settings: dict[str, Any]) -> list[float]:
     """Kafka's own floor: the Java producer sending the messages of ``source_topic`` (ours' last round, read
     into memory first, not timed) with the Java settings our JVM writer uses, from ``--partitions`` threads,
-    ``--warmup`` + ``--rounds`` times, each to a fresh topic ``<prefix>-<k>``; returns every round's seconds."""
+    ``--warmup`` + ``--rounds`` times, each to a fresh topic ``<prefix>-<k>`` (created here first, every
+    partition led, as ours' are); returns every round's seconds."""
     from airflow_etl_provider.executor.sinks import KafkaSink
     from airflow_etl_provider.hooks.dead_letter_jvm import sink_java_config
 
@@ -747,12 +756,13 @@ def run_floor(args: argparse.Namespace, bootstrap: str, source_topic: str, prefi
     if isinstance(config, str):
         print(f"FAIL: Kafka's floor: no Java producer settings: {config}")
         sys.exit(1)
+    create_topics(bootstrap, [f"{prefix}-{k}" for k in range(args.warmup + args.rounds)])
     with tempfile.NamedTemporaryFile("w", suffix=".properties", delete=False) as props:
         props.writelines(f"{key}={value}\n" for key, value in sorted(config.items()))
     try:
         done = subprocess.run(
             [*floor_command(), props.name, source_topic, prefix, str(args.partitions), str(args.warmup),
-             str(args.rounds), str(PARTITIONS)],
+             str(args.rounds)],
             capture_output=True, text=True, timeout=900, check=False)
     finally:
         os.unlink(props.name)

@@ -3,18 +3,21 @@
  * machine, with the settings and the threads our JVM dead-letter writer uses.
  *
  * Reads every message of a source topic (the envelopes ours published in its last round: key, value, headers)
- * into memory, then for each of warmup + rounds publishes all of them to a fresh topic: one producer per
+ * into memory, then for each of warmup + rounds publishes all of them to a fresh topic (created beforehand by
+ * the caller, every partition led, as ours' topics are: an idempotent producer sending to a partition the broker
+ * is still creating can have its first batch refused out of order until delivery.timeout.ms): one producer per
  * thread (as ours keeps one per executor thread), each thread sending a contiguous slice (as ours sends one
  * Spark partition), timed from the first send to the last thread's flush() returning (every message
  * acknowledged, acks=all). Nothing is built or read while timed: what is left is the producer's send(), its
  * record writing and compression, its I/O thread and the broker.
  *
  * A single-file program (JEP 330): java -cp <kafka-clients and its compression jars> KafkaFloor.java
- *   <producer.properties> <source topic> <topic prefix> <threads> <warmup> <rounds> <partitions per topic>
+ *   <producer.properties> <source topic> <topic prefix> <threads> <warmup> <rounds>
  * Prints one "round k <seconds> send=<s> io=<s> jit=<s>" line per round (the CPU seconds its sending threads, the
- * producers' I/O threads and the JIT compiler threads ran during it, from /proc/self/task); the topics are <topic prefix>-0, -1, ... (the caller deletes them,
- * after its last measurement: a deleted topic's logs are flushed while the next round runs). Exits 1 when a
- * message is not delivered, the source topic cannot be read completely or a setting is refused.
+ * producers' I/O threads and the JIT compiler threads ran during it, from /proc/self/task). The topics are
+ * <topic prefix>-0, -1, ...; the caller creates them and deletes them after its last measurement (a deleted
+ * topic's logs are flushed while the next round runs). Exits 1 when a message is not delivered or the source
+ * topic cannot be read completely.
  */
 
 import java.io.FileInputStream;
@@ -31,8 +34,6 @@ import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.concurrent.atomic.AtomicReference;
-import org.apache.kafka.clients.admin.Admin;
-import org.apache.kafka.clients.admin.NewTopic;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.clients.consumer.ConsumerRecords;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
@@ -115,7 +116,6 @@ public class KafkaFloor {
         int threads = Integer.parseInt(args[3]);
         int warmup = Integer.parseInt(args[4]);
         int rounds = Integer.parseInt(args[5]);
-        int partitions = Integer.parseInt(args[6]);
         String bootstrap = producerProps.getProperty("bootstrap.servers");
 
         List<Message> messages = readAll(bootstrap, source);
@@ -125,13 +125,10 @@ public class KafkaFloor {
             producers.add(new KafkaProducer<>(producerProps, new ByteArraySerializer(), new ByteArraySerializer()));
         }
         ExecutorService pool = Executors.newFixedThreadPool(threads);
-        Map<String, Object> adminProps = new HashMap<>();
-        adminProps.put("bootstrap.servers", bootstrap);
         int status = 0;
-        try (Admin admin = Admin.create(adminProps)) {
+        try {
             for (int k = 0; k < warmup + rounds; k++) {
                 String topic = prefix + "-" + k;
-                admin.createTopics(List.of(new NewTopic(topic, partitions, (short) 1))).all().get();
                 AtomicLong delivered = new AtomicLong();
                 AtomicReference<Exception> failure = new AtomicReference<>();
                 int per = (messages.size() + threads - 1) / threads;
