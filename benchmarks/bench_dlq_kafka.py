@@ -86,7 +86,7 @@ Results (2026-12-06, night: 7ad99cd + Kafka's floor, the same 2-core machine)
     ``OutOfOrderSequenceException`` (idempotent producer, broker log) until it expired. The topics are now
     created and awaited beforehand, as ours' always were; the broker log shows no such error for ours' topics
     in any run. In a pipeline the same would spool those envelopes and fail the publish (nothing is lost).
-    The same ``--writers jvm --skip-peer`` command later on a busier host (22:52): ours 78,770/s, the floor
+    The same ``--writers jvm --skip-peer`` command later on a busier host (22:40): ours 78,770/s, the floor
     117,491/s (1.49x): the floor moves with the host as much as ours.
     Tried again, no gain: the C2 thresholds x10 (three alternating pairs on a busy host: 93 / 86 / 87k/s default
     vs 79 / 87 / 94k/s).
