@@ -88,6 +88,9 @@ Results (2026-12-06, night: 7ad99cd + Kafka's floor, the same 2-core machine)
     in any run. In a pipeline the same would spool those envelopes and fail the publish (nothing is lost).
     The same ``--writers jvm --skip-peer`` command later on a busier host (22:40): ours 78,770/s, the floor
     117,491/s (1.49x): the floor moves with the host as much as ours.
+    p99 is not the fresh topic's first batches: a diagnostic run (23:17, the same protocol, each round's batch
+    latencies split) had its measured rounds' p99 at 402 ms with them and 394 ms without the first batch of
+    each partition; the slow batches were stalls of whole rounds (round 4: five batches at 423-478 ms).
     Tried again, no gain: the C2 thresholds x10 (three alternating pairs on a busy host: 93 / 86 / 87k/s default
     vs 79 / 87 / 94k/s).
 
