@@ -372,10 +372,10 @@ class Pg:
         for name in self.tables if names is None else names:
             self.run(f"DROP TABLE IF EXISTS {name}")
 
-    def copy_csv(self, table: str, csv: Path, fmt: str = "csv") -> None:
+    def copy_in(self, table: str, path: Path, fmt: str = "csv") -> None:
         """``COPY table FROM STDIN`` of a file in ``fmt`` (csv, or binary: :meth:`copy_binary_out`'s)."""
         with self.conn.cursor() as cur, cur.copy(f"COPY {table} FROM STDIN (FORMAT {fmt})") as copy, \
-                open(csv, "rb") as fh:
+                open(path, "rb") as fh:
             while chunk := fh.read(1 << 20):
                 copy.write(chunk)
 
@@ -394,7 +394,7 @@ class Pg:
         self.run("CHECKPOINT")
 
         seconds, _ = timed("floor: COPY binary into UNLOGGED staging (for the binary floor)",
-                           lambda: self.copy_csv(staging, path, "binary"))
+                           lambda: self.copy_in(staging, path, "binary"))
         self.run(f"DROP TABLE {staging}")
         return seconds
 
@@ -409,7 +409,7 @@ class Pg:
         self.run(f"CREATE UNLOGGED TABLE {staging} {STAGING_DDL}")
         self.tables.append(staging)
         self.run("CHECKPOINT")
-        stage_s, _ = timed("floor: COPY csv into UNLOGGED staging", lambda: self.copy_csv(staging, csv))
+        stage_s, _ = timed("floor: COPY csv into UNLOGGED staging", lambda: self.copy_in(staging, csv))
         cols = ", ".join(COLUMNS)
         scols = ", ".join(f"s.{c}" for c in COLUMNS)
         sets = ", ".join(f"{c} = s.{c}" for c in COLUMNS[1:])
@@ -579,7 +579,7 @@ def main() -> int:
     memory = PgMemory(port)
     try:
         pg.fresh(src)
-        pg.copy_csv(src, csv)
+        pg.copy_in(src, csv)
         pg.settle(src)
         pg.copy_binary_out(src, csv.with_suffix(".bin"))  # the same rows in binary COPY form (not timed)
         spark = spark_session()
@@ -716,7 +716,7 @@ def run_round(args: argparse.Namespace, spark: Any, hook: Any, pg: Pg, tag: str,
           "into an empty table")
     peer_copy = pg.fresh(f"bench_copy_{tag}")
     pg.settle(peer_copy)
-    copy_s, _ = timed("COPY csv", lambda: pg.copy_csv(peer_copy, csv))
+    copy_s, _ = timed("COPY csv", lambda: pg.copy_in(peer_copy, csv))
     assert pg.count(peer_copy) == rows
     times["copy"].append(copy_s)
     pg.drop_all([peer_copy])
