@@ -114,6 +114,32 @@ def test_jvm_messages_are_the_python_workers_messages(spark, kafka_bootstrap, un
     assert headers["__etl.errors.try.number"] == b"2"
 
 
+def test_escapes_at_every_offset_of_a_word_are_the_python_workers_messages(spark, kafka_bootstrap, unique) -> None:
+    """The JVM writer escapes JSON strings eight bytes at a time (Json.string): each character that needs escaping
+    (or is several bytes long) at every offset 0-17 of a string column and of the error message, twice in a row and
+    apart, gives byte-identical messages to the Python workers' (json.dumps)."""
+    specials = ['"', "\\", "\n", "\x00", "\x01", "\x1f", " ", "\x7f", "é", "🦆", "\u2028"]
+    rows = []
+    for offset in range(18):
+        for s, special in enumerate(specials):
+            text = "a" * offset + special + "b" * (s % 9) + special * 2 + "c" * (17 - offset)
+            rows.append((len(rows), text, "e" * (17 - offset) + special + text, "psycopg.errors.DataError"))
+    df = spark.createDataFrame(rows, "order_id BIGINT, name STRING, _etl_error STRING, _etl_error_class STRING")
+    got = {}
+    for writer in ("jvm", "python"):
+        topic = f"orders.dlq.escapes.{writer}.{unique}"
+        result = _hook({"type": "kafka", "topic": topic, "writer": writer,
+                        "config": {"bootstrap.servers": kafka_bootstrap}}).publish_dataframe(
+            df.repartition(2), stage="load", key_columns=["order_id"], source="s", target="t")
+        assert (result.delivered, result.spooled) == (len(rows), 0)
+        got[writer] = _messages(consume_kafka(kafka_bootstrap, topic, len(rows)))
+    assert len(got["jvm"]) == len(rows) == 18 * len(specials)
+    assert got["jvm"] == got["python"]
+    names = sorted(DeadLetterEnvelope.from_json(value.replace(b'"T"', b'"2026-12-06T10:00:00.000Z"')).record["name"]
+                   for _key, value, _headers in got["jvm"])
+    assert names == sorted(row[1] for row in rows)  # and they read back as the very strings
+
+
 def test_failed_rules_of_a_quality_quarantine_are_the_python_workers_messages(spark, kafka_bootstrap, unique) -> None:
     """Quality quarantine's failed-rules column (null, empty, one name, two with a quote and non-ASCII): the JVM
     writer publishes it (writer "jvm" fails when it cannot), byte for byte the Python workers' messages, with

@@ -45,10 +45,12 @@ final class Bytes {
         return java.util.Arrays.copyOf(buf, size);
     }
 
-    /** A non-negative number, zero-padded to width digits. */
+    /** A non-negative number, zero-padded to width digits. Two digits per division, from a table (a DLQ task
+     *  thread writes ~10 numbers a row for a timestamp and the integers: JFR had the digit-per-division loop at
+     *  ~5 % of its samples). */
     void digits(long value, int width) {
         int n = 1;
-        for (long v = value; v >= 10; v /= 10) {
+        while (n < POW10.length && value >= POW10[n]) {
             n++;
         }
         int pad = Math.max(0, width - n);
@@ -56,12 +58,31 @@ final class Bytes {
         for (int k = 0; k < pad; k++) {
             buf[size++] = '0';
         }
-        int end = size + n;
-        for (int k = end - 1; k >= size; k--) {
-            buf[k] = (byte) ('0' + (value % 10));
-            value /= 10;
+        int k = size + n;
+        size = k;
+        while (value >= 100) {
+            int pair = (int) (value % 100) << 1;
+            value /= 100;
+            buf[--k] = PAIRS[pair + 1];
+            buf[--k] = PAIRS[pair];
         }
-        size = end;
+        if (value >= 10) {
+            int pair = (int) value << 1;
+            buf[--k] = PAIRS[pair + 1];
+            buf[--k] = PAIRS[pair];
+        } else {
+            buf[--k] = (byte) ('0' + value);
+        }
+    }
+
+    /** "00" "01" ... "99": the two digits of i at 2 * i. */
+    private static final byte[] PAIRS = new byte[200];
+
+    static {
+        for (int i = 0; i < 100; i++) {
+            PAIRS[2 * i] = (byte) ('0' + i / 10);
+            PAIRS[2 * i + 1] = (byte) ('0' + i % 10);
+        }
     }
 
     void number(long value) {
