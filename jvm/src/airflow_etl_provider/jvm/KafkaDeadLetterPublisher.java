@@ -51,8 +51,6 @@ import java.util.concurrent.ConcurrentLinkedQueue;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.atomic.AtomicLong;
 
-import scala.runtime.AbstractFunction2;
-
 import com.fasterxml.jackson.core.type.TypeReference;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
@@ -60,7 +58,6 @@ import org.apache.kafka.clients.producer.KafkaProducer;
 import org.apache.kafka.clients.producer.ProducerRecord;
 import org.apache.kafka.common.serialization.ByteArraySerializer;
 import org.apache.spark.TaskContext;
-import org.apache.spark.rdd.RDD;
 import org.apache.spark.sql.Dataset;
 import org.apache.spark.sql.Row;
 import org.apache.spark.sql.catalyst.InternalRow;
@@ -212,14 +209,7 @@ public final class KafkaDeadLetterPublisher {
         plan.spoolDir = field(doc, "spool_dir").asText();
         plan.batchPrefix = field(doc, "batch_prefix").asText();
         plan.batchSize = field(doc, "batch_size").asInt();
-        // SparkContext.runJob with a function class of our own, not JavaRDD.mapPartitions(...).collect(): those
-        // two wrap it in Scala lambdas that Spark's ClosureCleaner checks on every job by reading and parsing
-        // the class files of JavaRDDLike, RDD and SparkContext (ASM); a plain class is not a closure, nothing
-        // to read. A warm 200-row publish: 116 / 118 ms -> 94 / 85 ms (benchmarks/bench_dlq_kafka.py --rows 200
-        // --warmup 10 --rounds 30, alternating pairs); 100k-envelope publishes: no change beyond the noise.
-        RDD<InternalRow> rdd = rows.queryExecution().toRdd();
-        String[] statuses = (String[]) rdd.sparkContext().runJob(rdd, new Publisher(plan),
-                scala.reflect.ClassTag$.MODULE$.apply(String.class));
+        String[] statuses = new Publisher(plan).run(rows, String.class); // one job, no closure cleaning
         return "[" + String.join(",", statuses) + "]";
     }
 
@@ -257,8 +247,7 @@ public final class KafkaDeadLetterPublisher {
     }
 
     /** The per-partition function (serialized to the executors). */
-    static final class Publisher extends AbstractFunction2<TaskContext, scala.collection.Iterator<InternalRow>, String>
-            implements Serializable {
+    static final class Publisher extends PartitionJob<String> {
         private static final long serialVersionUID = 1L;
         private final Plan plan;
 

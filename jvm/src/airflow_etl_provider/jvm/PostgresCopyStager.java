@@ -25,7 +25,6 @@
  */
 package airflow_etl_provider.jvm;
 
-import java.io.Serializable;
 import java.nio.charset.StandardCharsets;
 import java.sql.Connection;
 import java.sql.SQLException;
@@ -34,14 +33,12 @@ import java.time.LocalDate;
 import java.time.LocalDateTime;
 import java.time.ZoneId;
 import java.time.ZoneOffset;
-import java.util.Collections;
-import java.util.Iterator;
+import java.util.Arrays;
 import java.util.List;
 import java.util.Map;
 import java.util.Properties;
 
 import org.apache.spark.TaskContext;
-import org.apache.spark.api.java.function.FlatMapFunction;
 import org.apache.spark.sql.Dataset;
 import org.apache.spark.sql.Row;
 import org.apache.spark.sql.catalyst.InternalRow;
@@ -106,12 +103,12 @@ public final class PostgresCopyStager {
         Properties props = new Properties();
         props.putAll(properties);
         Writer writer = new Writer(url, props, copySql, kinds, sessionZone, types, binary);
-        return rows.queryExecution().toRdd().toJavaRDD().mapPartitions(writer).collect();
+        return Arrays.asList(writer.run(rows, long[].class));
     }
 
     /** The per-partition function (serialized to the executors). */
-    static final class Writer implements FlatMapFunction<Iterator<InternalRow>, long[]>, Serializable {
-        private static final long serialVersionUID = 3L;
+    static final class Writer extends PartitionJob<long[]> {
+        private static final long serialVersionUID = 4L;
         private static final int FLUSH_BYTES = 1 << 16;
 
         private final String url;
@@ -134,10 +131,17 @@ public final class PostgresCopyStager {
         }
 
         @Override
-        public Iterator<long[]> call(Iterator<InternalRow> input) throws SQLException {
-            TaskContext ctx = TaskContext.get();
-            long partition = ctx != null ? ctx.partitionId() : -1;
-            long attempt = ctx != null ? ctx.attemptNumber() : 0;
+        public long[] apply(TaskContext ctx, scala.collection.Iterator<InternalRow> input) {
+            try {
+                return copy(ctx.partitionId(), ctx.attemptNumber(), input);
+            } catch (SQLException err) { // the task fails with it, as before (the driver classifies its text)
+                throw PartitionJob.<RuntimeException>unchanged(err);
+            }
+        }
+
+        /** COPY one partition's rows in one transaction; returns {partition, attempt, rows}. */
+        private long[] copy(long partition, long attempt, scala.collection.Iterator<InternalRow> input)
+                throws SQLException {
             Renderer renderer = new Renderer(kinds, types, ZoneId.of(sessionZone));
             long count = 0;
             // The driver class directly, not DriverManager: Spark loads it in a child class loader
@@ -183,7 +187,7 @@ public final class PostgresCopyStager {
                 }
                 conn.commit();
             }
-            return Collections.singletonList(new long[] {partition, attempt, count}).iterator();
+            return new long[] {partition, attempt, count};
         }
     }
 
