@@ -60,6 +60,50 @@ wait_for() {  # wait_for SECONDS DESCRIPTION CMD...
   return 1
 }
 
+# The services listen on fixed ports inside Linux's ephemeral range (32768-60999 here), so any outgoing
+# connection of any process may be given one of them as its local port, and the service then cannot bind it: a
+# fresh-clone CI run (2026-12-07) lost its broker that way ("Address already in use" on 39092, no broker of
+# ours running). Where this user may (root, a writable /proc/sys), the ports are reserved from ephemeral
+# allocation; and before a service starts, a port held by someone else is waited for, up to 60 s, then named.
+STACK_PORTS=("$PG_PORT" "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" "$S3_PORT" "$PUSHGATEWAY_PORT" "$SPARK_CONNECT_PORT"
+             "$SPARK_MASTER_PORT" "$SPARK_MASTER_UI_PORT" "$PG_OUTAGE_PORT")
+reserve_ports() {
+  local f=/proc/sys/net/ipv4/ip_local_reserved_ports current wanted
+  [[ -w "$f" ]] || return 0
+  current=$(cat "$f")
+  wanted=$(printf '%s\n' ${current//,/ } "${STACK_PORTS[@]}" | grep -v '^$' | sort -u | paste -sd, -)
+  [[ "$wanted" == "$current" ]] && return 0
+  if echo "$wanted" >"$f" 2>/dev/null; then
+    say "reserved the stack's ports from ephemeral allocation ($f)"
+  fi
+}
+
+port_free() {  # port_free PORT -> 0 when nothing (a listener or a connection's local end) holds 127.0.0.1:PORT
+  "$PY" - "$1" <<'PYEOF'
+import socket
+import sys
+
+probe = socket.socket()
+probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the services bind: a TIME_WAIT does not count
+try:
+    probe.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    sys.exit(1)
+finally:
+    probe.close()
+PYEOF
+}
+
+wait_port_free() {  # wait_port_free NAME PORT... : each port free within 60 s, or die naming what holds it
+  local name=$1 port; shift
+  for port in "$@"; do
+    port_free "$port" && continue
+    say "$name: 127.0.0.1:$port is in use; waiting up to 60 s for it to be released"
+    wait_for 60 "port $port" port_free "$port" && continue
+    die "$name: 127.0.0.1:$port is still in use: $(ss -tanp 2>/dev/null | grep ":$port " | head -3 | tr -s ' ')"
+  done
+}
+
 start_bg() {  # start_bg NAME CMD... : run CMD detached, pid in .local/run/NAME.pid, log in .local/logs/NAME.log
   local name=$1; shift
   nohup setsid "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
@@ -101,6 +145,7 @@ up_postgres() {
       -E UTF8 --locale=C.UTF-8 >"$LOGS/postgres-initdb.log" 2>&1 || { cat "$LOGS/postgres-initdb.log"; die "initdb failed"; }
     rm -f "$pwfile"
   fi
+  wait_port_free postgres "$PG_PORT"
   say "postgres: starting on 127.0.0.1:$PG_PORT"
   as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$LOCAL/pg/postgres.log" -w -t 60 \
     -o "-h 127.0.0.1 -p $PG_PORT -k $PGSOCK -c max_connections=200 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
@@ -184,6 +229,7 @@ EOF
       format --standalone -t "$id" -c "$KAFKA_DIR/config/server.properties" >"$LOGS/kafka-format.log" 2>&1 \
       || { cat "$LOGS/kafka-format.log"; die "kafka storage format failed"; }
   fi
+  wait_port_free kafka "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"
   say "kafka: starting broker+controller on 127.0.0.1:$KAFKA_PORT"
   start_bg kafka java -Xms256m -Xmx512m -cp "$cp" -Dlog4j2.configurationFile="$KAFKA_DIR/config/log4j2.properties" \
     kafka.Kafka "$KAFKA_DIR/config/server.properties"
@@ -235,6 +281,7 @@ up_s3() {
   if s3_healthy; then say "s3 already up on 127.0.0.1:$S3_PORT"; return 0; fi
   [[ -x "$VENV/bin/moto_server" ]] || die "moto_server missing (run: make venv)"
   say "s3: starting moto server on 127.0.0.1:$S3_PORT"
+  wait_port_free s3 "$S3_PORT"
   start_bg s3 "$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT"
   wait_for 30 s3 s3_healthy || { tail -20 "$LOGS/s3.log"; die "s3 not healthy"; }
   say "s3 up"
@@ -249,6 +296,7 @@ up_pushgateway() {
   if pushgateway_healthy; then say "pushgateway already up on 127.0.0.1:$PUSHGATEWAY_PORT"; return 0; fi
   command -v prometheus-pushgateway >/dev/null || die "prometheus-pushgateway missing (run: make system-deps)"
   say "pushgateway: starting on 127.0.0.1:$PUSHGATEWAY_PORT"
+  wait_port_free pushgateway "$PUSHGATEWAY_PORT"
   start_bg pushgateway prometheus-pushgateway --web.listen-address="127.0.0.1:$PUSHGATEWAY_PORT"
   wait_for 30 pushgateway pushgateway_healthy || { tail -20 "$LOGS/pushgateway.log"; die "pushgateway not healthy"; }
   say "pushgateway up"
@@ -266,6 +314,7 @@ up_spark-connect() {
   jars=$(ls "$LOCAL"/jars/*.jar | paste -sd, -)
   [[ -x "$EXEC_PY" ]] || die "no executor Python at $EXEC_PY: run make executor-venv"
   say "spark-connect: starting on 127.0.0.1:$SPARK_CONNECT_PORT (Python workers: $EXEC_PY)"
+  wait_port_free spark-connect "$SPARK_CONNECT_PORT"
   SPARK_HOME="$sh" SPARK_LOCAL_IP=127.0.0.1 PYSPARK_PYTHON="$EXEC_PY" start_bg spark-connect "$sh/bin/spark-submit" \
     --class org.apache.spark.sql.connect.service.SparkConnectServer \
     --master 'local[2]' --driver-memory 1g --jars "$jars" \
@@ -284,6 +333,7 @@ up_spark-standalone() {
   local sh
   sh=$(SPARK_HOME_PY)
   say "spark-standalone: starting master spark://127.0.0.1:$SPARK_MASTER_PORT and one worker"
+  wait_port_free spark-standalone "$SPARK_MASTER_PORT" "$SPARK_MASTER_UI_PORT"
   SPARK_HOME="$sh" SPARK_LOCAL_IP=127.0.0.1 start_bg spark-master "$sh/bin/spark-class" org.apache.spark.deploy.master.Master \
     --host 127.0.0.1 --port "$SPARK_MASTER_PORT" --webui-port "$SPARK_MASTER_UI_PORT"
   wait_for 60 spark-master port_open "$SPARK_MASTER_PORT" || { tail -30 "$LOGS/spark-master.log"; die "spark master not up"; }
@@ -429,6 +479,7 @@ case "$cmd" in
   up)
     write_env
     services=("$@"); [[ ${#services[@]} -gt 0 ]] || services=("${DEFAULT_SERVICES[@]}")
+    reserve_ports
     for s in "${services[@]}"; do "up_$s"; done
     ;;
   down)
