@@ -71,8 +71,17 @@ reserve_ports() {
   local f=/proc/sys/net/ipv4/ip_local_reserved_ports current wanted
   [[ -w "$f" ]] || return 0
   current=$(cat "$f")
+  local item lo hi port missing=0
+  for port in "${STACK_PORTS[@]}"; do  # the kernel prints neighbours as a range (39092-39093): compare numbers
+    local covered=0
+    for item in ${current//,/ }; do
+      lo=${item%-*}; hi=${item#*-}
+      if ((port >= lo && port <= hi)); then covered=1; break; fi
+    done
+    ((covered)) || missing=1
+  done
+  ((missing)) || return 0
   wanted=$(printf '%s\n' ${current//,/ } "${STACK_PORTS[@]}" | grep -v '^$' | sort -u | paste -sd, -)
-  [[ "$wanted" == "$current" ]] && return 0
   if echo "$wanted" >"$f" 2>/dev/null; then
     say "reserved the stack's ports from ephemeral allocation ($f)"
   fi

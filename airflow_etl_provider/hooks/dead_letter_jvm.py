@@ -144,24 +144,17 @@ def _is_string_array(data_type: Any) -> bool:
     return isinstance(data_type, ArrayType) and isinstance(data_type.elementType, StringType)
 
 
-def _java_class(jvm: Any, name: str) -> Any:
-    obj = jvm
-    for part in name.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def jvm_unavailable(spark: Any) -> str | None:
     """Why the JVM publisher cannot run in this session (``None``: it can)."""
     jvm = getattr(spark, "_jvm", None)
     if jvm is None:
         return "a Spark Connect session (no JVM in the client)"
-    from py4j.java_gateway import JavaClass
+    from airflow_etl_provider.hooks.spark import jvm_class
 
-    if not isinstance(_java_class(jvm, PUBLISHER_CLASS), JavaClass):  # a JavaPackage: no such class
+    if jvm_class(jvm, PUBLISHER_CLASS) is None:
         return ("airflow-etl-jvm.jar is not on spark.jars (make jvm-jar builds it into airflow_etl_provider/jars, "
                 "which sessions built by SparkSessionHook put there)")
-    if not isinstance(_java_class(jvm, PRODUCER_CLASS), JavaClass):
+    if jvm_class(jvm, PRODUCER_CLASS) is None:
         return "kafka-clients is not on spark.jars (make spark-jars fetches it into .local/jars)"
     return None
 
@@ -215,6 +208,7 @@ class JvmPublish:
         :param batch_prefix: prefix of the spool files' names.
         """
         from airflow_etl_provider.executor.arrow_envelopes import DEFAULT_ERROR_CLASS, KafkaMessageBuilder
+        from airflow_etl_provider.hooks.spark import jvm_class
 
         error_col, class_col, rules_col = self.error_columns
         builder = KafkaMessageBuilder(stage=stage, pipeline_id=pipeline_id, run_context=run_context,
@@ -242,6 +236,8 @@ class JvmPublish:
             "session_zone": spark.conf.get("spark.sql.session.timeZone") or "UTC", "spool_dir": spool_dir,
             "batch_prefix": batch_prefix, "batch_size": batch_size,
         }
-        statuses = _java_class(spark._jvm, PUBLISHER_CLASS).publish(  # type: ignore[attr-defined]
-            self.failed._jdf, json.dumps(plan))
+        publisher = jvm_class(spark._jvm, PUBLISHER_CLASS)  # type: ignore[attr-defined]
+        if publisher is None:  # plan() checked it; a session whose jars changed since
+            raise RuntimeError(f"{PUBLISHER_CLASS} is not in the session's JVM: {jvm_unavailable(spark)}")
+        statuses = publisher.publish(self.failed._jdf, json.dumps(plan))
         return json.loads(statuses)  # type: ignore[no-any-return]

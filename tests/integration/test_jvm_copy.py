@@ -146,6 +146,22 @@ def test_copy_format_binary_names_the_columns_it_cannot_send_and_auto_falls_back
     assert cur.fetchall() == [(1, "7"), (2, None)]
 
 
+def test_jvm_class_finds_a_class_by_its_whole_name_in_one_request_and_none_for_a_missing_one(spark) -> None:
+    """The lookup both JVM writers' availability checks use, against the session's real JVM: a class of our
+    jar, of the JDK, and a name no class has (py4j answers a package for it: ``None``)."""
+    from py4j.java_gateway import JavaClass
+
+    from airflow_etl_provider.hooks.dead_letter_jvm import PRODUCER_CLASS, PUBLISHER_CLASS
+    from airflow_etl_provider.hooks.postgres_load.jvm_copy import STAGER_CLASS
+    from airflow_etl_provider.hooks.spark import jvm_class
+
+    for name in (STAGER_CLASS, PUBLISHER_CLASS, PRODUCER_CLASS, "java.util.HashMap"):
+        found = jvm_class(spark._jvm, name)
+        assert isinstance(found, JavaClass) and found._fqn == name
+    assert jvm_class(spark._jvm, "airflow_etl_provider.jvm.NoSuchWriter") is None
+    assert jvm_class(spark._jvm, "airflow_etl_provider.jvm") is None  # a package is not a class
+
+
 def test_auto_picks_the_jvm_writer_on_a_classic_session_with_the_jar(spark, hook, pg, unique, caplog) -> None:
     cur, drop = pg
     t = f"ja_{unique}"

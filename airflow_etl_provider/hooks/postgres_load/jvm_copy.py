@@ -105,20 +105,12 @@ def jvm_copy_unavailable(spark: Any) -> str | None:
     jvm = getattr(spark, "_jvm", None)
     if jvm is None:
         return "a Spark Connect session (no JVM in the client)"
-    from py4j.java_gateway import JavaClass
+    from airflow_etl_provider.hooks.spark import jvm_class
 
-    if not isinstance(_stager(jvm), JavaClass):  # py4j gives a JavaPackage for a name that is no class
+    if jvm_class(jvm, STAGER_CLASS) is None:
         return ("airflow-etl-jvm.jar is not on spark.jars (make jvm-jar builds it into airflow_etl_provider/jars, "
                 "which sessions built by SparkSessionHook put there; add it to spark.jars of other sessions)")
     return None
-
-
-def _stager(jvm: Any) -> Any:
-    """The stager class through py4j (a ``JavaClass``; a ``JavaPackage`` when the class is not there)."""
-    obj = jvm
-    for part in STAGER_CLASS.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def stage_on_jvm(
@@ -133,11 +125,16 @@ def stage_on_jvm(
     :param binary: send PostgreSQL's binary COPY form (``copy_sql`` says ``FORMAT binary``; every column passed
         :func:`~airflow_etl_provider.core.sql.binary_copy_supported`), else CSV.
     """
+    from airflow_etl_provider.hooks.spark import jvm_class
+
     spark = staged.sparkSession
     jvm = spark._jvm  # type: ignore[attr-defined]
-    props = jvm.java.util.HashMap()
+    props = jvm_class(jvm, "java.util.HashMap")()
     for key, value in properties.items():
         props.put(key, value)
     zone = spark.conf.get("spark.sql.session.timeZone") or "UTC"
-    statuses = _stager(jvm).stage(staged._jdf, url, props, copy_sql, kinds, zone, binary)
+    stager = jvm_class(jvm, STAGER_CLASS)
+    if stager is None:  # jvm_copy_unavailable() was asked first; a session whose jars changed since
+        raise RuntimeError(f"{STAGER_CLASS} is not in the session's JVM: {jvm_copy_unavailable(spark)}")
+    statuses = stager.stage(staged._jdf, url, props, copy_sql, kinds, zone, binary)
     return [{"partition": int(s[0]), "attempt": int(s[1]), "rows": int(s[2])} for s in statuses]

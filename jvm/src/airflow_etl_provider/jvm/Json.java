@@ -16,6 +16,18 @@ final class Json {
     private static final VarHandle WORDS = MethodHandles.byteArrayViewVarHandle(long[].class, ByteOrder.LITTLE_ENDIAN);
     private static final long ONES = 0x0101010101010101L;
     private static final long HIGH_BITS = 0x8080808080808080L;
+    /** The letter after the backslash of a two-byte escape, by byte (up to the quote, 0x22); 0: written as
+     *  backslash u 00XX. The backslash (0x5C) escapes to itself. */
+    private static final byte[] SHORT_ESCAPE = new byte['"' + 1];
+
+    static {
+        SHORT_ESCAPE['"'] = '"';
+        SHORT_ESCAPE['\n'] = 'n';
+        SHORT_ESCAPE['\r'] = 'r';
+        SHORT_ESCAPE['\t'] = 't';
+        SHORT_ESCAPE['\b'] = 'b';
+        SHORT_ESCAPE['\f'] = 'f';
+    }
 
     /** A JSON string of UTF-8 bytes: ", \ and control characters escaped, everything else as is. */
     static void string(Bytes out, byte[] utf8) {
@@ -70,32 +82,15 @@ final class Json {
             return n;
         }
         buf[n++] = '\\';
-        switch (b) {
-            case '"':
-            case '\\':
-                buf[n++] = b;
-                break;
-            case '\n':
-                buf[n++] = 'n';
-                break;
-            case '\r':
-                buf[n++] = 'r';
-                break;
-            case '\t':
-                buf[n++] = 't';
-                break;
-            case '\b':
-                buf[n++] = 'b';
-                break;
-            case '\f':
-                buf[n++] = 'f';
-                break;
-            default:
-                buf[n++] = 'u';
-                buf[n++] = '0';
-                buf[n++] = '0';
-                buf[n++] = HEX[(b >> 4) & 0xf];
-                buf[n++] = HEX[b & 0xf];
+        byte letter = b == '\\' ? (byte) '\\' : SHORT_ESCAPE[b]; // b: a control character or a quote here
+        if (letter != 0) {
+            buf[n++] = letter;
+        } else {
+            buf[n++] = 'u';
+            buf[n++] = '0';
+            buf[n++] = '0';
+            buf[n++] = HEX[(b >> 4) & 0xf];
+            buf[n++] = HEX[b & 0xf];
         }
         return n;
     }

@@ -276,14 +276,9 @@ public final class KafkaDeadLetterPublisher {
         }
 
         @Override
-        public String apply(TaskContext ctx, scala.collection.Iterator<InternalRow> rows) {
-            try {
-                return publish(ctx.partitionId(), rows);
-            } catch (IOException err) { // the spool: the task fails with it (Spark retries the task)
-                throw new java.io.UncheckedIOException(err);
-            } catch (java.security.NoSuchAlgorithmException err) { // every Java platform has SHA-256
-                throw new IllegalStateException(err);
-            }
+        String call(TaskContext ctx, scala.collection.Iterator<InternalRow> rows)
+                throws IOException, java.security.NoSuchAlgorithmException {
+            return publish(ctx.partitionId(), rows); // the spool's IOException fails the task (Spark retries it)
         }
 
         /** Publish one partition's rows; returns its status (a JSON object). */

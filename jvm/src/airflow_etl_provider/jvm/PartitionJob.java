@@ -45,12 +45,33 @@ abstract class PartitionJob<T> extends AbstractFunction2<TaskContext, scala.coll
     }
 
     /**
-     * Throw {@code err} as it is from {@link #apply}, which cannot declare checked exceptions: the task fails
-     * with the very exception (Spark's task runner takes any Throwable), as it did from a FlatMapFunction's
-     * {@code call() throws Exception}. Usage: {@code throw PartitionJob.<RuntimeException>unchanged(err);}
+     * One partition's work; may throw any exception, which fails the task unchanged (see {@link #apply}).
+     *
+     * @param ctx the task's context
+     * @param rows the partition's rows
+     * @return the partition's result
+     * @throws Exception whatever the work throws
      */
+    abstract T call(TaskContext ctx, scala.collection.Iterator<InternalRow> rows) throws Exception;
+
+    /**
+     * Runs {@link #call}; an exception it throws fails the task as it is: Scala's Function2 cannot declare
+     * checked exceptions, so they are rethrown unchecked-ly rather than wrapped (Spark's task runner takes any
+     * Throwable), as from a FlatMapFunction's {@code call() throws Exception}, and the driver sees the very
+     * class and text the writer threw (the COPY stager's SQLException, whose text the driver classifies; the
+     * publisher's spool IOException).
+     */
+    @Override
+    public final T apply(TaskContext ctx, scala.collection.Iterator<InternalRow> rows) {
+        try {
+            return call(ctx, rows);
+        } catch (Exception err) {
+            throw PartitionJob.<RuntimeException>unchanged(err);
+        }
+    }
+
     @SuppressWarnings("unchecked")
-    static <E extends Throwable> E unchanged(Throwable err) throws E {
+    private static <E extends Throwable> E unchanged(Throwable err) throws E {
         throw (E) err;
     }
 }

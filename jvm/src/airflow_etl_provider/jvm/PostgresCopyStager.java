@@ -131,12 +131,8 @@ public final class PostgresCopyStager {
         }
 
         @Override
-        public long[] apply(TaskContext ctx, scala.collection.Iterator<InternalRow> input) {
-            try {
-                return copy(ctx.partitionId(), ctx.attemptNumber(), input);
-            } catch (SQLException err) { // the task fails with it, as before (the driver classifies its text)
-                throw PartitionJob.<RuntimeException>unchanged(err);
-            }
+        long[] call(TaskContext ctx, scala.collection.Iterator<InternalRow> input) throws SQLException {
+            return copy(ctx.partitionId(), ctx.attemptNumber(), input); // its SQLException fails the task as is
         }
 
         /** COPY one partition's rows in one transaction; returns {partition, attempt, rows}. */
