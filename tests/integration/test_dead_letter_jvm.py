@@ -191,6 +191,24 @@ def test_jvm_writer_spools_everything_when_the_broker_is_unreachable(spark, kafk
     assert len(consume_kafka(kafka_bootstrap, topic, 40)) == 40
 
 
+def test_jvm_writer_fails_the_publish_with_the_spools_own_exception_when_it_cannot_spool(spark, unique,
+                                                                                       tmp_path) -> None:
+    """No broker and no spool (its directory's path is a file): nothing can be kept, so the publish fails, with
+    the very exception the spool threw (``PartitionJob`` rethrows it as it is, not wrapped) naming the path."""
+    from py4j.protocol import Py4JJavaError
+
+    blocked = tmp_path / "spool"
+    blocked.write_text("a file where the spool directory should be")
+    dead = {"type": "kafka", "topic": f"orders.dlq.jvm.nospool.{unique}", "writer": "jvm",
+            "config": {"bootstrap.servers": "127.0.0.1:9", "message.timeout.ms": 2000}}
+    df = spark.createDataFrame(_rows(), SCHEMA).repartition(1)
+    with pytest.raises(Py4JJavaError) as info:
+        _hook(dead, spool_dir=str(blocked)).publish_dataframe(df, stage="load", key_columns=["order_id"])
+    text = str(info.value)
+    assert f"java.nio.file.FileAlreadyExistsException: {blocked}" in text, text[:3000]
+    assert "UncheckedIOException" not in text
+
+
 def test_writer_jvm_refuses_what_it_cannot_render_and_auto_falls_back(spark, kafka_bootstrap, unique) -> None:
     """A floating-point column: ``writer="jvm"`` fails naming the setting and the column; ``"auto"`` publishes
     from the Python workers."""

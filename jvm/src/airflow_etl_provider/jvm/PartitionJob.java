@@ -56,7 +56,7 @@ abstract class PartitionJob<T> extends AbstractFunction2<TaskContext, scala.coll
 
     /**
      * Runs {@link #call}; an exception it throws fails the task as it is: Scala's Function2 cannot declare
-     * checked exceptions, so they are rethrown unchecked-ly rather than wrapped (Spark's task runner takes any
+     * checked exceptions, so they are rethrown as they are, not wrapped (Spark's task runner takes any
      * Throwable), as from a FlatMapFunction's {@code call() throws Exception}, and the driver sees the very
      * class and text the writer threw (the COPY stager's SQLException, whose text the driver classifies; the
      * publisher's spool IOException).
