@@ -68,7 +68,17 @@ off for every side)::
     ``log_min_duration_statement``, 03:39): the two partitions' binary COPYs 1.22 / 1.38 s in parallel (the
     floor's one binary COPY of the same 1M rows 1.07 s), the staging counts 0.23 s, ``MERGE`` 4.20 s (the
     floor's 4.09 s): beyond the staging, what is left is PostgreSQL's own ``MERGE``, which no client-side
-    change shortens (the existing half of the rows has stale values, so every matched row is a real update). The "+ poison-path joins trimmed" run met **every goal**
+    change shortens (the existing half of the rows has stale values, so every matched row is a real update).
+    What the staging's task threads do (JFR ``settings=profile`` of five 1M-row loads of the benchmark's
+    Parquet file, ``copy_writer="jvm"``, 572 samples of the two task threads): Spark's whole-stage code
+    (the Parquet scan's column batches turned into ``UnsafeRow`` s, with ``monotonically_increasing_id``)
+    62 % inclusive -- of which the Parquet reader 21 %, and the rows' writing (``UnsafeRowWriter``,
+    ``UTF8String.writeToMemory``, ``Platform.copyMemory``) ~45 % self; our binary rendering
+    (``CopyBinary.row``) 32 %: strings 13 %, numerics 11 %, integers 5 %; PgJDBC's SCRAM login (PBKDF2) 3 %.
+    The next lever for P2 is therefore not ours' rendering but the copy of every value into an ``UnsafeRow``
+    before it: a stager that reads a columnar plan's ``ColumnarBatch`` es directly (a file scan or a cached
+    DataFrame, numbering the rows itself as ``monotonically_increasing_id`` does) would skip it; a DataFrame
+    with a transformation between the scan and the load would not benefit. Not built yet. The "+ poison-path joins trimmed" run met **every goal**
     (P3 1.13x <= 1.15, P2 0.96x <= 1.0, P4 1.18x <= 1.5 and 1.70x <= 2.0), with little margin for P3 and P2
     on a machine whose rounds of the same side vary by 10-40 % (the floor's rounds in that run: 7.07, 9.32,
     9.88 s). P4 is a ratio to the clean upsert, so a faster clean upsert made it harder: the "JVM writer
