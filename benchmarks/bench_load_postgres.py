@@ -72,9 +72,10 @@ off for every side)::
     What the staging's task threads do (JFR ``settings=profile`` of five 1M-row loads of the benchmark's
     Parquet file, ``copy_writer="jvm"``, 572 samples of the two task threads): Spark's whole-stage code
     (the Parquet scan's column batches turned into ``UnsafeRow`` s, with ``monotonically_increasing_id``)
-    62 % inclusive -- of which the Parquet reader 21 %, and the rows' writing (``UnsafeRowWriter``,
-    ``UTF8String.writeToMemory``, ``Platform.copyMemory``) ~45 % self; our binary rendering
-    (``CopyBinary.row``) 32 %: strings 13 %, numerics 11 %, integers 5 %; PgJDBC's SCRAM login (PBKDF2) 3 %.
+    62 % inclusive -- of which the Parquet reader 21 %, and the rows' writing (``UnsafeRowWriter``'s
+    methods, ``Platform.copyMemory``, the generated loop itself) ~38 % self; our binary rendering
+    (``CopyBinary.row``) 32 %: strings 13 % (copying their bytes), numerics 11 %, integers 5 %; PgJDBC's
+    SCRAM login (PBKDF2) 3 %.
     The next lever for P2 is therefore not ours' rendering but the copy of every value into an ``UnsafeRow``
     before it: a stager that reads a columnar plan's ``ColumnarBatch`` es directly (a file scan or a cached
     DataFrame, numbering the rows itself as ``monotonically_increasing_id`` does) would skip it; a DataFrame
