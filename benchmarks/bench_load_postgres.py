@@ -76,10 +76,12 @@ off for every side)::
     methods, ``Platform.copyMemory``, the generated loop itself) ~38 % self; our binary rendering
     (``CopyBinary.row``) 32 %: strings 13 % (copying their bytes), numerics 11 %, integers 5 %; PgJDBC's
     SCRAM login (PBKDF2) 3 %.
-    The next lever for P2 is therefore not ours' rendering but the copy of every value into an ``UnsafeRow``
-    before it: a stager that reads a columnar plan's ``ColumnarBatch`` es directly (a file scan or a cached
-    DataFrame, numbering the rows itself as ``monotonically_increasing_id`` does) would skip it; a DataFrame
-    with a transformation between the scan and the load would not benefit. Not built yet. The "+ poison-path joins trimmed" run met **every goal**
+    The next lever for P2 would be the copy of every value into an ``UnsafeRow`` before ours' rendering: a
+    stager reading a Parquet scan's ``ColumnarBatch`` es directly (numbering the rows as
+    ``monotonically_increasing_id`` does) skips it. Prototyped, not kept: it helps only a DataFrame that *is*
+    a file scan, and the load operator caches what it reads before loading -- a cached DataFrame's plan is an
+    ``InMemoryTableScan`` that hands out rows (checked on this Spark, with and without string columns) -- so
+    it would have sped up this benchmark's input shape, not the operator's. The "+ poison-path joins trimmed" run met **every goal**
     (P3 1.13x <= 1.15, P2 0.96x <= 1.0, P4 1.18x <= 1.5 and 1.70x <= 2.0), with little margin for P3 and P2
     on a machine whose rounds of the same side vary by 10-40 % (the floor's rounds in that run: 7.07, 9.32,
     9.88 s). P4 is a ratio to the clean upsert, so a faster clean upsert made it harder: the "JVM writer
