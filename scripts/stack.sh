@@ -289,8 +289,8 @@ s3_healthy() { curl -sf "http://127.0.0.1:$S3_PORT/moto-api/" >/dev/null; }
 up_s3() {
   if s3_healthy; then say "s3 already up on 127.0.0.1:$S3_PORT"; return 0; fi
   [[ -x "$VENV/bin/moto_server" ]] || die "moto_server missing (run: make venv)"
-  say "s3: starting moto server on 127.0.0.1:$S3_PORT"
   wait_port_free s3 "$S3_PORT"
+  say "s3: starting moto server on 127.0.0.1:$S3_PORT"
   start_bg s3 "$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT"
   wait_for 30 s3 s3_healthy || { tail -20 "$LOGS/s3.log"; die "s3 not healthy"; }
   say "s3 up"

@@ -16,12 +16,13 @@ final class Json {
     private static final VarHandle WORDS = MethodHandles.byteArrayViewVarHandle(long[].class, ByteOrder.LITTLE_ENDIAN);
     private static final long ONES = 0x0101010101010101L;
     private static final long HIGH_BITS = 0x8080808080808080L;
-    /** The letter after the backslash of a two-byte escape, by byte (up to the quote, 0x22); 0: written as
-     *  backslash u 00XX. The backslash (0x5C) escapes to itself. */
-    private static final byte[] SHORT_ESCAPE = new byte['"' + 1];
+    /** The letter after the backslash of a two-byte escape, by byte (up to the backslash, 0x5C); 0: written as
+     *  backslash u 00XX. */
+    private static final byte[] SHORT_ESCAPE = new byte['\\' + 1];
 
     static {
         SHORT_ESCAPE['"'] = '"';
+        SHORT_ESCAPE['\\'] = '\\';
         SHORT_ESCAPE['\n'] = 'n';
         SHORT_ESCAPE['\r'] = 'r';
         SHORT_ESCAPE['\t'] = 't';
@@ -82,7 +83,7 @@ final class Json {
             return n;
         }
         buf[n++] = '\\';
-        byte letter = b == '\\' ? (byte) '\\' : SHORT_ESCAPE[b]; // b: a control character or a quote here
+        byte letter = SHORT_ESCAPE[b]; // b: a control character, a quote or a backslash here
         if (letter != 0) {
             buf[n++] = letter;
         } else {
