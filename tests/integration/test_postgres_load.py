@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 
 from airflow_etl_provider.core import sql as S
-from airflow_etl_provider.core.errors import ConfigError
+from airflow_etl_provider.core.errors import ConfigError, RowAccountingError
 from airflow_etl_provider.executor.postgres_copy import copy_writer
 from airflow_etl_provider.hooks.postgres_load import PostgresLoader
 
@@ -149,6 +149,73 @@ def _merge_or_on_conflict(spark, hook, cur, drop: list[str], unique: str, t: str
     out = PostgresLoader(hook, c, "upsert", keys=["code"]).load(df)  # 'abc' = 'ABC' only case-insensitively
     assert (out.records_read, out.records_loaded, out.records_rejected) == (2, 2, 0)
     assert sorted(_rows(cur, c)) == [("ABC", 1), ("xyz", 1)]
+
+
+def test_copy_upsert_merges_before_counting_and_lets_the_counts_decide_otherwise(
+    spark, hook, pg, unique, caplog
+) -> None:
+    """Staged by COPY, a clean upsert is MERGEd first and checked after (no count of distinct keys). A key
+    twice in the batch (one the target holds, one new), a bad row, a trigger that drops rows, a DEFERRABLE
+    key: the MERGE is rolled back (or not tried) and the counts decide -- same rows, same numbers as ever;
+    a MERGE that failed on a bad row is not run a second time."""
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="airflow_etl_provider")
+    cur, drop = pg
+    t = _make(cur, drop, f"lf_{unique}", "(id int PRIMARY KEY, val text NOT NULL)")
+    cur.execute(f"INSERT INTO {t} SELECT g, 'old' FROM generate_series(2, 40, 2) g")
+    schema = "id INT, val STRING"
+
+    def load(rows, table=t):
+        caplog.clear()
+        df = spark.createDataFrame(rows, schema).coalesce(1)  # DataFrame order = row id order
+        out = PostgresLoader(hook, table, "upsert", keys=["id"], stage_method="copy").load(df)
+        assert out.stage_method == "copy"
+        return (out.records_read, out.records_loaded, out.records_rejected, out.records_superseded), caplog.text
+
+    numbers, text = load([(k, f"a{k}") for k in range(40, 0, -1)])  # descending keys: sorted first
+    assert numbers == (40, 40, 0, 0)
+    assert "40 row(s) merged before the counts" in text
+    assert _rows(cur, t) == [(k, f"a{k}") for k in range(1, 41)]
+
+    numbers, text = load([(2, "b"), (3, "c"), (2, "d")])  # key 2 is in the target: MERGE touches it twice
+    assert numbers == (3, 3, 0, 1)
+    assert "MERGE before the counts failed (psycopg.errors.CardinalityViolation)" in text
+    assert "merged before the counts" not in text
+    numbers, text = load([(100, "x"), (7, "e"), (100, "y")])  # key 100 is new: the second insert collides
+    assert numbers == (3, 3, 0, 1)
+    assert "MERGE before the counts failed (psycopg.errors.UniqueViolation)" in text
+    assert [r for r in _rows(cur, t) if r[0] in (2, 3, 7, 100)] == [(2, "d"), (3, "c"), (7, "e"), (100, "y")]
+
+    caplog.clear()
+    df = spark.createDataFrame([(5, "f"), (6, None), (200, "g")], schema).coalesce(1)
+    out = PostgresLoader(hook, t, "upsert", keys=["id"], stage_method="copy").load(df)
+    assert (out.records_read, out.records_loaded, out.records_rejected) == (3, 2, 1)
+    assert "MERGE before the counts failed (psycopg.errors.NotNullViolation)" in caplog.text
+    assert "failed before the counts already (psycopg.errors.NotNullViolation): not run again" in caplog.text
+    assert [r["id"] for r in out.rejected.collect()] == [6]
+    assert [r for r in _rows(cur, t) if r[0] in (5, 6, 200)] == [(5, "f"), (6, "a6"), (200, "g")]  # 6 keeps its value
+
+    # a trigger that silently drops rows: MERGE counts fewer rows than were staged, the counts then fail it
+    cur.execute(f"CREATE FUNCTION {t}_drop() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN IF NEW.id % 7 = 0 THEN RETURN NULL; END IF; RETURN NEW; END $$")
+    try:
+        cur.execute(f"CREATE TRIGGER {t}_drop BEFORE INSERT ON {t} FOR EACH ROW EXECUTE FUNCTION {t}_drop()")
+        before = _rows(cur, t)
+        with pytest.raises(RowAccountingError, match=r"10 row\(s\) to apply but 9 applied \+ 0 rejected"):
+            load([(k, "t") for k in range(311, 321)])  # 315 = 7 * 45: dropped
+        assert "MERGE before the counts applied 9 row(s), the writers staged 10: rolled back" in caplog.text
+        assert _rows(cur, t) == before
+    finally:
+        cur.execute(f"DROP FUNCTION IF EXISTS {t}_drop() CASCADE")
+
+    # a DEFERRABLE key is checked at commit only: a key twice would pass the MERGE, so the counts go first
+    d = _make(cur, drop, f"lfd_{unique}",
+              "(id int, val text, CONSTRAINT lfd_pk_" + unique + " PRIMARY KEY (id) DEFERRABLE INITIALLY DEFERRED)")
+    numbers, text = load([(1, "a"), (2, "b"), (1, "c")], table=d)
+    assert numbers == (3, 3, 0, 1)
+    assert "before the counts" not in text
+    assert _rows(cur, d) == [(1, "c"), (2, "b")]
 
 
 def test_upsert_without_unique_index_on_keys_is_refused(spark, hook, pg, unique) -> None:

@@ -45,7 +45,11 @@ How a load runs (:meth:`PostgresLoader.load`):
    concurrent or earlier run with the same load id makes this one a no-op), overwrite deletes the old
    rows, then one set-based statement moves every staged row: ``INSERT ... SELECT``, or for upsert
    ``MERGE INTO target USING staging ON keys ... WHEN MATCHED THEN UPDATE ... WHEN NOT MATCHED THEN
-   INSERT`` (PostgreSQL 15+; ~25% cheaper than ``INSERT ... ON CONFLICT DO UPDATE``). The one scan that
+   INSERT`` (PostgreSQL 15+; ~25% cheaper than ``INSERT ... ON CONFLICT DO UPDATE``). Staged by COPY, into a
+   target whose unique key index is checked at once, the upsert ``MERGE``\s first and checks after: a key
+   twice in the batch fails the statement itself, and its row count must equal the writers' total and
+   ``count(*)`` of staging; otherwise it is rolled back to a savepoint and the counts below decide (a
+   ``MERGE`` that failed on a bad row is not run twice). Else the one scan that
    counts the staged rows (the distinct row ids only when the COPY writers' reported total differs from
    ``count(*)``) also tells whether a key occurs twice: only then is the source deduplicated
    (``SELECT DISTINCT ON (keys) ... ORDER BY keys, _etl_row_id DESC``); rows staged in random key
