@@ -136,10 +136,18 @@ def staging_column_type(spark_type: str, target_base: str, target_category: str)
     return target_base, False
 
 
+#: Storage options of the load's own tables: autovacuum never takes them. They live for one load, and a 1M-row
+#: staging table is due for an insert-triggered vacuum while the merge runs: the worker then spends a core on
+#: a table about to go, and the load's ``DROP TABLE`` waits ``deadlock_timeout`` (1 s) until PostgreSQL
+#: cancels it (measured: 2 of 3 rounds of ``benchmarks/bench_load_postgres.py`` lost 1.0 s that way).
+WORK_TABLE_OPTIONS = "WITH (autovacuum_enabled = false, toast.autovacuum_enabled = false)"
+
+
 def create_staging_sql(staging: str, columns: Sequence[StagedColumn]) -> str:
-    """``CREATE UNLOGGED TABLE`` for the staging table: nullable columns, no constraints, no indexes."""
+    """``CREATE UNLOGGED TABLE`` for the staging table: nullable columns, no constraints, no indexes, no
+    autovacuum (:data:`WORK_TABLE_OPTIONS`)."""
     cols = ", ".join(f"{q(c.name)} {c.staging_type}" for c in columns)
-    return f"CREATE UNLOGGED TABLE {staging} ({q(ROW_ID)} bigint, {cols})"
+    return f"CREATE UNLOGGED TABLE {staging} ({q(ROW_ID)} bigint, {cols}) {WORK_TABLE_OPTIONS}"
 
 
 #: Spark SQL simple type strings whose Arrow form the COPY staging writes as CSV PostgreSQL reads back
@@ -199,7 +207,10 @@ _COLLATABLE_STAGING = frozenset({"text", "character varying", "character", "bpch
 
 
 def create_rejects_sql(rejects: str) -> str:
-    return f"CREATE UNLOGGED TABLE {rejects} ({q(ROW_ID)} bigint PRIMARY KEY, {q(ERROR)} text, {q(ERROR_CLASS)} text)"
+    return (
+        f"CREATE UNLOGGED TABLE {rejects} ({q(ROW_ID)} bigint PRIMARY KEY, {q(ERROR)} text, {q(ERROR_CLASS)} text) "
+        f"{WORK_TABLE_OPTIONS}"
+    )
 
 
 def _dedup_exprs(keys: Sequence[str], alias: str = "s") -> list[str]:

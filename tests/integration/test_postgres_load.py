@@ -295,6 +295,30 @@ def test_crash_between_staging_and_merge_or_mid_merge_never_duplicates(spark, ho
     assert _staging_tables(cur, t) == []
 
 
+def test_staging_and_rejects_tables_are_never_taken_by_autovacuum(spark, hook, pg, unique) -> None:
+    """The load's own tables (and their TOAST tables) opt out of autovacuum: an insert-triggered vacuum of a
+    big staging table would run during the merge and make the load's DROP wait ``deadlock_timeout``."""
+    cur, drop = pg
+    t = _make(cur, drop, f"lv_{unique}", "(id int PRIMARY KEY, val text)")
+    df = spark.createDataFrame([(1, "x")], "id INT, val STRING")
+    loader = PostgresLoader(hook, t, "upsert", keys=["id"])
+    plan = loader._prepare(loader._df_columns(df))
+    loader._create_staging(plan)
+    try:
+        cur.execute(
+            "SELECT c.relname, c.reloptions, x.reloptions FROM pg_class c JOIN pg_class x ON x.oid = c.reltoastrelid "
+            "WHERE c.oid IN (to_regclass(%s), to_regclass(%s)) ORDER BY c.relname",
+            (plan.staging, plan.rejects),
+        )
+        rows = cur.fetchall()
+    finally:
+        loader._drop_staging(plan)
+    assert len(rows) == 2, rows  # the staging and the rejects table, each with its TOAST table
+    for name, options, toast_options in rows:
+        assert options == ["autovacuum_enabled=false"], (name, options)
+        assert toast_options == ["autovacuum_enabled=false"], (name, toast_options)
+
+
 def test_merge_that_counts_its_own_rows_twice_reports_duplicate_stage(spark, hook, pg, unique) -> None:
     """A staging table holding a Spark task's rows twice (same row ids) loads each row once."""
     cur, drop = pg

@@ -46,7 +46,7 @@ How a load runs (:meth:`PostgresLoader.load`):
    rows, then one set-based statement moves every staged row: ``INSERT ... SELECT``, or for upsert
    ``MERGE INTO target USING staging ON keys ... WHEN MATCHED THEN UPDATE ... WHEN NOT MATCHED THEN
    INSERT`` (PostgreSQL 15+; ~25% cheaper than ``INSERT ... ON CONFLICT DO UPDATE``). Staged by COPY, into a
-   target whose unique key index is checked at once, the upsert ``MERGE``\s first and checks after: a key
+   target whose unique key index is checked at once, the upsert runs ``MERGE`` first and checks after: a key
    twice in the batch fails the statement itself, and its row count must equal the writers' total and
    ``count(*)`` of staging; otherwise it is rolled back to a savepoint and the counts below decide (a
    ``MERGE`` that failed on a bad row is not run twice). Else the one scan that
