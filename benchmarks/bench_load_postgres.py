@@ -234,6 +234,8 @@ from typing import Any
 import _common
 from _common import peak_rss_mb, postgres_port, proc_peak_rss_mb, result_line
 
+from airflow_etl_provider.core.sql import WORK_TABLE_OPTIONS
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / ".local" / "bench"
 GOAL_P2, GOAL_P3 = 1.0, 1.15
@@ -262,6 +264,9 @@ STAGING_DDL = """(
     unit_price numeric, amount numeric, currency character varying, created_at timestamptz, updated_at timestamptz,
     note text
 )"""
+#: the storage options of the loader's own staging table (no autovacuum), so the floor's staging is shaped
+#: like it there too (a 1M-row staging table is otherwise vacuumed during the floor's apply)
+STAGING_OPTIONS = WORK_TABLE_OPTIONS
 COLUMNS = ["order_id", "customer_id", "status", "sku", "quantity", "unit_price", "amount", "currency",
            "created_at", "updated_at", "note"]
 
@@ -426,7 +431,7 @@ class Pg:
         """Seconds of ``COPY ... (FORMAT binary)`` of ``path`` into a fresh UNLOGGED staging table."""
         staging = f"bench_floor_bin_{tag}"
         self.run(f"DROP TABLE IF EXISTS {staging}")
-        self.run(f"CREATE UNLOGGED TABLE {staging} {STAGING_DDL}")
+        self.run(f"CREATE UNLOGGED TABLE {staging} {STAGING_DDL} {STAGING_OPTIONS}")
         self.run("CHECKPOINT")
 
         seconds, _ = timed("floor: COPY binary into UNLOGGED staging (for the binary floor)",
@@ -442,7 +447,7 @@ class Pg:
         target = self.half_keys(src, f"bench_floor_{variant}_{tag}")
         staging = f"bench_floor_stg_{tag}"
         self.run(f"DROP TABLE IF EXISTS {staging}")
-        self.run(f"CREATE UNLOGGED TABLE {staging} {STAGING_DDL}")
+        self.run(f"CREATE UNLOGGED TABLE {staging} {STAGING_DDL} {STAGING_OPTIONS}")
         self.tables.append(staging)
         self.run("CHECKPOINT")
         stage_s, _ = timed("floor: COPY csv into UNLOGGED staging", lambda: self.copy_in(staging, csv))

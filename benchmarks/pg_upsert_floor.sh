@@ -51,7 +51,9 @@ fresh_target() {  # the table holding every even order_id with stale values, lik
        created_at, NULL, 'stale' FROM ref WHERE order_id % 2 = 0"
   settle target
 }
-fresh_staging() { sql "DROP TABLE IF EXISTS staging; CREATE UNLOGGED TABLE staging $STAGING"; }
+# staging without autovacuum, as the loader's own (a 1M-row staging table is otherwise vacuumed during the apply)
+fresh_staging() { sql "DROP TABLE IF EXISTS staging; CREATE UNLOGGED TABLE staging $STAGING
+  WITH (autovacuum_enabled = false, toast.autovacuum_enabled = false)"; }
 
 trap '"${PSQL[@]}" -c "DROP SCHEMA IF EXISTS $S CASCADE" >/dev/null 2>&1 || true; rm -f "$ODD"' EXIT
 ODD=$(mktemp /tmp/orders_odd_XXXXXX.csv)
