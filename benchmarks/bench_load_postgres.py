@@ -57,9 +57,18 @@ off for every side)::
     2026-12-07, PartitionJob + jvm_class (36abb48), a quiet host (COPY of the CSV 2.8-3.1 s):
     03:34                              6.86  1.81   4.91  |  6.28   6.65  2.79  | 1.09   1.03   1.03    1.20
     03:40                              5.93  1.47   4.33  |  5.97   7.07  2.98  | 0.99   0.84   1.15    1.45
+    MERGE before the counts (05:58)    6.81  1.42   4.27  |  6.19   6.78  2.88  | 1.10   1.01   1.02    1.20
+      (that round's DROP of staging: 1.03 s -- autovacuum, below)
+    + staging without autovacuum 06:03 5.98  1.44   4.42  |  6.42   6.74  3.06  | 0.93   0.89   1.14    1.43
+    + the floor's staging too    06:07 6.28  1.67   4.49  |  6.25   7.38  2.89  | 1.00   0.85   1.16    1.36
+    the same, 06:11                    5.38  1.38   3.89  |  5.90   6.23  2.87  | 0.91   0.86   1.18    1.43
 
     (stage and merge: the median round's. * the first row: one round on a busier machine, the floor from
-    ``pg_upsert_floor.sh`` in a separate run.) The two 2026-12-07 runs, three minutes apart on a quiet host:
+    ``pg_upsert_floor.sh`` in a separate run.) The last four rows (2026-12-07, 05:58-06:15, quiet host):
+    ``MERGE`` before the counts alone lost P2 by 1 % to two 1-second ``DROP`` waits (ours' rounds 5.92 / 6.81
+    / 7.08 s, the last two with the 1.03 s cleanup); without autovacuum on the staging table, three runs in a
+    row met every goal with a margin: P2 0.89x / 0.85x / 0.86x, P3 0.93x / 1.00x / 0.91x, P4 1.14-1.18x and
+    1.36-1.43x (ours' rounds 5.33-6.57 s, the JDBC append's 6.22-8.17 s). The two 2026-12-07 runs, three minutes apart on a quiet host:
     ours is at PostgreSQL's floor (0.99-1.09x; 1.29x / 1.17x the floor staged in binary), P4 met with a
     wide margin, and **P2 missed by 3 % in the first** (ours 6.86 s vs the JDBC append's 6.65 s; its rounds
     8.29 / 6.65 / 6.55 s) and met in the second (0.84x; JDBC rounds 7.07 / 6.56 / 7.96 s). On a quiet host
@@ -158,6 +167,26 @@ Where the time went, and what was changed
       Staging 3.8-4.2 s -> 2.4-3.6 s in alternating runs; the test that compares both writers' CSV
       compares the binary staging with them too (three session zones, 38- and 18-digit decimals, NaN,
       timestamps of years 1-9999, NUL refused with PostgreSQL's message).
+    * Autovacuum (2026-12-07, 05:58): two of three rounds of ours spent 1.03 s in the cleanup -- the ``DROP
+      TABLE`` of staging, 20 ms on its own. PostgreSQL's log: ``canceling autovacuum task ... automatic vacuum
+      of table "..._etl_stg_bench_upsert_..."``: 1M rows inserted make the staging table due for an
+      insert-triggered vacuum (PostgreSQL 13+), the launcher starts one during the merge (a core busy on a
+      table about to go), and the ``DROP`` waits ``deadlock_timeout`` (1 s) before the server cancels it. The
+      staging and rejects tables (and their TOAST tables) are now created ``WITH (autovacuum_enabled = false,
+      toast.autovacuum_enabled = false)`` (``core/sql.py`` ``WORK_TABLE_OPTIONS``): no cancellation since, the
+      cleanup 0.03 s in every round. The floor's staging table takes the same options (one of its rounds had
+      been vacuumed the same way).
+    * ``MERGE`` before the counts (2026-12-07): the one scan that counted the staged rows' distinct keys
+      before the ``MERGE`` (0.23-0.27 s per 1M rows in PostgreSQL's statement log) only answered "is a key
+      there twice?" -- which the ``MERGE`` answers itself on a target whose unique index on the keys is
+      checked row by row (a second row for a key the target holds: ``MERGE command cannot affect row a
+      second time``; a second new one: a unique violation). So an upsert staged by COPY now ``MERGE``\\s
+      first under a savepoint and keeps it when its row count equals the writers' total and ``count(*)`` of
+      staging (a plain count: ~0.07 s); anything else rolls it back to the counts as before, and a ``MERGE``
+      that failed on a bad row hands its error to the isolation instead of running twice (P4 does not pay
+      for the shortcut). ``tests/integration/test_postgres_load.py``
+      (``test_copy_upsert_merges_before_counting...``): clean, a key twice (held / new), a bad row, a
+      row-dropping trigger, a ``DEFERRABLE`` key (checked at commit only: not taken).
     * 9b68c9f (2026-12-07): the JVM writer submits its staging job like the Kafka dead-letter publisher, through
       ``PartitionJob`` (``SparkContext.runJob`` with a function class) instead of
       ``JavaRDD.mapPartitions().collect()``, so Spark no longer parses class files for its closure cleaning on
@@ -196,6 +225,16 @@ Alternatives measured and not taken
     * Pipelining the merge with the staging (merging partitions as they commit): would use the core idle
       during the merge, but with 2 partitions finishing together there is little to overlap, and the
       last-row-wins dedup across partitions and the accounting would need a per-partition design. Not done.
+      Measured 2026-12-07 what smaller pieces would cost (psql, the 1M staged rows in 1 / 4 / 8 tables,
+      ``MERGE``\\d one after the other in one transaction): 4.05 / 4.77 / 5.63 s (with ``enable_hashjoin``
+      off: 4.69 s for 4): each piece pays ~0.18 s of its own (the join with the target again), so 4 pieces
+      overlapping the staging's ~1.5 s would win ~0.4 s at best, for a new design of the accounting.
+    * What else the ``MERGE`` spends (``EXPLAIN (ANALYZE, BUFFERS, WAL)``, 1M rows, 500k matched): the hash
+      join ~1.0 s (the staging scan 0.3 s of it), the updates and inserts ~3.3 s, 2.5M WAL records / 263 MB
+      (the updated rows cannot be HOT: the target's pages are full). JIT does not start (``jit`` on or off:
+      4.21-4.31 s either way). ``COPY ... FREEZE`` into a staging table created in the same transaction (then
+      the first scan sets no hint bits) saves ~50 ms of the first scan of 1M rows; it needs a table per
+      writer transaction: not worth it.
 
 Setup (not timed): orders (~11 columns: ids, strings, decimals, timestamps, a nullable note with
 commas, quotes, newlines and Unicode) are generated once to ``.local/bench/orders_<rows>.parquet`` (and
