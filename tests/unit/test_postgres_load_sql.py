@@ -137,3 +137,12 @@ def test_binary_copy_only_where_the_value_arrives_in_its_staging_types_own_form(
 )
 def test_copy_supported_types(spark: str, supported: bool) -> None:
     assert S.copy_supported(spark) is supported
+
+
+def test_unique_indexes_sql_asks_for_row_by_row_checks_only_when_told() -> None:
+    plain, at_once = S.unique_indexes_sql(), S.unique_indexes_sql(checked_at_once=True)
+    for sql in (plain, at_once):
+        assert "i.indisunique" in sql and "i.indpred IS NULL AND i.indexprs IS NULL" in sql
+        assert sql.count("%s") == 1
+    assert "indimmediate" not in plain
+    assert "AND i.indimmediate AND" in at_once

@@ -192,13 +192,7 @@ class _Merging:
     def _keys_unique_at_once(self, cur: _Counter, plan: _Plan) -> bool:
         """Whether the target has a valid unique index on exactly the keys that is checked row by row (not a
         ``DEFERRABLE`` constraint: its violation would only surface at commit)."""
-        cur.execute(
-            "SELECT array_agg(a.attname::text) FROM pg_index i JOIN pg_attribute a "
-            "ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) WHERE i.indrelid = to_regclass(%s) "
-            "AND i.indisunique AND i.indimmediate AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL "
-            "GROUP BY i.indexrelid",
-            (plan.target,),
-        )
+        cur.execute(S.unique_indexes_sql(checked_at_once=True), (plan.target,))
         return any(set(r[0]) == set(self.keys) for r in cur.fetchall())
 
     #: ``False`` once the client library could not report a ``MERGE``'s row count (libpq < 15): from then on

@@ -168,13 +168,7 @@ class _Planning:
     def _check_unique_index(
         self, cur: Any, target: str, columns: Sequence[S.StagedColumn], table: str
     ) -> None:
-        cur.execute(
-            "SELECT array_agg(a.attname::text) FROM pg_index i JOIN pg_attribute a "
-            "ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) WHERE i.indrelid = to_regclass(%s) "
-            "AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL "
-            "GROUP BY i.indexrelid",
-            (target,),
-        )
+        cur.execute(S.unique_indexes_sql(), (target,))
         if not any(set(r[0]) == set(self.keys) for r in cur.fetchall()):
             cols = ", ".join(self.keys)
             raise ConfigError(
