@@ -312,9 +312,6 @@ STAGING_DDL = """(
     unit_price numeric, amount numeric, currency character varying, created_at timestamptz, updated_at timestamptz,
     note text
 )"""
-#: the storage options of the loader's own staging table (no autovacuum), so the floor's staging is shaped
-#: like it there too (a 1M-row staging table is otherwise vacuumed during the floor's apply)
-STAGING_OPTIONS = WORK_TABLE_OPTIONS
 COLUMNS = ["order_id", "customer_id", "status", "sku", "quantity", "unit_price", "amount", "currency",
            "created_at", "updated_at", "note"]
 
@@ -479,7 +476,8 @@ class Pg:
         """Seconds of ``COPY ... (FORMAT binary)`` of ``path`` into a fresh UNLOGGED staging table."""
         staging = f"bench_floor_bin_{tag}"
         self.run(f"DROP TABLE IF EXISTS {staging}")
-        self.run(f"CREATE UNLOGGED TABLE {staging} {STAGING_DDL} {STAGING_OPTIONS}")
+        # the loader's storage options (no autovacuum): a 1M-row staging table is otherwise vacuumed during the apply
+        self.run(f"CREATE UNLOGGED TABLE {staging} {STAGING_DDL} {WORK_TABLE_OPTIONS}")
         self.run("CHECKPOINT")
 
         seconds, _ = timed("floor: COPY binary into UNLOGGED staging (for the binary floor)",
@@ -495,7 +493,8 @@ class Pg:
         target = self.half_keys(src, f"bench_floor_{variant}_{tag}")
         staging = f"bench_floor_stg_{tag}"
         self.run(f"DROP TABLE IF EXISTS {staging}")
-        self.run(f"CREATE UNLOGGED TABLE {staging} {STAGING_DDL} {STAGING_OPTIONS}")
+        # the loader's storage options (no autovacuum): a 1M-row staging table is otherwise vacuumed during the apply
+        self.run(f"CREATE UNLOGGED TABLE {staging} {STAGING_DDL} {WORK_TABLE_OPTIONS}")
         self.tables.append(staging)
         self.run("CHECKPOINT")
         stage_s, _ = timed("floor: COPY csv into UNLOGGED staging", lambda: self.copy_in(staging, csv))

@@ -267,18 +267,15 @@ def fast_merge_sql(
     return insert_prefix(target, columns) + f"SELECT {select} FROM {staging} s"
 
 
-def unique_indexes_sql(checked_at_once: bool = False) -> str:
-    """The column names of every valid, plain (no predicate, no expression) unique index of the table named
-    by the one parameter, one array per index.
-
-    :param checked_at_once: only indexes checked row by row (not a ``DEFERRABLE`` constraint's).
-    """
-    immediate = "AND i.indimmediate " if checked_at_once else ""
+def unique_indexes_sql() -> str:
+    """Every valid, plain (no predicate, no expression) unique index of the table named by the one
+    parameter: ``(column names, checked row by row)`` -- the second ``False`` for a ``DEFERRABLE``
+    constraint's index, checked at commit."""
     return (
-        "SELECT array_agg(a.attname::text) FROM pg_index i JOIN pg_attribute a "
+        "SELECT array_agg(a.attname::text), i.indimmediate FROM pg_index i JOIN pg_attribute a "
         "ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) WHERE i.indrelid = to_regclass(%s) "
-        f"AND i.indisunique {immediate}AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL "
-        "GROUP BY i.indexrelid"
+        "AND i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL "
+        "GROUP BY i.indexrelid, i.indimmediate"
     )
 
 

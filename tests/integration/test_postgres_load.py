@@ -34,6 +34,17 @@ def _make(cur, drop: list[str], name: str, ddl: str) -> str:
     return name
 
 
+def _upsert_with_staging(spark, hook, cur, drop: list[str], name: str) -> tuple:
+    """A table ``(id int PRIMARY KEY, val text)``, an upsert loader on ``id`` and its plan, the staging
+    tables created (the caller drops them with ``loader._drop_staging(plan)``)."""
+    t = _make(cur, drop, name, "(id int PRIMARY KEY, val text)")
+    df = spark.createDataFrame([(1, "x")], "id INT, val STRING")
+    loader = PostgresLoader(hook, t, "upsert", keys=["id"])
+    plan = loader._prepare(loader._df_columns(df))
+    loader._create_staging(plan)
+    return t, loader, plan
+
+
 # ------------------------------------------------------------------------------------------ upsert
 
 
@@ -299,11 +310,7 @@ def test_staging_and_rejects_tables_are_never_taken_by_autovacuum(spark, hook, p
     """The load's own tables (and their TOAST tables) opt out of autovacuum: an insert-triggered vacuum of a
     big staging table would run during the merge and make the load's DROP wait ``deadlock_timeout``."""
     cur, drop = pg
-    t = _make(cur, drop, f"lv_{unique}", "(id int PRIMARY KEY, val text)")
-    df = spark.createDataFrame([(1, "x")], "id INT, val STRING")
-    loader = PostgresLoader(hook, t, "upsert", keys=["id"])
-    plan = loader._prepare(loader._df_columns(df))
-    loader._create_staging(plan)
+    _, loader, plan = _upsert_with_staging(spark, hook, cur, drop, f"lv_{unique}")
     try:
         cur.execute(
             "SELECT c.relname, c.reloptions, x.reloptions FROM pg_class c JOIN pg_class x ON x.oid = c.reltoastrelid "
@@ -550,11 +557,7 @@ def test_copy_partition_attempt_is_atomic_and_a_rerun_is_deduplicated(spark, hoo
     import pyarrow as pa
 
     cur, drop = pg
-    t = _make(cur, drop, f"lr_{unique}", "(id int PRIMARY KEY, val text)")
-    df = spark.createDataFrame([(1, "x")], "id INT, val STRING")
-    loader = PostgresLoader(hook, t, "upsert", keys=["id"])
-    plan = loader._prepare(loader._df_columns(df))
-    loader._create_staging(plan)
+    t, loader, plan = _upsert_with_staging(spark, hook, cur, drop, f"lr_{unique}")
     names = [S.ROW_ID, "id", "val"]
     batches = [pa.RecordBatch.from_arrays([pa.array(range(k, k + 50), pa.int64()), pa.array(range(k, k + 50), pa.int32()),
                                            pa.array([f"v{j}" for j in range(k, k + 50)])], names=names)

@@ -155,8 +155,8 @@ class _Merging:
         if (
             self.mode != "upsert"
             or plan.staged_rows is None
+            or not plan.keys_checked_at_once
             or not self._merge_usable(cur, plan)
-            or not self._keys_unique_at_once(cur, plan)
         ):
             return None, None
         ordered = not self._staged_in_key_order(cur, plan)
@@ -188,12 +188,6 @@ class _Merging:
         )
         self._undo(cur, savepoint)
         return None, None
-
-    def _keys_unique_at_once(self, cur: _Counter, plan: _Plan) -> bool:
-        """Whether the target has a valid unique index on exactly the keys that is checked row by row (not a
-        ``DEFERRABLE`` constraint: its violation would only surface at commit)."""
-        cur.execute(S.unique_indexes_sql(checked_at_once=True), (plan.target,))
-        return any(set(r[0]) == set(self.keys) for r in cur.fetchall())
 
     #: ``False`` once the client library could not report a ``MERGE``'s row count (libpq < 15): from then on
     #: this process upserts with ``INSERT ... ON CONFLICT`` only.

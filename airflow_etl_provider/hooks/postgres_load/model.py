@@ -98,6 +98,7 @@ class _Plan:
     table_key: str  # schema.table, as recorded in the load log
     recorded: tuple[int, int, int] | None = None  # (read, loaded, rejected) from the load log
     staged_rows: int | None = None  # rows the COPY writers reported (None: JDBC staging)
+    keys_checked_at_once: bool = False  # upsert: a unique index on exactly the keys is not DEFERRABLE
     stage_method: str = ""
     copy_writer: str = ""  # with COPY: jvm | python
     copy_format: str = ""  # with COPY: binary | csv

@@ -47,8 +47,9 @@ class _Planning:
             )
             target_cols = {str(r[0]): r for r in cur.fetchall()}
             columns = self._match_columns(df_columns, target_cols, f"{schema}.{table}")
-            if self.mode == "upsert":
-                self._check_unique_index(cur, target, columns, f"{schema}.{table}")
+            keys_checked_at_once = (
+                self._check_unique_index(cur, target, f"{schema}.{table}") if self.mode == "upsert" else False
+            )
             log_table = S.qualified(schema, self.log_table_name, "log_table")
             reject_store = S.qualified(schema, self.reject_store_name, "reject_store")
             self._create_bookkeeping(cur, log_table, reject_store)
@@ -75,6 +76,7 @@ class _Planning:
             table_key=table_key,
             recorded=recorded,
             reject_store=reject_store,
+            keys_checked_at_once=keys_checked_at_once,
         )
         if state is not None:
             plan.dead_letter_state = (
@@ -165,14 +167,16 @@ class _Planning:
             raise ConfigError("columns", "the DataFrame has no column to load")
         return columns
 
-    def _check_unique_index(
-        self, cur: Any, target: str, columns: Sequence[S.StagedColumn], table: str
-    ) -> None:
+    def _check_unique_index(self, cur: Any, target: str, table: str) -> bool:
+        """Refuse a target without a unique index on exactly the keys; return whether one of them is checked
+        row by row (not ``DEFERRABLE``)."""
         cur.execute(S.unique_indexes_sql(), (target,))
-        if not any(set(r[0]) == set(self.keys) for r in cur.fetchall()):
+        on_keys = [bool(r[1]) for r in cur.fetchall() if set(r[0]) == set(self.keys)]
+        if not on_keys:
             cols = ", ".join(self.keys)
             raise ConfigError(
                 "keys",
                 f"table {table} has no primary key or unique index on exactly ({cols}), which "
                 f"upsert (ON CONFLICT) needs; create one, e.g. CREATE UNIQUE INDEX ON {target} ({cols})",
             )
+        return any(on_keys)
