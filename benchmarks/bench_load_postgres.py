@@ -64,6 +64,7 @@ off for every side)::
     the same, 06:11                    5.38  1.38   3.89  |  5.90   6.23  2.87  | 0.91   0.86   1.18    1.43
     a fresh clone after its CI, 06:45  6.33  1.40   4.84  |  6.18   6.14  2.80  | 1.02   1.03   1.09    1.31
     the same clone, 06:51              6.19  1.51   4.57  |  6.07   6.18  2.80  | 1.02   1.00   1.04    1.27
+    08:20 (02e90b4, a quiet host)      5.99  1.52   4.38  |  6.09   6.41  2.82  | 0.98   0.94   1.11    1.31
 
     (stage and merge: the median round's. * the first row: one round on a busier machine, the floor from
     ``pg_upsert_floor.sh`` in a separate run.) The last four rows (2026-12-07, 05:58-06:15, quiet host):
@@ -244,6 +245,26 @@ Alternatives measured and not taken
       4.21-4.31 s either way). ``COPY ... FREEZE`` into a staging table created in the same transaction (then
       the first scan sets no hint bits) saves ~50 ms of the first scan of 1M rows; it needs a table per
       writer transaction: not worth it.
+    * Where the ``MERGE``'s time goes (2026-12-07, 08:30; ``perf record -g`` of its backend, 4,340 samples of
+      one 4.35 s statement, the benchmark's 1M rows into 500k held keys): inserting index entries 40 %
+      (``ExecInsertIndexTuples`` -> ``_bt_doinsert``: an entry for each of the 500k updated rows -- not HOT --
+      and for each of the 500k new keys, which fall between held ones: page splits, the unique checks,
+      bottom-up deletion), ``heap_update`` 12.5 %, ``heap_insert`` 7.5 %, the hash join's bucket scans 7 %,
+      ``XLogInsert`` 9 %, writing WAL and evicted pages 7 %, the constraints 4.7 %: PostgreSQL's own work for
+      this upsert, in one backend. Server settings do not move it (staging + ``MERGE`` by psql, 3 runs each):
+      128 MB shared buffers (the default) 4.69-4.75 s, 2 GB (wal_buffers 16 MB) 4.72-4.79 s, 2 GB + 256 MB
+      wal_buffers + ``wal_writer_delay`` 10 ms 4.74-4.84 s. Nor the join method (``enable_*``, the statement
+      alone): hash join 4.09 / 4.22 s, merge join (staging sorted) 4.24 / 4.22 s, nested loop 4.63 / 4.63 s.
+    * Pipelining, measured at last (psql, the staged rows' two halves as binary files, server-side COPY):
+      both halves staged at once and then one ``MERGE`` 4.77 / 4.81 / 4.81 s; the first half staged, its
+      ``MERGE`` run while the second half is copied on another connection, then the second ``MERGE`` 4.93 /
+      4.87 / 4.93 s -- slower: the second piece's own join and three busy processes on two cores cost more
+      than the overlap wins. Not done.
+    * The staging's CPU, per JVM thread (sampled every 0.1 s during the 2nd to 5th 1M-row load of a new
+      Spark session): the two task threads ~1.0 CPU-s per 1M rows, and HotSpot's C2 compiler still 0.4-0.8 CPU-s
+      per load, mostly while the staging runs (Spark's closure cleaning -- ``ClassReader.readCode`` --, the
+      Parquet reader, our ``Writer.copy`` compiled on-stack): a JVM still warming up, which the JDBC append
+      pays alike and which every production task, in a new JVM, pays more of. Left alone.
 
 Setup (not timed): orders (~11 columns: ids, strings, decimals, timestamps, a nullable note with
 commas, quotes, newlines and Unicode) are generated once to ``.local/bench/orders_<rows>.parquet`` (and
