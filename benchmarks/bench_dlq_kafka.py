@@ -34,7 +34,10 @@ What is compared
     Why: a DLQ publisher must keep up with the failures of a big load (100k rejected rows must not take
     minutes) while still confirming every envelope (``acks=all``) before the task succeeds. Goals (issue
     #15, P7): >= 20x the peer, >= 100,000 envelopes/s; and this benchmark's own guard since the first DLQ
-    work (not one of #15's goals): p99 batch latency < 100 ms. The verdict line checks all three.
+    work (not one of #15's goals): p99 batch latency < 100 ms. The verdict line says "goal met" / "goal NOT
+    met" for #15's two goals and "ok" / "MISSED" for the guard, separately (before 2026-12-07 09:30 one verdict
+    covered all three: the "goal NOT met" / "p99 missed" entries below for runs that met both rate goals are the
+    guard's).
 
     Each run starts from a quiet machine (``os.sync()``, then up to 60 s waiting for 85 % idle CPUs) and uses
     fresh topics (3 partitions, like the stack's default, one per round), all deleted at the end unless
@@ -43,6 +46,10 @@ What is compared
     must be byte for byte what ``build_envelope`` + ``to_json`` + ``kafka_key`` + ``kafka_headers`` give (with
     the message's own timestamp), or the script exits 1. No timing is asserted: the goal check prints
     "goal met" / "goal NOT met".
+
+Results (2026-12-07, 09:25: ed58d65, the DLQ path unchanged)
+    184,867 envelopes/s, 89.8x the peer (48.6 s extrapolated for 100,000), Kafka's floor: ours 0.88x its time;
+    p99 batch latency 150.3 ms: #15's goals met, the benchmark's own guard missed.
 
 Results (2026-12-07, 06:15-06:17: 802ae9d, the DLQ path unchanged since 36abb48)
     Two more runs of the one command on a quieter host: 165,433 / 152,917 envelopes/s (74.4x / 63.9x the
@@ -1058,10 +1065,10 @@ def compare(args: argparse.Namespace, batches: list[Any], bootstrap: str, run: s
           f"envelopes/s: ours is {speedup:.1f}x faster (ratio ours/peer = {ours_s / peer_s:.4f}); cold, the "
           f"first publish of a fresh session: {cold_s:.3f} s, {peer_s / cold_s:.1f}x")
     speed_ok, p99_ok, rate_ok = speedup >= GOAL_SPEEDUP, p99 < GOAL_P99_S, ours_rps >= GOAL_RATE
-    print(f"goal: >= {GOAL_SPEEDUP:.0f}x faster [{'ok' if speed_ok else 'MISSED'}: {speedup:.1f}x], "
-          f">= {GOAL_RATE:,.0f} envelopes/s [{'ok' if rate_ok else 'MISSED'}: {ours_rps:,.0f}], "
-          f"p99 batch latency < {_ms(GOAL_P99_S)} [{'ok' if p99_ok else 'MISSED'}: {_ms(p99)}] -> "
-          f"{'goal met' if speed_ok and p99_ok and rate_ok else 'goal NOT met'}")
+    print(f"goals (issue #15, P7): >= {GOAL_SPEEDUP:.0f}x faster [{'ok' if speed_ok else 'MISSED'}: "
+          f"{speedup:.1f}x], >= {GOAL_RATE:,.0f} envelopes/s [{'ok' if rate_ok else 'MISSED'}: {ours_rps:,.0f}] -> "
+          f"{'goal met' if speed_ok and rate_ok else 'goal NOT met'}; this benchmark's own guard: p99 batch "
+          f"latency < {_ms(GOAL_P99_S)} [{'ok' if p99_ok else 'MISSED'}: {_ms(p99)}]")
     return result_line(BENCH_ID, ours_s, peer_s)
 
 
