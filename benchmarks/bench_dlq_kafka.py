@@ -35,7 +35,7 @@ What is compared
     minutes) while still confirming every envelope (``acks=all``) before the task succeeds. Goals (issue
     #15, P7): >= 20x the peer, >= 100,000 envelopes/s; and this benchmark's own guard since the first DLQ
     work (not one of #15's goals): p99 batch latency < 100 ms. The verdict line says "goal met" / "goal NOT
-    met" for #15's two goals and "ok" / "MISSED" for the guard, separately (before 2026-12-07 09:30 one verdict
+    met" for #15's two goals and "ok" / "MISSED" for the guard, separately (before d1c56dd one verdict
     covered all three: the "goal NOT met" / "p99 missed" entries below for runs that met both rate goals are the
     guard's).
 
@@ -47,7 +47,7 @@ What is compared
     the message's own timestamp), or the script exits 1. No timing is asserted: the goal check prints
     "goal met" / "goal NOT met".
 
-Results (2026-12-07, 09:25: ed58d65, the DLQ path unchanged)
+Results (2026-12-07, 08:36: ed58d65, the DLQ path unchanged)
     184,867 envelopes/s, 89.8x the peer (48.6 s extrapolated for 100,000), Kafka's floor: ours 0.88x its time;
     p99 batch latency 150.3 ms: #15's goals met, the benchmark's own guard missed.
 

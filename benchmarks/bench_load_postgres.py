@@ -245,7 +245,7 @@ Alternatives measured and not taken
       4.21-4.31 s either way). ``COPY ... FREEZE`` into a staging table created in the same transaction (then
       the first scan sets no hint bits) saves ~50 ms of the first scan of 1M rows; it needs a table per
       writer transaction: not worth it.
-    * Where the ``MERGE``'s time goes (2026-12-07, 08:30; ``perf record -g`` of its backend, 4,340 samples of
+    * Where the ``MERGE``'s time goes (2026-12-07, 08:27; ``perf record -g`` of its backend, 4,340 samples of
       one 4.35 s statement, the benchmark's 1M rows into 500k held keys): inserting index entries 40 %
       (``ExecInsertIndexTuples`` -> ``_bt_doinsert``: an entry for each of the 500k updated rows -- not HOT --
       and for each of the 500k new keys, which fall between held ones: page splits, the unique checks,
