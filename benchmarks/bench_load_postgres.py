@@ -65,9 +65,21 @@ off for every side)::
     a fresh clone after its CI, 06:45  6.33  1.40   4.84  |  6.18   6.14  2.80  | 1.02   1.03   1.09    1.31
     the same clone, 06:51              6.19  1.51   4.57  |  6.07   6.18  2.80  | 1.02   1.00   1.04    1.27
     08:20 (02e90b4, a quiet host)      5.99  1.52   4.38  |  6.09   6.41  2.82  | 0.98   0.94   1.11    1.31
+    a fresh clone of d1c56dd, 09:02     5.83  1.46   4.14  |  6.06   6.50  2.79  | 0.96   0.90   1.15    1.43
+    the same clone, 09:05              5.87  -      -     |  5.91   6.60  2.74  | 0.99   0.89   1.12    1.37
+    + both sides warmed at full size:
+    the same clone (c74c53c), 09:28    5.90  -      -     |  6.01   6.33  2.81  | 0.98   0.93   1.12    1.34
+    the same, 09:32 (a busier host)    6.27  -      -     |  6.60   7.08  2.96  | 0.95   0.88   1.15    1.36
 
     (stage and merge: the median round's. * the first row: one round on a busier machine, the floor from
-    ``pg_upsert_floor.sh`` in a separate run.) The last four rows (2026-12-07, 05:58-06:15, quiet host):
+    ``pg_upsert_floor.sh`` in a separate run.) The 2026-12-07 runs after 08:00 met every goal, five of five, four of them
+    from a fresh clone right after its CI. In the three runs of the day before 09:28, the JDBC append's first
+    round was its slowest by 1-2 s (7.2-7.8 s, then 5.9-6.6 s): Spark's first 1M-row JDBC append in a session is
+    slow whatever precedes it (JDBC alone, four appends in a row: 7.68 / 6.22 / 5.84 / 6.06 s), a 20,000-row
+    warm-up does not cover it, one untimed 1M-row append does (alternating sessions, the first timed append:
+    8.59 / 7.26 s without it, 6.85 / 6.59 s with it). The median of three then came from its two warmer rounds,
+    but the first round was a warm-up in disguise for that side only; since c74c53c each side loads the clean
+    rows once, untimed, before round 1. With it: P2 0.93x / 0.88x. The rows of 05:58-06:11 (a quiet host):
     ``MERGE`` before the counts alone lost P2 by 1 % to two 1-second ``DROP`` waits (ours' rounds 5.92 / 6.81
     / 7.08 s, the last two with the 1.03 s cleanup); without autovacuum on the staging table, three runs in a
     row met every goal with a margin: P2 0.89x / 0.85x / 0.86x, P3 0.93x / 1.00x / 0.91x, P4 1.14-1.18x and
