@@ -283,7 +283,7 @@ commas, quotes, newlines and Unicode) are generated once to ``.local/bench/order
 ``_poison<N>.parquet``, ``.csv``), reused when present. Each timed side gets its own freshly created
 table, ``VACUUM ANALYZE``\\d, after a ``CHECKPOINT``. A small warm-up load and JDBC append first start
 Spark's JVM code paths and Python workers, then each side loads the clean rows once, untimed (since
-2026-12-07 09:40: before, round 1 was the JDBC append's warm-up -- below). Tables are dropped at the end unless ``--keep-tables``. Every
+c74c53c: before, round 1 was the JDBC append's warm-up -- see the results). Tables are dropped at the end unless ``--keep-tables``. Every
 round verifies the clean upsert row for row against a reference COPY (round 1) and the poison counts.
 
 How to run (the local stack must be up: ``make services-up``)::
