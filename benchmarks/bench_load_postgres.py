@@ -70,16 +70,18 @@ off for every side)::
     + both sides warmed at full size:
     the same clone (c74c53c), 09:28    5.90  -      -     |  6.01   6.33  2.81  | 0.98   0.93   1.12    1.34
     the same, 09:32 (a busier host)    6.27  -      -     |  6.60   7.08  2.96  | 0.95   0.88   1.15    1.36
+    a fresh clone of 90edd3a, 10:04    6.07  1.69   4.26  |  6.12   6.32  2.89  | 0.99   0.96   1.11    1.36
+    the same clone, 10:08              6.16  -      -     |  6.01   6.43  2.81  | 1.03   0.96   1.12    1.33
 
     (stage and merge: the median round's. * the first row: one round on a busier machine, the floor from
-    ``pg_upsert_floor.sh`` in a separate run.) The 2026-12-07 runs after 08:00 met every goal, five of five, four of them
+    ``pg_upsert_floor.sh`` in a separate run.) The 2026-12-07 runs after 08:00 met every goal, seven of seven, six of them
     from a fresh clone right after its CI. In the three runs of the day before 09:28, the JDBC append's first
     round was its slowest by 1-2 s (7.2-7.8 s, then 5.9-6.6 s): Spark's first 1M-row JDBC append in a session is
     slow whatever precedes it (JDBC alone, four appends in a row: 7.68 / 6.22 / 5.84 / 6.06 s), a 20,000-row
     warm-up does not cover it, one untimed 1M-row append does (alternating sessions, the first timed append:
     8.59 / 7.26 s without it, 6.85 / 6.59 s with it). The median of three then came from its two warmer rounds,
     but the first round was a warm-up in disguise for that side only; since c74c53c each side loads the clean
-    rows once, untimed, before round 1. With it: P2 0.93x / 0.88x. The rows of 05:58-06:11 (a quiet host):
+    rows once, untimed, before round 1. With it: P2 0.93x / 0.88x / 0.96x / 0.96x. The rows of 05:58-06:11 (a quiet host):
     ``MERGE`` before the counts alone lost P2 by 1 % to two 1-second ``DROP`` waits (ours' rounds 5.92 / 6.81
     / 7.08 s, the last two with the 1.03 s cleanup); without autovacuum on the staging table, three runs in a
     row met every goal with a margin: P2 0.89x / 0.85x / 0.86x, P3 0.93x / 1.00x / 0.91x, P4 1.14-1.18x and
