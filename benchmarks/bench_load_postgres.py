@@ -508,14 +508,17 @@ class Pg:
             for chunk in copy:
                 fh.write(chunk)
 
+    def fresh_staging(self, name: str) -> str:
+        """A fresh, empty UNLOGGED staging table shaped like the loader's, with its storage options (no
+        autovacuum: a 1M-row staging table is otherwise vacuumed during the apply), after a ``CHECKPOINT``."""
+        self.run(f"DROP TABLE IF EXISTS {name}")
+        self.run(f"CREATE UNLOGGED TABLE {name} {STAGING_DDL} {WORK_TABLE_OPTIONS}")
+        self.run("CHECKPOINT")
+        return name
+
     def copy_binary_staging(self, path: Path, tag: str) -> float:
         """Seconds of ``COPY ... (FORMAT binary)`` of ``path`` into a fresh UNLOGGED staging table."""
-        staging = f"bench_floor_bin_{tag}"
-        self.run(f"DROP TABLE IF EXISTS {staging}")
-        # the loader's storage options (no autovacuum): a 1M-row staging table is otherwise vacuumed during the apply
-        self.run(f"CREATE UNLOGGED TABLE {staging} {STAGING_DDL} {WORK_TABLE_OPTIONS}")
-        self.run("CHECKPOINT")
-
+        staging = self.fresh_staging(f"bench_floor_bin_{tag}")
         seconds, _ = timed("floor: COPY binary into UNLOGGED staging (for the binary floor)",
                            lambda: self.copy_in(staging, path, "binary"))
         self.run(f"DROP TABLE {staging}")
@@ -527,12 +530,8 @@ class Pg:
         modifiers), then one atomic statement (autocommit: the statement is its transaction) with
         ``work_mem`` as the loader sets it. Returns (stage seconds, apply seconds)."""
         target = self.half_keys(src, f"bench_floor_{variant}_{tag}")
-        staging = f"bench_floor_stg_{tag}"
-        self.run(f"DROP TABLE IF EXISTS {staging}")
-        # the loader's storage options (no autovacuum): a 1M-row staging table is otherwise vacuumed during the apply
-        self.run(f"CREATE UNLOGGED TABLE {staging} {STAGING_DDL} {WORK_TABLE_OPTIONS}")
+        staging = self.fresh_staging(f"bench_floor_stg_{tag}")
         self.tables.append(staging)
-        self.run("CHECKPOINT")
         stage_s, _ = timed("floor: COPY csv into UNLOGGED staging", lambda: self.copy_in(staging, csv))
         cols = ", ".join(COLUMNS)
         scols = ", ".join(f"s.{c}" for c in COLUMNS)
@@ -722,11 +721,9 @@ def main() -> int:
         # Full size too: Spark's JDBC append reaches its steady speed only after an append of this size (the
         # first 1M-row append of a session 7.3-8.6 s, the next ones 5.8-6.7 s; after one 1M-row warm-up
         # append, the first timed one 6.6-6.9 s), so each side loads the clean rows once before round 1.
-        full = [f"bench_warm3_{tag}", f"bench_warm4_{tag}"]
-        timed(f"warm-up jdbc append of the {args.rows:,} rows",
-              lambda: jdbc_append(spark, hook, clean, pg.fresh(full[0])))
-        timed(f"warm-up upsert of the {args.rows:,} rows",
-              lambda: upsert(spark, hook, clean, pg.half_keys(src, full[1]), args))
+        full = [pg.fresh(f"bench_warm3_{tag}"), pg.half_keys(src, f"bench_warm4_{tag}")]
+        timed(f"warm-up jdbc append of the {args.rows:,} rows", lambda: jdbc_append(spark, hook, clean, full[0]))
+        timed(f"warm-up upsert of the {args.rows:,} rows", lambda: upsert(spark, hook, clean, full[1], args))
         pg.drop_all(full)
         with memory:
             lines = run(args, spark, hook, pg, tag, src, clean, bad, csv)
